@@ -1,0 +1,287 @@
+"""The one on-disk dataset format used by every astrovader command.
+
+A dataset is a directory::
+
+    DATASET/
+        images.zarr      uint8 array, shape (N, C, H, W), chunked along N
+        catalog.parquet  one row per image, in image order, keyed by a unique ``id`` column
+        dataset.json     format version, image geometry, provenance, ``complete`` flag
+
+``catalog.parquet`` is the commit point: the dataset holds exactly ``len(catalog)`` images. A writer
+appends pixels first and rewrites the catalogue atomically afterwards, so a kill at any moment leaves
+either the previous committed state (extra pixel rows beyond the catalogue are ignored and trimmed on
+the next append) or the new one. ``dataset.json`` says ``"complete": false`` while a writer is open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+FORMAT_NAME = "astrovader-dataset"
+FORMAT_VERSION = 1
+IMAGES = "images.zarr"
+CATALOG = "catalog.parquet"
+META = "dataset.json"
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, malformed or inconsistent."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    return (Path(path) / META).is_file()
+
+
+class Dataset:
+    """Read access to a packed dataset. Images are read lazily from the chunked zarr store."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise DatasetError(f"{self.path}: not an astrovader dataset (no {META}); build one with "
+                               "`astrovader ingest` or `astrovader simulate`")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT_NAME:
+            raise DatasetError(f"{meta_path}: field 'format' is {self.meta.get('format')!r}, "
+                               f"expected {FORMAT_NAME!r}")
+        cat_path = self.path / CATALOG
+        self.catalog: pd.DataFrame = (pd.read_parquet(cat_path) if cat_path.is_file()
+                                      else pd.DataFrame({"id": pd.Series([], dtype="int64")}))
+        if "id" not in self.catalog.columns:
+            raise DatasetError(f"{cat_path}: catalogue has no 'id' column")
+        try:
+            self.images = zarr.open_array(str(self.path / IMAGES), mode="r")
+        except Exception as exc:  # zarr raises several types for a missing/broken store
+            raise DatasetError(f"{self.path / IMAGES}: cannot open image store ({exc})") from exc
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DatasetError(f"{self.path / IMAGES}: expected uint8 (N, C, H, W), found "
+                               f"{self.images.dtype} {self.images.shape}")
+        if self.images.shape[0] < len(self.catalog):
+            raise DatasetError(f"{self.path}: catalogue lists {len(self.catalog)} images but the image store "
+                               f"holds only {self.images.shape[0]}; the dataset is corrupt")
+
+    # geometry -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete", True))
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.catalog["id"].to_numpy()
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.images.chunks[0])
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.path)!r}, n={len(self)}, channels={self.channels}, "
+                f"size={self.image_size}, columns={list(self.catalog.columns)})")
+
+    # reading ------------------------------------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Contiguous rows ``start:stop`` as a uint8 array (clipped to the committed length)."""
+        n = len(self)
+        stop = n if stop is None else min(stop, n)
+        return np.asarray(self.images[start:stop])
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows at arbitrary indices, returned in the order given."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.zeros((0, self.channels, self.image_size, self.image_size), np.uint8)
+        if idx.min() < 0 or idx.max() >= len(self):
+            raise IndexError(f"index out of range for dataset of {len(self)} images")
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        # Reading whole chunks and picking rows is much faster than zarr's per-row selection.
+        out = np.empty((idx.size, self.channels, self.image_size, self.image_size), np.uint8)
+        chunk = self.chunk_rows
+        pos = 0
+        while pos < sorted_idx.size:
+            c0 = (sorted_idx[pos] // chunk) * chunk
+            end = np.searchsorted(sorted_idx, c0 + chunk, side="left")
+            block = np.asarray(self.images[c0:min(c0 + chunk, len(self))])
+            out[order[pos:end]] = block[sorted_idx[pos:end] - c0]
+            pos = end
+        return out
+
+    def load(self) -> np.ndarray:
+        return self.read(0, len(self))
+
+    def iter_chunks(self, rows: int | None = None, start: int = 0,
+                    stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, uint8 block)`` over ``start:stop`` with bounded memory."""
+        rows = rows or max(self.chunk_rows, 1024)
+        stop = len(self) if stop is None else min(stop, len(self))
+        for s in range(start, stop, rows):
+            yield s, self.read(s, min(s + rows, stop))
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """Row indices whose ``split`` column equals ``name`` (all rows if there is no split column)."""
+        if "split" not in self.catalog.columns:
+            return np.arange(len(self))
+        return np.flatnonzero(self.catalog["split"].astype(str).to_numpy() == name)
+
+
+class DatasetWriter:
+    """Create a dataset, or append to an existing one, in committed batches.
+
+    Use as a context manager; ``add`` buffers catalogue rows and appends pixels, ``commit`` (called every
+    ``commit_every`` images and on close) makes everything added so far durable.
+    """
+
+    def __init__(self, path: str | os.PathLike, image_size: int, channels: int, *, append: bool = False,
+                 chunk_rows: int = 256, meta: dict[str, Any] | None = None, commit_every: int = 4096):
+        self.path = Path(path)
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.commit_every = commit_every
+        img_path = self.path / IMAGES
+        if is_dataset(self.path):
+            if not append:
+                raise DatasetError(f"{self.path}: dataset already exists; pass append=True (CLI: --append) "
+                                   "to add to it, or choose a new output directory")
+            existing = Dataset(self.path)
+            if (existing.image_size, existing.channels) != (self.image_size, self.channels):
+                raise DatasetError(
+                    f"{self.path}: cannot append {self.channels}x{self.image_size}px images to a dataset of "
+                    f"{existing.channels}x{existing.image_size}px images")
+            self.meta = existing.meta
+            self._catalog = existing.catalog
+            self.images = zarr.open_array(str(img_path), mode="r+")
+            if self.images.shape[0] > len(self._catalog):  # pixels of an interrupted, uncommitted write
+                self.images.resize((len(self._catalog), *self.images.shape[1:]))
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise DatasetError(f"{self.path}: directory exists and is not empty")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.images = zarr.create_array(
+                store=str(img_path), shape=(0, self.channels, self.image_size, self.image_size),
+                chunks=(chunk_rows, self.channels, self.image_size, self.image_size), dtype="uint8")
+            self.meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
+            self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})
+        self.meta.update(meta or {})
+        self.meta.update(image_size=self.image_size, channels=self.channels, complete=False)
+        atomic_write_json(self.path / META, self.meta)
+        self._known_ids: set = set(self._catalog["id"].tolist())
+        self._pending_rows: list[dict[str, Any]] = []
+        self._pending_images: list[np.ndarray] = []
+        self._pending_n = 0
+
+    @property
+    def known_ids(self) -> set:
+        """Ids already in the dataset or added since (for duplicate detection and resuming)."""
+        return self._known_ids
+
+    def __len__(self) -> int:
+        return len(self._catalog) + self._pending_n
+
+    def add(self, images: np.ndarray, rows: Sequence[dict[str, Any]] | pd.DataFrame) -> None:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[:, None]
+        expected = (self.channels, self.image_size, self.image_size)
+        if images.dtype != np.uint8 or images.shape[1:] != expected:
+            raise DatasetError(f"images must be uint8 of shape (n, {expected[0]}, {expected[1]}, {expected[2]}),"
+                               f" got {images.dtype} {images.shape}")
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        if len(records) != len(images):
+            raise DatasetError(f"{len(images)} images but {len(records)} catalogue rows")
+        for r in records:
+            if "id" not in r:
+                raise DatasetError(f"catalogue row has no 'id' field: {r}")
+            if r["id"] in self._known_ids:
+                raise DatasetError(f"duplicate id {r['id']!r} in {self.path}")
+            self._known_ids.add(r["id"])
+        self._pending_images.append(images)
+        self._pending_rows.extend(records)
+        self._pending_n += len(images)
+        if self._pending_n >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._pending_n:
+            self.images.append(np.concatenate(self._pending_images), axis=0)
+            new = pd.DataFrame.from_records(self._pending_rows)
+            self._catalog = (new if len(self._catalog) == 0
+                             else pd.concat([self._catalog, new], ignore_index=True))
+            atomic_write_parquet(self.path / CATALOG, self._catalog)
+            self._pending_images, self._pending_rows, self._pending_n = [], [], 0
+        elif not (self.path / CATALOG).exists():
+            atomic_write_parquet(self.path / CATALOG, self._catalog)
+
+    def close(self, complete: bool = True) -> None:
+        self.commit()
+        self.meta["complete"] = complete
+        self.meta["n"] = len(self._catalog)
+        atomic_write_json(self.path / META, self.meta)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On error keep what was committed and leave the dataset marked incomplete.
+        if exc_type is None:
+            self.close(complete=True)
+        else:
+            self.commit()
+
+
+def write_dataset(path: str | os.PathLike, images: np.ndarray, catalog: pd.DataFrame | None = None,
+                  meta: dict[str, Any] | None = None) -> Dataset:
+    """Write a whole in-memory uint8 array (N, C, H, W) or (N, H, W) and its catalogue as a dataset."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if catalog is None:
+        catalog = pd.DataFrame({"id": np.arange(len(images), dtype=np.int64)})
+    with DatasetWriter(path, images.shape[-1], images.shape[1], meta=meta,
+                       commit_every=max(len(images), 1)) as w:
+        w.add(images, catalog)
+    return Dataset(path)
+
+
+def open_dataset(path: str | os.PathLike | Dataset) -> Dataset:
+    return path if isinstance(path, Dataset) else Dataset(path)
