@@ -1,0 +1,1 @@
+"""Metrics, figures and the report for trained models."""

@@ -1,0 +1,129 @@
+"""Core commands: demo, train, predict, summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from astrovader.cli import CLIError
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help=f"named configuration: paper or demo (default: {default_preset or 'paper defaults'})")
+    p.add_argument("--config", metavar="FILE", help="TOML config file applied on top of the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.seed=3 --set model.n_clusters=8 (repeatable)")
+
+
+def _resolve_config(args: argparse.Namespace):
+    from astrovader.config import Config
+
+    return Config.resolve(args.preset, args.config, args.overrides)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from astrovader.model import AstroVaDErNet, describe_architecture
+
+    cfg = _resolve_config(args)
+    rows = describe_architecture(cfg)
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'layer':<{width}}{'output':>16}{'params':>12}")
+    for name, shape, n in rows:
+        print(f"{name:<{width}}{shape:>16}{n:>12,}")
+    counts = AstroVaDErNet(cfg).count_parameters()
+    m = cfg.model
+    print()
+    print(f"encoder parameters: {counts['encoder']:,}")
+    print(f"decoder parameters: {counts['decoder']:,}")
+    print(f"network parameters: {counts['network']:,}")
+    print(f"GMM parameters:     {counts['gmm']:,} (K + 2*K*J = {m.n_clusters} + 2*{m.n_clusters}*{m.latent_dim})")
+    print(f"total parameters:   {counts['total']:,}")
+    t = cfg.train
+    print(f"schedule: {t.gamma_epochs} gamma-training epochs, GMM init on {t.gmm_init_batches} batches, "
+          f"{t.periods} x ({t.anneal_epochs} annealing + {t.static_epochs} static) = {t.epochs} epochs")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from astrovader.train import CONFIG, TrainingDiverged, train
+
+    run_dir = Path(args.run_dir)
+    if args.resume and (run_dir / CONFIG).exists() and not (args.config or args.preset):
+        from astrovader.config import Config
+
+        cfg = Config.resolve(None, run_dir / CONFIG, args.overrides)  # continue with the run's own config
+    else:
+        cfg = _resolve_config(args)
+    if args.stop_after is not None and args.stop_after < 0:
+        raise CLIError("--stop-after must be >= 0")
+    try:
+        res = train(cfg, args.dataset, run_dir, resume=args.resume, progress=not args.quiet,
+                    stop_after_epoch=args.stop_after)
+    except TrainingDiverged as exc:
+        raise CLIError(str(exc)) from None
+    last = res.history[-1] if res.history else {}
+    print(f"trained to epoch {last.get('epoch', -1) + 1}/{cfg.train.epochs}; run directory {run_dir} "
+          f"(model.safetensors, history.csv, config.toml)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from astrovader.estimator import AstroVaDEr
+
+    model = AstroVaDEr.load(args.run_dir, device=args.device)
+    out = model.predict_catalog(args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    import pyarrow.parquet as pq
+
+    if out.suffix.lower() == ".parquet":
+        n = pq.ParquetFile(out).metadata.num_rows
+        print(f"wrote {n} predictions to {out}")
+    else:
+        print(f"wrote predictions to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from astrovader.demo import run_demo
+
+    run_demo(args.out, n=args.n, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulate galaxies, train the demo model, predict and score it",
+                       description="End to end on built-in simulated galaxies: simulate -> train (demo preset) "
+                       "-> predict, printing clustering accuracy and NMI against the true classes beside a "
+                       "PCA + GaussianMixture baseline. Re-running resumes an interrupted demo.")
+    p.add_argument("out", nargs="?", default="astrovader-demo", help="output directory (default: astrovader-demo)")
+    p.add_argument("--n", type=int, default=3000, help="number of simulated galaxies (default 3000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for simulation and training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model with the s3VDC schedule",
+                       description="Train AstroVaDEr on a dataset (from `astrovader ingest` or `simulate`). "
+                       "A checkpoint is written atomically after every epoch; --resume continues a killed run.")
+    p.add_argument("dataset", help="dataset directory")
+    p.add_argument("run_dir", help="run directory (config.toml, model.safetensors, history.csv, checkpoint)")
+    _add_config_args(p, None)
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="stop after this epoch (0-based); resume later with --resume")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="write a catalogue of latent means and cluster probabilities",
+                       description="Columns: id, z_0..z_{J-1}, logvar_0.., p_0..p_{K-1}, cluster, max_prob, "
+                       "recon_mse. Parquet, or FITS when OUT ends in .fits. Streamed with bounded memory.")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("dataset", help="dataset directory")
+    p.add_argument("out", help="output catalogue (.parquet or .fits)")
+    p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="architecture table and parameter counts for a config")
+    _add_config_args(p, "paper")
+    p.set_defaults(func=cmd_summary)

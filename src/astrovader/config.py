@@ -1,0 +1,283 @@
+"""Validated settings for a model and its s3VDC training, with named presets.
+
+A config is three sections, ``model``, ``loss`` and ``train``, stored as TOML in every run directory.
+``paper`` reproduces reference-facts.md exactly; ``demo`` is a small configuration that trains on
+32 px simulated galaxies in minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the key and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 128
+    channels: int = 1
+    encoder_filters: list[int] = field(default_factory=lambda: [64, 64, 16])
+    encoder_kernels: list[int] = field(default_factory=lambda: [3, 5, 5])
+    decoder_filters: list[int] = field(default_factory=lambda: [16, 64, 64])
+    decoder_kernels: list[int] = field(default_factory=lambda: [5, 5, 5])
+    output_kernel: int = 3
+    latent_dim: int = 20
+    n_clusters: int = 12
+    leaky_slope: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    reconstruction: str = "mse"  # "mse" (x D) or "bce"
+    gmm_kl_scale: float = 0.3  # the reference code's extra weight on the GMM KL ("scale_jank")
+    gamma: float = 5e-4  # weight of the unit-Gaussian KL in gamma-training, also added to beta^p
+    l2: float = 0.01  # Keras-style L2 penalty: l2 * sum(w^2) over all conv and dense weights and biases
+    minmax_scale: float = 50.0  # s3VDC inverse min-max: scaled matrix spans [-minmax_scale, 0]
+    logvar_clamp: float = 20.0  # encoder log-variances are clamped to +-this to avoid exp overflow
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 180
+    gamma_epochs: int = 100
+    gmm_init_batches: int = 200
+    anneal_epochs: int = 25
+    static_epochs: int = 25
+    periods: int = 5
+    anneal_power: float = 3.0
+    lr: float = 3e-4
+    lr_min: float = 1e-6
+    lr_decay_every: int = 5
+    clip_value: float = 1.0  # gradient value clipping in the GMM (annealing/static) phases; 0 = off
+    gmm_init: str = "fitted"  # "fitted": means, variances, weights of the GaussianMixture; "s3vdc": keep pi
+    gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
+    decode_mean_in_gamma: bool = True  # s3VDC feeds the decoder mu (not a sample) during gamma-training
+    flips: bool = True
+    validation_fraction: float = 0.0  # used only when the dataset has no `split` column
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    bf16: bool = True  # bf16 autocast on CUDA only
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False  # torch.compile the network (CUDA; falls back when unavailable)
+    max_resident_gb: float = 4.0  # keep the uint8 training set on the device when it is smaller than this
+    tensorboard: bool = False
+
+    @property
+    def epochs(self) -> int:
+        return self.gamma_epochs + self.periods * (self.anneal_epochs + self.static_epochs)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> Config:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        return cls.from_dict(PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Config | None = None) -> Config:
+        cfg = copy.deepcopy(base) if base is not None else cls()
+        if not isinstance(data, dict):
+            raise ConfigError("a config must be a table with sections [model], [loss], [train]")
+        for section, values in data.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown config section {section!r}; allowed: {', '.join(_SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a table")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base: Config | None = None) -> Config:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        try:
+            return cls.from_dict(data, base=base)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    @classmethod
+    def resolve(cls, preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | None = None) -> Config:
+        """Preset, then config file on top, then ``key=value`` overrides: the CLI's order."""
+        cfg = cls.preset(preset) if preset else cls()
+        if config_file:
+            cfg = cls.from_toml(config_file, base=cfg)
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value (e.g. train.seed=3), got {item!r}")
+            key, raw = item.split("=", 1)
+            cfg.set(key.strip(), _parse_value(raw.strip()))
+        cfg.validate()
+        return cfg
+
+    # access -------------------------------------------------------------------------------------
+    def set(self, dotted: str, value: Any) -> None:
+        if "." not in dotted:
+            raise ConfigError(f"config key {dotted!r} must be written section.key, e.g. train.epochs; "
+                              f"sections: {', '.join(_SECTIONS)}")
+        section, key = dotted.split(".", 1)
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} in {dotted!r}; allowed: {', '.join(_SECTIONS)}")
+        target = getattr(self, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if key not in fields:
+            raise ConfigError(f"unknown config key {dotted!r}; keys in [{section}]: {', '.join(fields)}")
+        default = getattr(type(target)(), key)
+        setattr(target, key, _coerce(dotted, value, default))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path) -> None:
+        from astrovader.data.dataset import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), self.to_toml().encode())
+
+    # validation ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        m, lo, t = self.model, self.loss, self.train
+        blocks = len(m.encoder_filters)
+        _need(blocks >= 1, "model.encoder_filters", "needs at least one block")
+        for key in ("encoder_kernels", "decoder_filters", "decoder_kernels"):
+            _need(len(getattr(m, key)) == blocks, f"model.{key}",
+                  f"must have {blocks} entries (one per block, like model.encoder_filters)")
+        for key in ("encoder_filters", "decoder_filters"):
+            for v in getattr(m, key):
+                _need(1 <= v <= 4096, f"model.{key}", f"filters must be in 1..4096, got {v}")
+        for key in ("encoder_kernels", "decoder_kernels"):
+            for v in getattr(m, key):
+                _need(v >= 1 and v % 2 == 1, f"model.{key}", f"kernels must be odd and >= 1, got {v}")
+        _need(m.output_kernel >= 1 and m.output_kernel % 2 == 1, "model.output_kernel", "must be odd and >= 1")
+        step = 2**blocks
+        _need(m.image_size >= step and m.image_size % step == 0, "model.image_size",
+              f"must be a positive multiple of {step} (2^blocks for {blocks} pooling blocks), got {m.image_size}")
+        _need(m.channels in (1, 3), "model.channels", f"must be 1 (grey) or 3 (colour), got {m.channels}")
+        _need(1 <= m.latent_dim <= 1024, "model.latent_dim", f"must be in 1..1024, got {m.latent_dim}")
+        _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")
+        _need(0 <= m.leaky_slope < 1, "model.leaky_slope", "must be in [0, 1)")
+        _need(lo.reconstruction in ("mse", "bce"), "loss.reconstruction", "must be 'mse' or 'bce'")
+        _need(lo.gmm_kl_scale > 0, "loss.gmm_kl_scale", "must be > 0")
+        _need(lo.gamma >= 0, "loss.gamma", "must be >= 0")
+        _need(lo.l2 >= 0, "loss.l2", "must be >= 0")
+        _need(lo.minmax_scale > 0, "loss.minmax_scale", "must be > 0")
+        _need(lo.logvar_clamp > 0, "loss.logvar_clamp", "must be > 0")
+        _need(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
+        _need(t.gamma_epochs >= 1, "train.gamma_epochs", "must be >= 1 (the GMM is initialised after it)")
+        _need(t.gmm_init_batches >= 1, "train.gmm_init_batches", "must be >= 1")
+        _need(t.anneal_epochs >= 0 and t.static_epochs >= 0, "train.anneal_epochs/static_epochs", "must be >= 0")
+        _need(t.periods >= 0, "train.periods", "must be >= 0")
+        _need(t.anneal_power > 0, "train.anneal_power", "must be > 0")
+        _need(t.lr > 0 and 0 < t.lr_min <= t.lr, "train.lr/lr_min", "need 0 < lr_min <= lr")
+        _need(t.lr_decay_every >= 1, "train.lr_decay_every", "must be >= 1")
+        _need(t.clip_value >= 0, "train.clip_value", "must be >= 0 (0 disables clipping)")
+        _need(t.gmm_init in ("fitted", "s3vdc"), "train.gmm_init", "must be 'fitted' or 's3vdc'")
+        _need(t.gmm_init_restarts >= 1, "train.gmm_init_restarts", "must be >= 1")
+        _need(0 <= t.validation_fraction < 1, "train.validation_fraction", "must be in [0, 1)")
+        _need(t.max_resident_gb >= 0, "train.max_resident_gb", "must be >= 0")
+        dev = t.device
+        _need(dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:"), "train.device",
+              f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+
+
+_SECTIONS = ("model", "loss", "train")
+
+
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` to the type of the field's default, or raise a ConfigError naming the key."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+            if isinstance(value, int | float):
+                value = [value]
+            return [int(v) for v in value]
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # bare strings such as device=cpu
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # reference-facts.md, verbatim.
+    "paper": {"model": {}, "loss": {}, "train": {}},
+    # Small and fast: 32 px grey images, 3 simulated classes, a few minutes on 2 CPU cores.
+    "demo": {
+        "model": {"image_size": 32, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
+                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 10,
+                  "n_clusters": 3},
+        "loss": {"l2": 1e-4},
+        "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 20, "anneal_epochs": 5,
+                  "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
+                  "validation_fraction": 0.1},
+    },
+}

@@ -1,0 +1,240 @@
+"""The AstroVaDEr network: convolutional encoder/decoder, Gaussian-mixture prior, and the VaDE losses.
+
+Shapes: images ``x`` are float (B, C, H, W) in [0, 1]; latent means/log-variances (B, J); the prior has
+K components with weights ``pi`` (K,), means (K, J) and diagonal variances (K, J).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from astrovader.config import Config, LossConfig, ModelConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=1, padding=k // 2)  # "same" padding for odd kernels
+
+
+class Encoder(nn.Module):
+    """Blocks of (conv, LeakyReLU, conv, LeakyReLU, 2x2 max-pool), then two linear heads: mu, log-var."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = cfg.channels
+        for f, k in zip(cfg.encoder_filters, cfg.encoder_kernels, strict=True):
+            layers += [_conv(cin, f, k), nn.LeakyReLU(cfg.leaky_slope), _conv(f, f, k),
+                       nn.LeakyReLU(cfg.leaky_slope), nn.MaxPool2d(2)]
+            cin = f
+        self.features = nn.Sequential(*layers)
+        side = cfg.image_size // 2 ** len(cfg.encoder_filters)
+        flat = cin * side * side
+        self.mu = nn.Linear(flat, cfg.latent_dim)
+        self.logvar = nn.Linear(flat, cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x).flatten(1)
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """Linear + LeakyReLU to the encoder's last feature map, blocks of (conv, LeakyReLU, conv, LeakyReLU,
+    bilinear 2x up-sample), then one output conv with ReLU (MSE) or sigmoid (BCE)."""
+
+    def __init__(self, cfg: ModelConfig, bce: bool = False):
+        super().__init__()
+        self.side = cfg.image_size // 2 ** len(cfg.decoder_filters)
+        self.start_channels = cfg.encoder_filters[-1]
+        self.fc = nn.Linear(cfg.latent_dim, self.start_channels * self.side * self.side)
+        self.act = nn.LeakyReLU(cfg.leaky_slope)
+        layers: list[nn.Module] = []
+        cin = self.start_channels
+        for f, k in zip(cfg.decoder_filters, cfg.decoder_kernels, strict=True):
+            layers += [_conv(cin, f, k), nn.LeakyReLU(cfg.leaky_slope), _conv(f, f, k),
+                       nn.LeakyReLU(cfg.leaky_slope),
+                       nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+            cin = f
+        layers.append(_conv(cin, cfg.channels, cfg.output_kernel))
+        self.features = nn.Sequential(*layers)
+        self.bce = bce
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.act(self.fc(z)).view(-1, self.start_channels, self.side, self.side)
+        out = self.features(h)
+        # With BCE the decoder returns logits; `reconstruct` applies the sigmoid.
+        return out if self.bce else F.relu(out)
+
+
+class GMMPrior(nn.Module):
+    """Mixture prior p(c) p(z|c). Weights are a softmax of logits and variances exp(log-variances), so
+    they stay normalised and positive whatever the optimiser does (a known failure of raw parameters)."""
+
+    def __init__(self, n_clusters: int, latent_dim: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_clusters))
+        self.means = nn.Parameter(torch.randn(n_clusters, latent_dim))
+        self.log_vars = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+
+    @property
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logits, 0)
+
+    @property
+    def variances(self) -> Tensor:
+        return self.log_vars.exp()
+
+    def log_joint(self, mu: Tensor) -> Tensor:
+        """log pi_c + log N(mu; mu_c, diag var_c), shape (B, K), computed in float32 or better."""
+        mu = _at_least_f32(mu)
+        lv = self.log_vars.to(mu.dtype)
+        diff = mu[:, None, :] - self.means.to(mu.dtype)[None]
+        log_n = -0.5 * (LOG_2PI + lv + diff.pow(2) / lv.exp()).sum(-1)
+        return torch.log_softmax(self.logits.to(mu.dtype), 0)[None] + log_n
+
+    def posterior(self, mu: Tensor) -> Tensor:
+        """Exact q(c|x): a stable softmax of the log joint. Used for reported probabilities."""
+        return torch.softmax(self.log_joint(mu), dim=1)
+
+    @torch.no_grad()
+    def set_parameters(self, weights: Tensor, means: Tensor, variances: Tensor) -> None:
+        self.logits.copy_(weights.clamp_min(1e-12).log())
+        self.means.copy_(means)
+        self.log_vars.copy_(variances.clamp_min(1e-12).log())
+
+
+def minmax_gamma(log_joint: Tensor, scale: float = 50.0) -> Tensor:
+    """s3VDC's inverse min-max responsibilities: l = -log joint is min-max scaled over the whole
+    (B, K) matrix to [0, 1], multiplied by -scale and soft-maxed over clusters. Bounded logits mean
+    gamma never underflows to an exact 0 that would make log(gamma) or the loss NaN."""
+    neg = -log_joint
+    lo, hi = neg.min(), neg.max()
+    scaled = (neg - lo) / (hi - lo).clamp_min(torch.finfo(neg.dtype).tiny)
+    return torch.softmax(-scale * scaled, dim=1)
+
+
+def kl_unit(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
+def kl_gmm(mu: Tensor, logvar: Tensor, gamma: Tensor, weights: Tensor, means: Tensor,
+           variances: Tensor) -> Tensor:
+    """Exact KL( q(z|x) q(c|x) || p(z|c) p(c) ) per sample, with q(c|x) = gamma (VaDE, Jiang et al. 2016).
+
+    Without the constant J/2 log(2 pi) that the s3VDC/AstroVaDEr code adds (it changes no gradient)."""
+    log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+    term_entropy = -0.5 * (1 + logvar).sum(1)
+    term_cat = (torch.special.xlogy(gamma, gamma) - gamma * log_w[None]).sum(1)
+    quad = (logvar.exp()[:, None, :] + (mu[:, None, :] - means[None]).pow(2)) / variances[None]
+    term_gauss = 0.5 * (gamma * (variances.log()[None] + quad).sum(-1)).sum(1)
+    return term_entropy + term_cat + term_gauss
+
+
+def reconstruction_loss(recon: Tensor, x: Tensor, kind: str = "mse") -> Tensor:
+    """Per-image reconstruction loss summed over pixels: MSE x D (D = C*H*W) or binary cross-entropy.
+    For ``bce`` ``recon`` holds logits."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(recon, x, reduction="none").flatten(1).sum(1)
+    return (recon - x).pow(2).flatten(1).sum(1)
+
+
+class AstroVaDErNet(nn.Module):
+    """Encoder + decoder + GMM prior. ``forward`` returns everything the losses need."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.model)
+        self.decoder = Decoder(cfg.model, bce=cfg.loss.reconstruction == "bce")
+        self.gmm = GMMPrior(cfg.model.n_clusters, cfg.model.latent_dim)
+        for layer in self.modules():
+            # Keras defaults (Glorot-uniform weights, zero biases), as in the reference model. PyTorch's
+            # default init shrinks the signal through the deep conv stack so much that training stalls.
+            if isinstance(layer, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def count_parameters(self) -> dict[str, int]:
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        dec = sum(p.numel() for p in self.decoder.parameters())
+        gmm = sum(p.numel() for p in self.gmm.parameters())
+        return {"encoder": enc, "decoder": dec, "network": enc + dec, "gmm": gmm, "total": enc + dec + gmm}
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x)
+        c = self.cfg.loss.logvar_clamp
+        return mu, logvar.clamp(-c, c)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images in [0, 1] (the sigmoid is applied here for BCE models)."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.decoder.bce else out
+
+    def forward(self, x: Tensor, sample: bool = True) -> dict[str, Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decoder(z)}
+
+    def l2_penalty(self) -> Tensor:
+        return sum(p.pow(2).sum() for p in self.network_parameters())  # type: ignore[return-value]
+
+
+def _at_least_f32(t: Tensor) -> Tensor:
+    """Loss maths runs in float32 even under bf16 autocast (float64 inputs stay float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def vade_losses(net: AstroVaDErNet, x: Tensor, out: dict[str, Tensor], loss_cfg: LossConfig,
+                gmm_phase: bool) -> dict[str, Tensor]:
+    """Per-sample loss terms (float32) for a batch. ``gmm_phase`` selects whether the GMM KL is computed
+    (annealing/static phases) or only the unit-Gaussian KL (gamma-training)."""
+    mu, logvar = _at_least_f32(out["mu"]), _at_least_f32(out["logvar"])
+    recon = reconstruction_loss(_at_least_f32(out["recon"]), _at_least_f32(x), loss_cfg.reconstruction)
+    terms = {"recon": recon, "kl_unit": kl_unit(mu, logvar)}
+    if gmm_phase:
+        gmm = net.gmm
+        gamma = minmax_gamma(gmm.log_joint(mu), loss_cfg.minmax_scale)
+        terms["kl_gmm"] = kl_gmm(mu, logvar, gamma, gmm.weights, gmm.means, gmm.variances)
+    else:
+        terms["kl_gmm"] = torch.zeros_like(recon)
+    return terms
+
+
+def describe_architecture(cfg: Config) -> list[tuple[str, str, int]]:
+    """(layer, output shape, parameters) rows for ``astrovader summary``."""
+    net = AstroVaDErNet(cfg)
+    m = cfg.model
+    rows: list[tuple[str, str, int]] = []
+    x = torch.zeros(1, m.channels, m.image_size, m.image_size)
+
+    def walk(prefix: str, seq: nn.Sequential, h: Tensor) -> Tensor:
+        for i, layer in enumerate(seq):
+            h = layer(h)
+            n = sum(p.numel() for p in layer.parameters())
+            rows.append((f"{prefix}.{i} {type(layer).__name__}", "x".join(map(str, h.shape[1:])), n))
+        return h
+
+    with torch.no_grad():
+        rows.append(("input", "x".join(map(str, x.shape[1:])), 0))
+        h = walk("encoder", net.encoder.features, x).flatten(1)
+        rows.append(("encoder.flatten", str(h.shape[1]), 0))
+        rows.append(("encoder.mu Linear", str(m.latent_dim), sum(p.numel() for p in net.encoder.mu.parameters())))
+        rows.append(("encoder.logvar Linear", str(m.latent_dim),
+                     sum(p.numel() for p in net.encoder.logvar.parameters())))
+        d = net.decoder
+        h = d.act(d.fc(torch.zeros(1, m.latent_dim))).view(1, d.start_channels, d.side, d.side)
+        rows.append(("decoder.fc Linear+LeakyReLU", "x".join(map(str, h.shape[1:])),
+                     sum(p.numel() for p in d.fc.parameters())))
+        walk("decoder", d.features, h)
+        rows.append(("gmm (pi, means, variances)", f"K={m.n_clusters}, J={m.latent_dim}",
+                     sum(p.numel() for p in net.gmm.parameters())))
+    return rows

@@ -1,0 +1,118 @@
+"""Batched inference: latent means, log-variances, cluster probabilities and reconstruction errors for a
+whole dataset, streamed to a Parquet (or FITS) catalogue with bounded memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.model import AstroVaDErNet
+
+
+def as_float_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) images, (N, C, H, W) or (N, H, W), as a float32 tensor in [0, 1]."""
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    if t.ndim == 3:
+        t = t[:, None]
+    if t.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    t = t.float()
+    if t.numel() and (t.min() < -1e-6 or t.max() > 1 + 1e-6):
+        raise ValueError("float images must be scaled to [0, 1] (or pass uint8 images)")
+    return t
+
+
+@torch.no_grad()
+def infer_batch(net: AstroVaDErNet, x: torch.Tensor, device: torch.device,
+                bf16: bool = True) -> dict[str, torch.Tensor]:
+    """Everything the catalogue holds for one batch of float images already scaled to [0, 1]."""
+    x = x.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        mu, logvar = net.encode(x)
+        recon = net.decode(mu)
+    mu, logvar = mu.float(), logvar.float()
+    probs = net.gmm.posterior(mu)
+    mse = (recon.float() - x).pow(2).flatten(1).mean(1)
+    return {"mu": mu, "logvar": logvar, "probs": probs, "recon_mse": mse}
+
+
+def _batches(ds: Dataset, batch_size: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    for s, block in ds.iter_chunks(rows=max(batch_size, 8192), start=start, stop=stop):
+        for b in range(0, len(block), batch_size):
+            yield s + b, block[b:b + batch_size]
+
+
+def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
+    J = res["mu"].shape[1]
+    K = res["probs"].shape[1]
+    cols: dict[str, np.ndarray] = {"id": ids}
+    for j in range(J):
+        cols[f"z_{j}"] = res["mu"][:, j].astype(np.float32)
+    for j in range(J):
+        cols[f"logvar_{j}"] = res["logvar"][:, j].astype(np.float32)
+    for k in range(K):
+        cols[f"p_{k}"] = res["probs"][:, k].astype(np.float32)
+    cols["cluster"] = res["probs"].argmax(1).astype(np.int16)
+    cols["max_prob"] = res["probs"].max(1).astype(np.float32)
+    cols["recon_mse"] = res["recon_mse"].astype(np.float32)
+    return pa.table(cols)
+
+
+def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
+                    device: torch.device | None = None, batch_size: int = 1024, start: int = 0,
+                    stop: int | None = None, progress: bool = True) -> Path:
+    """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
+
+    Memory is bounded by one read block, whatever the dataset size. The file appears atomically."""
+    ds = open_dataset(dataset)
+    out = Path(out)
+    device = device or next(net.parameters()).device
+    net.eval()
+    stop = len(ds) if stop is None else min(stop, len(ds))
+    ids = ds.ids
+    fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet_path = out.with_name(f".{out.name}.tmp-{os.getpid()}.parquet")
+    writer: pq.ParquetWriter | None = None
+    try:
+        with tqdm(total=stop - start, desc="predicting", unit="img", disable=not progress) as bar:
+            for s, block in _batches(ds, batch_size, start, stop):
+                res = infer_batch(net, torch.from_numpy(block).float().div_(255.0), device)
+                table = prediction_table(ids[s:s + len(block)], {k: v.cpu().numpy() for k, v in res.items()})
+                if writer is None:
+                    writer = pq.ParquetWriter(str(parquet_path), table.schema)
+                writer.write_table(table)
+                bar.update(len(block))
+        if writer is None:  # empty range: still write a valid, empty catalogue
+            J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+            empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
+                     "recon_mse": np.zeros(0)}
+            pq.write_table(prediction_table(ids[:0], empty), str(parquet_path))
+        else:
+            writer.close()
+            writer = None
+        if fits:
+            from astropy.table import Table
+
+            tmp_fits = out.with_name(f".{out.name}.tmp-{os.getpid()}.fits")
+            Table.read(str(parquet_path), format="parquet").write(str(tmp_fits), format="fits", overwrite=True)
+            os.replace(tmp_fits, out)
+            parquet_path.unlink()
+        else:
+            os.replace(parquet_path, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        if parquet_path.exists():
+            parquet_path.unlink()
+    return out

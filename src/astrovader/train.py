@@ -1,0 +1,508 @@
+"""s3VDC training: the schedule as data, the epoch loop, mini-batch GMM initialisation and checkpoints.
+
+Phases (Cao et al. 2020, as used by AstroVaDEr):
+
+1. gamma-training for ``gamma_epochs``: loss = recon + gamma * KL(q(z|x) || N(0, I)); GMM frozen.
+2. mini-batch GMM initialisation after the last gamma epoch: latent means of ``gmm_init_batches``
+   random training batches -> k-means -> diagonal GaussianMixture started at the k-means centres.
+3. ``periods`` x (annealing for ``anneal_epochs`` with beta = (t / anneal_epochs)^power rising 0 -> 1,
+   then static for ``static_epochs`` with beta = 1): loss = recon + (beta + gamma) * scale * GMM KL.
+
+The whole state needed to continue (network, GMM, optimizer, epoch, history) is one safetensors file
+written atomically after every epoch, so a run killed at any moment resumes from its last full epoch.
+Every source of randomness is re-seeded from (seed, epoch), which makes a resumed CPU run reproduce an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from astrovader.config import Config, TrainConfig
+from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
+from astrovader.model import AstroVaDErNet, vade_losses
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.toml"
+HISTORY = "history.csv"
+HISTORY_FIELDS = ("epoch", "phase", "beta", "kl_weight", "lr", "train_total", "train_recon", "train_kl_unit",
+                  "train_kl_gmm", "val_total", "val_recon", "val_kl_unit", "val_kl_gmm", "seconds")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: training stops and the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the schedule, as data
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpochPlan:
+    epoch: int
+    phase: str  # "gamma", "anneal" or "static"
+    beta: float  # annealing factor, already raised to the power (0 in gamma-training)
+    kl_unit_weight: float
+    kl_gmm_weight: float
+    lr: float
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Step-wise exponential decay from ``lr`` that reaches ``lr_min`` exactly at the last epoch."""
+    last = cfg.epochs - 1
+    if last <= 0:
+        return cfg.lr_min
+    every = min(cfg.lr_decay_every, last)
+    steps = last // every
+    frac = min(epoch // every, steps) / steps
+    return cfg.lr * (cfg.lr_min / cfg.lr) ** frac
+
+
+def schedule(cfg: Config) -> list[EpochPlan]:
+    t, lo = cfg.train, cfg.loss
+    plans = [EpochPlan(e, "gamma", 0.0, lo.gamma, 0.0, learning_rate(t, e)) for e in range(t.gamma_epochs)]
+    e = t.gamma_epochs
+    for _ in range(t.periods):
+        for i in range(t.anneal_epochs):
+            beta = (i / t.anneal_epochs) ** t.anneal_power
+            plans.append(EpochPlan(e, "anneal", beta, 0.0, (beta + lo.gamma) * lo.gmm_kl_scale,
+                                   learning_rate(t, e)))
+            e += 1
+        for _ in range(t.static_epochs):
+            plans.append(EpochPlan(e, "static", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
+            e += 1
+    return plans
+
+
+# --------------------------------------------------------------------------------------------------
+# devices and feeding
+# --------------------------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return dev
+
+
+def to_float(x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    x = x_uint8.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Independent random horizontal and vertical flips per image, done on x's device in two ops."""
+    n = x.shape[0]
+    h = torch.rand(n, device=x.device, generator=generator) < 0.5
+    v = torch.rand(n, device=x.device, generator=generator) < 0.5
+    x = torch.where(h[:, None, None, None], x.flip(-1), x)
+    return torch.where(v[:, None, None, None], x.flip(-2), x)
+
+
+class BatchFeeder:
+    """Serves uint8 image batches on the training device without per-image Python work.
+
+    Small datasets (under ``max_resident_gb``) are copied to the device once and indexed there. Larger
+    ones are streamed: blocks of consecutive rows, in a random order, are read by a background thread,
+    pinned, moved to the device in one transfer and shuffled there.
+    """
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, device: torch.device, max_resident_gb: float,
+                 block_rows: int = 16384):
+        self.dataset, self.device = dataset, device
+        self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+        self.n = len(self.indices)
+        per_image = dataset.channels * dataset.image_size**2
+        self.resident = self.n * per_image <= max_resident_gb * 1e9
+        self.block_rows = block_rows
+        self.data: torch.Tensor | None = None
+        if self.resident:
+            self.data = torch.from_numpy(self._read(self.indices)).to(device)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx):  # contiguous: one slice
+            return self.dataset.read(int(idx[0]), int(idx[-1]) + 1)
+        return self.dataset.take(idx)
+
+    def batches(self, batch_size: int, generator: torch.Generator, shuffle: bool = True,
+                drop_last: bool = True) -> Iterator[torch.Tensor]:
+        if self.resident:
+            assert self.data is not None
+            order = (torch.randperm(self.n, device=self.device, generator=generator) if shuffle
+                     else torch.arange(self.n, device=self.device))
+            stop = self.n - self.n % batch_size if drop_last and self.n >= batch_size else self.n
+            for s in range(0, stop, batch_size):
+                yield self.data[order[s:s + batch_size]]
+            return
+        yield from self._streamed(batch_size, generator, shuffle, drop_last)
+
+    def _streamed(self, batch_size: int, generator: torch.Generator, shuffle: bool,
+                  drop_last: bool) -> Iterator[torch.Tensor]:
+        blocks = [self.indices[s:s + self.block_rows] for s in range(0, self.n, self.block_rows)]
+        order = (torch.randperm(len(blocks), generator=torch.Generator().manual_seed(
+            int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())))
+            .tolist() if shuffle else list(range(len(blocks))))
+        q: queue.Queue = queue.Queue(maxsize=2)
+
+        def reader() -> None:
+            for b in order:
+                arr = torch.from_numpy(self._read(blocks[b]))
+                q.put(arr.pin_memory() if self.device.type == "cuda" else arr)
+            q.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        carry: torch.Tensor | None = None
+        while (block := q.get()) is not None:
+            block = block.to(self.device, non_blocking=True)
+            if shuffle:
+                block = block[torch.randperm(len(block), device=self.device, generator=generator)]
+            if carry is not None:
+                block = torch.cat([carry, block])
+            full = len(block) - len(block) % batch_size
+            for s in range(0, full, batch_size):
+                yield block[s:s + batch_size]
+            carry = block[full:] if full < len(block) else None
+        if carry is not None and len(carry) and not (drop_last and self.n >= batch_size):
+            yield carry
+
+
+# --------------------------------------------------------------------------------------------------
+# mini-batch GMM initialisation
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def latent_means(net: AstroVaDErNet, feeder: BatchFeeder, batch_size: int, generator: torch.Generator,
+                 max_batches: int | None = None, shuffle: bool = True, channels_last: bool = False) -> np.ndarray:
+    net.eval()
+    out = []
+    for i, xb in enumerate(feeder.batches(batch_size, generator, shuffle=shuffle, drop_last=False)):
+        if max_batches is not None and i >= max_batches:
+            break
+        out.append(net.encode(to_float(xb, channels_last))[0].float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1) -> dict[str, np.ndarray]:
+    """k-means, then a diagonal GaussianMixture started at its centres (s3VDC's mini-batch init)."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    if len(z) < n_clusters:
+        raise ValueError(f"GMM initialisation needs at least {n_clusters} latent vectors, got {len(z)}; "
+                         "use more train.gmm_init_batches or a smaller model.n_clusters")
+    km = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z)
+    gm = GaussianMixture(n_clusters, covariance_type="diag", means_init=km.cluster_centers_,
+                         random_state=seed, reg_covar=1e-6, max_iter=200).fit(z)
+    return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
+            "kmeans_centers": km.cluster_centers_}
+
+
+def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device) -> None:
+    t = cfg.train
+    g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, -1))
+    z = latent_means(net, feeder, t.batch_size, g, max_batches=t.gmm_init_batches,
+                     channels_last=_channels_last(cfg, device))
+    fit = fit_gmm_init(z, cfg.model.n_clusters, t.seed, t.gmm_init_restarts)
+    dtype = net.gmm.means.dtype
+    weights = (torch.as_tensor(fit["weights"], dtype=dtype) if t.gmm_init == "fitted"
+               else net.gmm.weights.detach().cpu())
+    net.gmm.set_parameters(weights.to(device), torch.as_tensor(fit["means"], dtype=dtype, device=device),
+                           torch.as_tensor(fit["variances"], dtype=dtype, device=device))
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(net: AstroVaDErNet, path: Path, metadata: dict[str, str] | None = None) -> None:
+    _atomic_save_safetensors(net.state_dict(), path, {"format": "astrovader-weights", **(metadata or {})})
+
+
+def load_weights(net: AstroVaDErNet, path: Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config's architecture "
+                         f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+
+
+def _save_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimizer, epoch: int,
+                     history: list[dict[str, Any]]) -> None:
+    tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"optim/{pid}/{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    meta = {"format": "astrovader-checkpoint", "epoch": str(epoch),
+            "param_groups": json.dumps(opt_state["param_groups"]), "history": json.dumps(history)}
+    _atomic_save_safetensors(tensors, run_dir / CHECKPOINT, meta)
+    save_weights(net, run_dir / WEIGHTS, {"epoch": str(epoch)})
+    _write_history(run_dir / HISTORY, history)
+
+
+def _load_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimizer,
+                     device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    from safetensors import safe_open
+
+    path = run_dir / CHECKPOINT
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta.get("format") != "astrovader-checkpoint":
+        raise ValueError(f"{path}: not an astrovader checkpoint")
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, pid, name = k.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v.to(device) if name != "step" else v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    with open(Path(run_dir) / HISTORY, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            if k != "phase" and v not in ("", None):
+                r[k] = int(v) if k == "epoch" else float(v)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch + 7919) % (2**63 - 1)
+
+
+def _channels_last(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.channels_last and device.type == "cuda"
+
+
+def split_indices(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows: the dataset's ``split`` column if present, else a seeded fraction."""
+    if "split" in ds.catalog.columns:
+        train = ds.split_indices("train")
+        if len(train) == 0:
+            raise ValueError(f"{ds.path}: the catalogue's 'split' column has no 'train' rows")
+        return train, ds.split_indices("validation")
+    n = len(ds)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = int(round(n * cfg.validation_fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass
+class TrainResult:
+    net: AstroVaDErNet
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, resume: bool = False,
+          progress: bool = True, stop_after_epoch: int | None = None,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train (or continue training) a model on ``dataset``, writing everything to ``run_dir``.
+
+    ``stop_after_epoch`` ends the run early after that epoch, as a kill would (for tests and for
+    splitting a long run into sessions); the run can then be resumed."""
+    cfg.validate()
+    ds = open_dataset(dataset)
+    m, t = cfg.model, cfg.train
+    if (ds.image_size, ds.channels) != (m.image_size, m.channels):
+        raise ValueError(f"dataset {ds.path} has {ds.channels}-channel {ds.image_size}px images but the config "
+                         f"expects model.channels={m.channels}, model.image_size={m.image_size}; set those keys "
+                         "or re-ingest with --size")
+    run_dir = Path(run_dir)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    net = AstroVaDErNet(cfg).to(device)
+    cl = _channels_last(cfg, device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and (run_dir / CHECKPOINT).exists():
+        saved = Config.from_toml(run_dir / CONFIG)
+        if saved.model != cfg.model:
+            raise ValueError(f"{run_dir}: cannot resume with a different [model] section than the run's "
+                             f"{CONFIG}; resume with --config {run_dir / CONFIG}")
+        start, history = _load_checkpoint(run_dir, net, opt, device)
+        start += 1
+        history = history[:start]
+    elif (run_dir / CHECKPOINT).exists():
+        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                              "or choose a new run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
+    if start == 0:
+        (run_dir / "dataset.txt").write_text(str(Path(ds.path).resolve()) + "\n")
+
+    train_idx, val_idx = split_indices(ds, t)
+    if len(train_idx) < t.batch_size:
+        raise ValueError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
+    feeder = BatchFeeder(ds, train_idx, device, t.max_resident_gb)
+    val_feeder = BatchFeeder(ds, val_idx, device, t.max_resident_gb) if len(val_idx) else None
+
+    step_fn = _make_step(net, opt, cfg, device)
+    plans = schedule(cfg)
+    tb = _tensorboard(run_dir) if t.tensorboard else None
+    bar = tqdm(total=len(plans), initial=start, desc="training", unit="epoch", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for plan in plans[start:]:
+            t0 = time.perf_counter()
+            g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, plan.epoch))
+            torch.manual_seed(_epoch_seed(t.seed, plan.epoch) + 1)
+            for group in opt.param_groups:
+                group["lr"] = plan.lr
+            net.train()
+            sums = torch.zeros(4, device=device, dtype=torch.float64)
+            count = 0
+            for xb in feeder.batches(t.batch_size, g):
+                x = to_float(xb, cl)
+                if t.flips:
+                    x = random_flips(x, g)
+                sums += step_fn(x, plan)
+                count += x.shape[0]
+            train_means = (sums / max(count, 1)).tolist()  # the one host sync of the epoch
+            row: dict[str, Any] = {
+                "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
+                "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
+                "lr": plan.lr, "train_total": train_means[0], "train_recon": train_means[1],
+                "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
+            if not all(math.isfinite(v) for v in train_means):
+                raise TrainingDiverged(
+                    f"non-finite loss in epoch {plan.epoch} ({plan.phase} phase): total={train_means[0]}, "
+                    f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; the last "
+                    f"good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}. Try a smaller train.lr "
+                    "or train.clip_value.")
+            if val_feeder is not None:
+                v = evaluate(net, val_feeder, cfg, plan, device)
+                row.update(val_total=v[0], val_recon=v[1], val_kl_unit=v[2], val_kl_gmm=v[3])
+            if plan.phase == "gamma" and plan.epoch == t.gamma_epochs - 1:
+                initialise_gmm(net, feeder, cfg, device)
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            _save_checkpoint(run_dir, net, opt, plan.epoch, history)
+            if tb is not None:
+                for k, val in row.items():
+                    if isinstance(val, float):
+                        tb.add_scalar(k, val, plan.epoch)
+            if on_epoch_end:
+                on_epoch_end(row)
+            bar.update(1)
+            bar.set_postfix(phase=plan.phase, loss=f"{row['train_total']:.4g}",
+                            recon=f"{row['train_recon']:.4g}")
+            if stop_after_epoch is not None and plan.epoch >= stop_after_epoch:
+                break
+    finally:
+        bar.close()
+        if tb is not None:
+            tb.close()
+    return TrainResult(net, history, run_dir)
+
+
+def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config,
+               device: torch.device) -> Callable[[torch.Tensor, EpochPlan], torch.Tensor]:
+    lo, t = cfg.loss, cfg.train
+    use_bf16 = t.bf16 and device.type == "cuda"
+    forward = net.forward
+    if t.compile and device.type == "cuda":
+        try:
+            forward = torch.compile(net.forward)
+        except Exception:  # pragma: no cover - compile is an optional speed-up
+            forward = net.forward
+    params = list(net.parameters())
+
+    def step(x: torch.Tensor, plan: EpochPlan) -> torch.Tensor:
+        gmm_phase = plan.phase != "gamma"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = forward(x, sample=gmm_phase or not t.decode_mean_in_gamma)
+        terms = vade_losses(net, x, out, lo, gmm_phase)
+        per_sample = (terms["recon"] + plan.kl_unit_weight * terms["kl_unit"]
+                      + plan.kl_gmm_weight * terms["kl_gmm"])
+        loss = per_sample.mean()
+        if lo.l2 > 0:
+            loss = loss + lo.l2 * net.l2_penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if gmm_phase and t.clip_value > 0:
+            torch.nn.utils.clip_grad_value_(params, t.clip_value)
+        opt.step()
+        with torch.no_grad():
+            n = x.shape[0]
+            return torch.stack([loss.detach().double() * n, terms["recon"].detach().double().sum(),
+                                terms["kl_unit"].detach().double().sum(), terms["kl_gmm"].detach().double().sum()])
+
+    return step
+
+
+@torch.no_grad()
+def evaluate(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, plan: EpochPlan,
+             device: torch.device, batch_size: int = 512) -> list[float]:
+    """Mean validation loss terms with z = mu (deterministic), weighted as in the epoch's phase."""
+    net.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    n = 0
+    g = torch.Generator(device=device).manual_seed(0)
+    for xb in feeder.batches(batch_size, g, shuffle=False, drop_last=False):
+        x = to_float(xb, _channels_last(cfg, device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda"):
+            out = net(x, sample=False)
+        terms = vade_losses(net, x, out, cfg.loss, gmm_phase=plan.phase != "gamma")
+        total = terms["recon"] + plan.kl_unit_weight * terms["kl_unit"] + plan.kl_gmm_weight * terms["kl_gmm"]
+        sums += torch.stack([total.double().sum(), terms["recon"].double().sum(),
+                             terms["kl_unit"].double().sum(), terms["kl_gmm"].double().sum()])
+        n += x.shape[0]
+    return (sums / max(n, 1)).tolist()
+
+
+def _tensorboard(run_dir: Path):  # pragma: no cover - optional dependency
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        import warnings
+
+        warnings.warn("train.tensorboard = true but the tensorboard package is not installed "
+                      "(pip install 'astrovader[tensorboard]'); continuing without it", stacklevel=2)
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))

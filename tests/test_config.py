@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from astrovader.config import Config, ConfigError
+
+
+def test_paper_preset_matches_reference_facts():
+    c = Config.preset("paper")
+    assert (c.model.image_size, c.model.latent_dim, c.model.n_clusters) == (128, 20, 12)
+    assert c.model.encoder_filters == [64, 64, 16] and c.model.encoder_kernels == [3, 5, 5]
+    assert c.model.decoder_filters == [16, 64, 64] and c.model.decoder_kernels == [5, 5, 5]
+    assert c.loss.gmm_kl_scale == 0.3 and c.loss.l2 == 0.01 and c.loss.minmax_scale == 50 and c.loss.gamma == 5e-4
+    t = c.train
+    assert (t.gamma_epochs, t.gmm_init_batches, t.anneal_epochs, t.static_epochs, t.periods) == (100, 200, 25, 25, 5)
+    assert t.epochs == 350 and t.lr == 3e-4 and t.lr_min == 1e-6 and t.clip_value == 1.0
+
+
+def test_toml_roundtrip(tmp_path):
+    c = Config.resolve("demo", overrides=["train.seed=7", "model.encoder_filters=[4,4,4]", "train.device=cpu"])
+    c.save(tmp_path / "c.toml")
+    assert Config.from_toml(tmp_path / "c.toml") == c
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.image_size=30", "model.image_size"),
+    ("model.n_clusters=0", "model.n_clusters"),
+    ("train.colour=1", "unknown config key 'train.colour'"),
+    ("bogus.x=1", "unknown config section 'bogus'"),
+    ("train.batch_size=abc", "train.batch_size: expected int"),
+    ("loss.reconstruction='l1'", "loss.reconstruction"),
+    ("model.encoder_kernels=[3,4,3]", "odd"),
+])
+def test_bad_settings_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        Config.resolve("demo", overrides=[override])
+
+
+def test_unknown_key_in_file(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match="c.toml.*train.epochz"):
+        Config.from_toml(tmp_path / "c.toml")

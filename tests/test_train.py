@@ -1,0 +1,150 @@
+"""The s3VDC schedule, mini-batch GMM initialisation, checkpoints, resume and divergence handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from astrovader.config import Config
+from astrovader.train import (
+    CHECKPOINT,
+    TrainingDiverged,
+    fit_gmm_init,
+    learning_rate,
+    read_history,
+    schedule,
+    train,
+)
+
+
+def tiny_config(**over) -> Config:
+    sets = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
+            "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
+            "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
+            "train.anneal_epochs=2", "train.static_epochs=1", "train.periods=2", "train.lr=1e-3",
+            "train.lr_min=1e-4", "train.lr_decay_every=2", "train.device=cpu", "train.validation_fraction=0.1"]
+    sets += [f"{k}={v}" for k, v in over.items()]
+    return Config.resolve("demo", overrides=sets)
+
+
+def test_paper_schedule_beta_and_learning_rate():
+    cfg = Config.preset("paper")
+    plans = schedule(cfg)
+    assert len(plans) == 350
+    assert [p.phase for p in plans[:100]] == ["gamma"] * 100
+    assert all(p.kl_gmm_weight == 0 and p.kl_unit_weight == 5e-4 for p in plans[:100])
+    for period in range(5):
+        s = 100 + 50 * period
+        anneal, static = plans[s:s + 25], plans[s + 25:s + 50]
+        assert [p.phase for p in anneal] == ["anneal"] * 25 and [p.phase for p in static] == ["static"] * 25
+        np.testing.assert_allclose([p.beta for p in anneal], (np.arange(25) / 25) ** 3)
+        np.testing.assert_allclose([p.kl_gmm_weight for p in anneal], ((np.arange(25) / 25) ** 3 + 5e-4) * 0.3)
+        assert all(p.beta == 1 and p.kl_gmm_weight == pytest.approx(0.3 * (1 + 5e-4)) for p in static)
+    lrs = np.array([p.lr for p in plans])
+    assert lrs[0] == pytest.approx(3e-4) and lrs[-1] == pytest.approx(1e-6)
+    assert np.all(np.diff(lrs) <= 0)
+    # step-wise: constant within each block of 5 epochs, exponential between blocks
+    assert np.all(lrs[:5] == lrs[0]) and lrs[5] < lrs[4]
+    ratios = lrs[5::5] / lrs[:-5:5]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("epochs_cfg", [(1, 0, 0, 0), (3, 2, 1, 1), (10, 4, 4, 3)])
+def test_learning_rate_reaches_minimum_at_last_epoch(epochs_cfg):
+    g, a, s, p = epochs_cfg
+    cfg = Config.resolve(overrides=[f"train.gamma_epochs={g}", f"train.anneal_epochs={a}",
+                                    f"train.static_epochs={s}", f"train.periods={p}", "train.lr_decay_every=5"])
+    t = cfg.train
+    assert learning_rate(t, t.epochs - 1) == pytest.approx(t.lr_min)
+    if t.epochs > 1:
+        assert learning_rate(t, 0) == pytest.approx(t.lr)
+
+
+def test_minibatch_gmm_init_recovers_planted_mixture():
+    rng = np.random.default_rng(0)
+    K, J = 4, 6
+    means = rng.normal(0, 6, size=(K, J))
+    sds = rng.uniform(0.5, 1.5, size=(K, J))
+    weights = np.array([0.1, 0.2, 0.3, 0.4])
+    comp = rng.choice(K, size=4000, p=weights)
+    z = means[comp] + rng.normal(size=(4000, J)) * sds[comp]
+    fit = fit_gmm_init(z, K, seed=0, n_init=10)
+    order = [int(np.argmin(((fit["means"] - m) ** 2).sum(1))) for m in means]
+    assert sorted(order) == list(range(K))
+    np.testing.assert_allclose(fit["means"][order], means, atol=0.15)
+    np.testing.assert_allclose(np.sqrt(fit["variances"][order]), sds, rtol=0.1)
+    np.testing.assert_allclose(fit["weights"][order], weights, atol=0.02)
+
+
+def test_training_runs_and_initialises_gmm(blob_dataset, tmp_path):
+    cfg = tiny_config()
+    res = train(cfg, blob_dataset, tmp_path / "run", progress=False)
+    hist = read_history(tmp_path / "run")
+    assert [h["epoch"] for h in hist] == list(range(cfg.train.epochs))
+    assert [h["phase"] for h in hist] == ["gamma", "gamma", "anneal", "anneal", "static", "anneal", "anneal", "static"]
+    assert all(np.isfinite(h["train_total"]) and np.isfinite(h["val_total"]) for h in hist)
+    assert hist[0]["train_kl_gmm"] == 0 and hist[2]["train_kl_gmm"] > 0
+    assert hist[-1]["lr"] == pytest.approx(cfg.train.lr_min)
+    w = res.net.gmm.weights.detach()
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and (res.net.gmm.variances > 0).all()
+    for f in ("config.toml", "model.safetensors", "history.csv", CHECKPOINT):
+        assert (tmp_path / "run" / f).is_file()
+    # weights are plain safetensors
+    assert "gmm.means" in load_file(str(tmp_path / "run" / "model.safetensors"))
+
+
+def test_resume_equals_uninterrupted(blob_dataset, tmp_path):
+    cfg = tiny_config()
+    full = train(cfg, blob_dataset, tmp_path / "full", progress=False)
+    for stop in (1, 3):  # a stop inside gamma-training (right at GMM init) and inside annealing
+        run = tmp_path / f"stopped{stop}"
+        train(cfg, blob_dataset, run, progress=False, stop_after_epoch=stop)
+        assert len(read_history(run)) == stop + 1
+        resumed = train(cfg, blob_dataset, run, resume=True, progress=False)
+        for k, v in full.net.state_dict().items():
+            torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        assert [h["epoch"] for h in read_history(run)] == list(range(cfg.train.epochs))
+
+
+def test_refuses_to_overwrite_a_run(blob_dataset, tmp_path):
+    cfg = tiny_config(**{"train.periods": 0})
+    train(cfg, blob_dataset, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, blob_dataset, tmp_path / "run", progress=False)
+
+
+def test_nan_loss_stops_with_epoch_and_phase(blob_dataset, tmp_path):
+    cfg = tiny_config(**{"train.lr": 1e30, "train.lr_min": 1e29, "train.periods": 1})
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+ \((gamma|anneal|static) phase\)"):
+        train(cfg, blob_dataset, tmp_path / "run", progress=False)
+
+
+def test_sigkill_and_resume_matches_uninterrupted(blob_dataset, tmp_path):
+    """A real SIGKILL of `astrovader train` at an arbitrary moment, then --resume."""
+    cfg = tiny_config(**{"train.periods": 3})
+    cfg.save(tmp_path / "cfg.toml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "astrovader", "train", str(blob_dataset.path), "--config",
+           str(tmp_path / "cfg.toml"), "--quiet"]
+    subprocess.run(cmd + [str(tmp_path / "full")], check=True, env=env)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [str(run)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / CHECKPOINT).exists():
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it get somewhere in the middle of an epoch or a checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd + [str(run), "--resume"], check=True, env=env)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(run / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
