@@ -1,0 +1,95 @@
+"""Prediction catalogues, the estimator API and the core CLI commands, on a tiny trained run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from astropy.table import Table
+
+from astrovader import AstroVaDEr, Config
+from astrovader.cli import main
+from astrovader.data.dataset import write_dataset
+
+from .conftest import blob_images
+
+TINY = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
+        "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
+        "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
+        "train.anneal_epochs=1", "train.static_epochs=1", "train.periods=1", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    imgs, labels = blob_images(300, size=16, seed=1)
+    ds = write_dataset(tmp / "ds", imgs, pd.DataFrame({"id": np.arange(1000, 1300), "true_class": labels}))
+    cfg = Config.resolve("demo", overrides=TINY)
+    model = AstroVaDEr(cfg).fit(ds, run_dir=tmp / "run", progress=False)
+    return tmp, ds, model
+
+
+def test_predict_catalogue_columns_and_values(trained, tmp_path):
+    tmp, ds, model = trained
+    assert main(["predict", str(tmp / "run"), str(ds.path), str(tmp_path / "p.parquet"), "--quiet",
+                 "--batch-size", "64"]) == 0
+    cat = pd.read_parquet(tmp_path / "p.parquet")
+    J, K = 4, 3
+    expected = (["id"] + [f"z_{j}" for j in range(J)] + [f"logvar_{j}" for j in range(J)]
+                + [f"p_{k}" for k in range(K)] + ["cluster", "max_prob", "recon_mse"])
+    assert list(cat.columns) == expected
+    assert cat["id"].tolist() == list(range(1000, 1300))
+    probs = cat[[f"p_{k}" for k in range(K)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert (cat["cluster"].to_numpy() == probs.argmax(1)).all()
+    np.testing.assert_allclose(cat["max_prob"], probs.max(1))
+    # the catalogue agrees with the Python API
+    np.testing.assert_allclose(probs, model.predict_proba(ds.load()), atol=1e-5)
+    np.testing.assert_allclose(cat[[f"z_{j}" for j in range(J)]].to_numpy(), model.transform(ds), atol=1e-5)
+    recon = model.reconstruct(ds.load())
+    mse = ((recon - ds.load() / 255.0) ** 2).reshape(len(recon), -1).mean(1)
+    np.testing.assert_allclose(cat["recon_mse"], mse, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_fits(trained, tmp_path):
+    tmp, ds, _ = trained
+    assert main(["predict", str(tmp / "run"), str(ds.path), str(tmp_path / "p.fits"), "--quiet"]) == 0
+    t = Table.read(tmp_path / "p.fits")
+    assert len(t) == 300 and "p_2" in t.colnames and t["id"][0] == 1000
+
+
+def test_estimator_api_roundtrip(trained, tmp_path):
+    _, ds, model = trained
+    x = ds.load()[:10]
+    model.save(tmp_path / "saved")
+    again = AstroVaDEr.load(tmp_path / "saved")
+    np.testing.assert_allclose(again.predict_proba(x), model.predict_proba(x), atol=1e-6)
+    assert model.predict(x).shape == (10,)
+    # float images in [0, 1] and (N, H, W) arrays are accepted
+    np.testing.assert_allclose(model.transform(x[:, 0] / 255.0), model.transform(x), atol=1e-5)
+    imgs, comps = model.sample(7, cluster=[0, 2], seed=3)
+    assert imgs.shape == (7, 1, 16, 16) and list(comps) == [0, 2, 0, 2, 0, 2, 0]
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    imgs2, _ = model.sample(7, cluster=[0, 2], seed=3)
+    np.testing.assert_array_equal(imgs, imgs2)
+    with pytest.raises(ValueError, match="expects"):
+        model.predict(np.zeros((2, 1, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="cluster must be in 0..2"):
+        model.sample(2, cluster=5)
+    with torch.no_grad():
+        w = model.net.gmm.weights
+    assert abs(float(w.sum()) - 1) < 1e-6
+
+
+def test_cli_errors_are_clear(trained, tmp_path, capsys):
+    tmp, ds, _ = trained
+    assert main(["train", str(ds.path), str(tmp_path / "r"), "--preset", "demo", "--set", "model.latent_dim=0"]) == 2
+    assert "model.latent_dim" in capsys.readouterr().err
+    # a 32 px config on a 16 px dataset names both sizes
+    assert main(["train", str(ds.path), str(tmp_path / "r"), "--preset", "demo", "--quiet"]) == 2
+    assert "model.image_size=32" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nothing"), str(ds.path), str(tmp_path / "p.parquet")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    assert main(["summary", "--preset", "paper"]) == 0
+    assert "870,889" in capsys.readouterr().out
