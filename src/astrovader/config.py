@@ -57,8 +57,9 @@ class TrainConfig:
     lr_decay_every: int = 5
     clip_value: float = 1.0  # gradient value clipping in the GMM (annealing/static) phases; 0 = off
     gmm_init: str = "fitted"  # "fitted": means, variances, weights of the GaussianMixture; "s3vdc": keep pi
+    gmm_init_add_encoder_variance: bool = True  # GMM variances model z, not only its mean (see train.py)
     gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
-    decode_mean_in_gamma: bool = True  # s3VDC feeds the decoder mu (not a sample) during gamma-training
+    decode_mean_in_gamma: bool = False  # s3VDC's code feeds the decoder mu in gamma-training; see README
     flips: bool = True
     validation_fraction: float = 0.0  # used only when the dataset has no `split` column
     seed: int = 0

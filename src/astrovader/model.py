@@ -179,9 +179,15 @@ class AstroVaDErNet(nn.Module):
         out = self.decoder(z)
         return torch.sigmoid(out) if self.decoder.bce else out
 
-    def forward(self, x: Tensor, sample: bool = True) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, sample: bool = True, eps: Tensor | None = None) -> dict[str, Tensor]:
+        """``eps`` (standard normal, shape of mu) may be given so that the noise is chosen by the caller,
+        e.g. identically across data-parallel ranks."""
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        if sample:
+            noise = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+            z = mu + noise * (0.5 * logvar).exp()
+        else:
+            z = mu
         return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decoder(z)}
 
     def l2_penalty(self) -> Tensor:

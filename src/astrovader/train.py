@@ -144,16 +144,20 @@ class BatchFeeder:
         return self.dataset.take(idx)
 
     def batches(self, batch_size: int, generator: torch.Generator, shuffle: bool = True,
-                drop_last: bool = True) -> Iterator[torch.Tensor]:
+                drop_last: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        """Global batches in a random order drawn from ``generator``. With ``shard=(rank, world)`` each
+        rank receives its contiguous slice of every global batch; all ranks must pass generators in the
+        same state, so that together they see exactly the batches a single process would."""
         if self.resident:
             assert self.data is not None
             order = (torch.randperm(self.n, device=self.device, generator=generator) if shuffle
                      else torch.arange(self.n, device=self.device))
             stop = self.n - self.n % batch_size if drop_last and self.n >= batch_size else self.n
             for s in range(0, stop, batch_size):
-                yield self.data[order[s:s + batch_size]]
+                yield self.data[_shard(order[s:s + batch_size], shard)]
             return
-        yield from self._streamed(batch_size, generator, shuffle, drop_last)
+        for batch in self._streamed(batch_size, generator, shuffle, drop_last):
+            yield batch[_shard(torch.arange(len(batch), device=batch.device), shard)]
 
     def _streamed(self, batch_size: int, generator: torch.Generator, shuffle: bool,
                   drop_last: bool) -> Iterator[torch.Tensor]:
@@ -185,19 +189,31 @@ class BatchFeeder:
             yield carry
 
 
+def _shard(positions: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    rank, world = shard
+    if world == 1:
+        return positions
+    per = -(-len(positions) // world)
+    return positions[rank * per:(rank + 1) * per]
+
+
 # --------------------------------------------------------------------------------------------------
 # mini-batch GMM initialisation
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def latent_means(net: AstroVaDErNet, feeder: BatchFeeder, batch_size: int, generator: torch.Generator,
-                 max_batches: int | None = None, shuffle: bool = True, channels_last: bool = False) -> np.ndarray:
+                 max_batches: int | None = None, shuffle: bool = True, channels_last: bool = False,
+                 with_logvar: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     net.eval()
-    out = []
+    mus, lvs = [], []
     for i, xb in enumerate(feeder.batches(batch_size, generator, shuffle=shuffle, drop_last=False)):
         if max_batches is not None and i >= max_batches:
             break
-        out.append(net.encode(to_float(xb, channels_last))[0].float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+        mu, lv = net.encode(to_float(xb, channels_last))
+        mus.append(mu.float().cpu())
+        lvs.append(lv.float().cpu())
+    mu_arr = torch.cat(mus).numpy().astype(np.float64)
+    return (mu_arr, torch.cat(lvs).numpy().astype(np.float64)) if with_logvar else mu_arr
 
 
 def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1) -> dict[str, np.ndarray]:
@@ -212,20 +228,27 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1) -> 
     gm = GaussianMixture(n_clusters, covariance_type="diag", means_init=km.cluster_centers_,
                          random_state=seed, reg_covar=1e-6, max_iter=200).fit(z)
     return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
-            "kmeans_centers": km.cluster_centers_}
+            "kmeans_centers": km.cluster_centers_, "responsibilities": gm.predict_proba(z)}
 
 
 def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device) -> None:
     t = cfg.train
     g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, -1))
-    z = latent_means(net, feeder, t.batch_size, g, max_batches=t.gmm_init_batches,
-                     channels_last=_channels_last(cfg, device))
-    fit = fit_gmm_init(z, cfg.model.n_clusters, t.seed, t.gmm_init_restarts)
+    mu, logvar = latent_means(net, feeder, t.batch_size, g, max_batches=t.gmm_init_batches,
+                              channels_last=_channels_last(cfg, device), with_logvar=True)
+    fit = fit_gmm_init(mu, cfg.model.n_clusters, t.seed, t.gmm_init_restarts)
+    variances = fit["variances"]
+    if t.gmm_init_add_encoder_variance:
+        # The prior models z ~ N(mu, exp(logvar)), not mu alone. A mixture fitted to the means of a
+        # barely-regularised encoder can have variances orders of magnitude below exp(logvar) in some
+        # dimensions, and the GMM KL term exp(logvar)/var_c then explodes at the start of annealing.
+        resp = fit["responsibilities"]
+        variances = variances + (resp.T @ np.exp(logvar)) / resp.sum(0).clip(1e-12)[:, None]
     dtype = net.gmm.means.dtype
     weights = (torch.as_tensor(fit["weights"], dtype=dtype) if t.gmm_init == "fitted"
                else net.gmm.weights.detach().cpu())
     net.gmm.set_parameters(weights.to(device), torch.as_tensor(fit["means"], dtype=dtype, device=device),
-                           torch.as_tensor(fit["variances"], dtype=dtype, device=device))
+                           torch.as_tensor(variances, dtype=dtype, device=device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,22 +358,86 @@ class TrainResult:
     run_dir: Path
 
 
+@dataclass(frozen=True)
+class DistInfo:
+    """Data-parallel layout. One process per device; ``world == 1`` is the ordinary single-device run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_setup() -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1), else run alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_reduce_(t: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast_parameters(net: AstroVaDErNet, dist_info: DistInfo) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for p in net.state_dict().values():
+                dist.broadcast(p, src=0)
+
+
 def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, resume: bool = False,
           progress: bool = True, stop_after_epoch: int | None = None,
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or continue training) a model on ``dataset``, writing everything to ``run_dir``.
 
     ``stop_after_epoch`` ends the run early after that epoch, as a kill would (for tests and for
-    splitting a long run into sessions); the run can then be resumed."""
+    splitting a long run into sessions); the run can then be resumed.
+
+    Under ``torchrun --nproc-per-node N`` the global batch ``train.batch_size`` is split over N ranks.
+    Every rank draws the same global permutation, flips and reparameterisation noise and uses its slice,
+    gradients are averaged with one coalesced all-reduce per step, the GMM initialisation runs on rank 0
+    and is broadcast, and only rank 0 writes checkpoints: an N-rank run follows the 1-rank run with the
+    same global batch up to floating-point summation order."""
     cfg.validate()
+    dist_info = distributed_setup()
     ds = open_dataset(dataset)
     m, t = cfg.model, cfg.train
     if (ds.image_size, ds.channels) != (m.image_size, m.channels):
         raise ValueError(f"dataset {ds.path} has {ds.channels}-channel {ds.image_size}px images but the config "
                          f"expects model.channels={m.channels}, model.image_size={m.image_size}; set those keys "
                          "or re-ingest with --size")
+    if t.batch_size % dist_info.world:
+        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the number of ranks "
+                         f"({dist_info.world})")
     run_dir = Path(run_dir)
     device = resolve_device(t.device)
+    if device.type == "cuda" and dist_info.world > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
     torch.manual_seed(t.seed)
     net = AstroVaDErNet(cfg).to(device)
     cl = _channels_last(cfg, device)
@@ -371,22 +458,26 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     elif (run_dir / CHECKPOINT).exists():
         raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
                               "or choose a new run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
-    if start == 0:
-        (run_dir / "dataset.txt").write_text(str(Path(ds.path).resolve()) + "\n")
+    _broadcast_parameters(net, dist_info)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
+        if start == 0:
+            (run_dir / "dataset.txt").write_text(str(Path(ds.path).resolve()) + "\n")
 
     train_idx, val_idx = split_indices(ds, t)
     if len(train_idx) < t.batch_size:
         raise ValueError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
     feeder = BatchFeeder(ds, train_idx, device, t.max_resident_gb)
+    val_idx = val_idx[dist_info.rank::dist_info.world]
     val_feeder = BatchFeeder(ds, val_idx, device, t.max_resident_gb) if len(val_idx) else None
 
-    step_fn = _make_step(net, opt, cfg, device)
+    step_fn = _make_step(net, opt, cfg, device, dist_info)
+    shard = (dist_info.rank, dist_info.world)
     plans = schedule(cfg)
-    tb = _tensorboard(run_dir) if t.tensorboard else None
-    bar = tqdm(total=len(plans), initial=start, desc="training", unit="epoch", disable=not progress,
-               dynamic_ncols=True)
+    tb = _tensorboard(run_dir) if t.tensorboard and dist_info.is_main else None
+    bar = tqdm(total=len(plans), initial=start, desc="training", unit="epoch",
+               disable=not progress or not dist_info.is_main, dynamic_ncols=True)
     try:
         for plan in plans[start:]:
             t0 = time.perf_counter()
@@ -395,15 +486,11 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
             for group in opt.param_groups:
                 group["lr"] = plan.lr
             net.train()
-            sums = torch.zeros(4, device=device, dtype=torch.float64)
-            count = 0
-            for xb in feeder.batches(t.batch_size, g):
-                x = to_float(xb, cl)
-                if t.flips:
-                    x = random_flips(x, g)
-                sums += step_fn(x, plan)
-                count += x.shape[0]
-            train_means = (sums / max(count, 1)).tolist()  # the one host sync of the epoch
+            sums = torch.zeros(5, device=device, dtype=torch.float64)
+            for xb in feeder.batches(t.batch_size, g, shard=shard):
+                sums += step_fn(to_float(xb, cl), plan, g)
+            _all_reduce_(sums, dist_info)
+            train_means = (sums[:4] / sums[4].clamp_min(1)).tolist()  # the one host sync of the epoch
             row: dict[str, Any] = {
                 "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
                 "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
@@ -415,14 +502,19 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
                     f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; the last "
                     f"good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}. Try a smaller train.lr "
                     "or train.clip_value.")
-            if val_feeder is not None:
-                v = evaluate(net, val_feeder, cfg, plan, device)
-                row.update(val_total=v[0], val_recon=v[1], val_kl_unit=v[2], val_kl_gmm=v[3])
+            if val_feeder is not None or dist_info.world > 1:
+                v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
+                if v is not None:
+                    row.update(val_total=v[0], val_recon=v[1], val_kl_unit=v[2], val_kl_gmm=v[3])
             if plan.phase == "gamma" and plan.epoch == t.gamma_epochs - 1:
-                initialise_gmm(net, feeder, cfg, device)
+                if dist_info.is_main:
+                    initialise_gmm(net, feeder, cfg, device)
+                _broadcast_parameters(net, dist_info)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            _save_checkpoint(run_dir, net, opt, plan.epoch, history)
+            if dist_info.is_main:
+                _save_checkpoint(run_dir, net, opt, plan.epoch, history)
+            _barrier(dist_info)
             if tb is not None:
                 for k, val in row.items():
                     if isinstance(val, float):
@@ -441,8 +533,9 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     return TrainResult(net, history, run_dir)
 
 
-def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config,
-               device: torch.device) -> Callable[[torch.Tensor, EpochPlan], torch.Tensor]:
+def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, device: torch.device,
+               dist_info: DistInfo = DistInfo()) -> Callable[[torch.Tensor, EpochPlan, torch.Generator],
+                                                              torch.Tensor]:
     lo, t = cfg.loss, cfg.train
     use_bf16 = t.bf16 and device.type == "cuda"
     forward = net.forward
@@ -452,11 +545,24 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config,
         except Exception:  # pragma: no cover - compile is an optional speed-up
             forward = net.forward
     params = list(net.parameters())
+    shard = (dist_info.rank, dist_info.world)
+    J = cfg.model.latent_dim
 
-    def step(x: torch.Tensor, plan: EpochPlan) -> torch.Tensor:
+    def step(x: torch.Tensor, plan: EpochPlan, g: torch.Generator) -> torch.Tensor:
+        """One optimiser step on this rank's slice ``x`` of a global batch; returns loss sums and count."""
         gmm_phase = plan.phase != "gamma"
+        n_global = x.shape[0] * dist_info.world
+        # Random numbers are drawn for the whole global batch (same generator state on every rank) and
+        # sliced, so the result does not depend on how many ranks share the batch.
+        if t.flips:
+            h = _shard(torch.rand(n_global, device=device, generator=g) < 0.5, shard)
+            v = _shard(torch.rand(n_global, device=device, generator=g) < 0.5, shard)
+            x = torch.where(h[:, None, None, None], x.flip(-1), x)
+            x = torch.where(v[:, None, None, None], x.flip(-2), x)
+        sample = gmm_phase or not t.decode_mean_in_gamma
+        eps = _shard(torch.randn(n_global, J, device=device, generator=g), shard) if sample else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = forward(x, sample=gmm_phase or not t.decode_mean_in_gamma)
+            out = forward(x, sample=sample, eps=eps)
         terms = vade_losses(net, x, out, lo, gmm_phase)
         per_sample = (terms["recon"] + plan.kl_unit_weight * terms["kl_unit"]
                       + plan.kl_gmm_weight * terms["kl_gmm"])
@@ -465,35 +571,48 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config,
             loss = loss + lo.l2 * net.l2_penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if dist_info.world > 1:
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = torch.cat([gr.reshape(-1) for gr in grads])
+            _all_reduce_(flat, dist_info).div_(dist_info.world)
+            offset = 0
+            for gr in grads:
+                gr.copy_(flat[offset:offset + gr.numel()].view_as(gr))
+                offset += gr.numel()
         if gmm_phase and t.clip_value > 0:
             torch.nn.utils.clip_grad_value_(params, t.clip_value)
         opt.step()
         with torch.no_grad():
             n = x.shape[0]
             return torch.stack([loss.detach().double() * n, terms["recon"].detach().double().sum(),
-                                terms["kl_unit"].detach().double().sum(), terms["kl_gmm"].detach().double().sum()])
+                                terms["kl_unit"].detach().double().sum(), terms["kl_gmm"].detach().double().sum(),
+                                torch.tensor(float(n), dtype=torch.float64, device=device)])
 
     return step
 
 
 @torch.no_grad()
-def evaluate(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, plan: EpochPlan,
-             device: torch.device, batch_size: int = 512) -> list[float]:
-    """Mean validation loss terms with z = mu (deterministic), weighted as in the epoch's phase."""
+def evaluate(net: AstroVaDErNet, feeder: BatchFeeder | None, cfg: Config, plan: EpochPlan,
+             device: torch.device, batch_size: int = 512, dist_info: DistInfo = DistInfo()) -> list[float] | None:
+    """Mean validation loss terms with z = mu (deterministic), weighted as in the epoch's phase.
+    Each rank evaluates its share of the validation rows; the sums are combined."""
     net.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    n = 0
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     g = torch.Generator(device=device).manual_seed(0)
-    for xb in feeder.batches(batch_size, g, shuffle=False, drop_last=False):
+    batches = feeder.batches(batch_size, g, shuffle=False, drop_last=False) if feeder is not None else ()
+    for xb in batches:
         x = to_float(xb, _channels_last(cfg, device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda"):
             out = net(x, sample=False)
         terms = vade_losses(net, x, out, cfg.loss, gmm_phase=plan.phase != "gamma")
         total = terms["recon"] + plan.kl_unit_weight * terms["kl_unit"] + plan.kl_gmm_weight * terms["kl_gmm"]
         sums += torch.stack([total.double().sum(), terms["recon"].double().sum(),
-                             terms["kl_unit"].double().sum(), terms["kl_gmm"].double().sum()])
-        n += x.shape[0]
-    return (sums / max(n, 1)).tolist()
+                             terms["kl_unit"].double().sum(), terms["kl_gmm"].double().sum(),
+                             torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+    _all_reduce_(sums, dist_info)
+    if sums[4] == 0:
+        return None
+    return (sums[:4] / sums[4]).tolist()
 
 
 def _tensorboard(run_dir: Path):  # pragma: no cover - optional dependency
