@@ -64,8 +64,8 @@ class TrainConfig:
     validation_fraction: float = 0.0  # used only when the dataset has no `split` column
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    bf16: bool = True  # bf16 autocast on CUDA only
-    channels_last: bool = True  # on CUDA only
+    bf16: bool = True  # bf16 autocast where the device has fast bf16 (CUDA; CPUs with AVX512-BF16/AMX)
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on CUDA and with oneDNN on CPU)
     compile: bool = False  # torch.compile the network (CUDA; falls back when unavailable)
     max_resident_gb: float = 4.0  # keep the uint8 training set on the device when it is smaller than this
     tensorboard: bool = False

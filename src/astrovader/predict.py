@@ -38,6 +38,7 @@ def infer_batch(net: AstroVaDErNet, x: torch.Tensor, device: torch.device,
     """Everything the catalogue holds for one batch of float images already scaled to [0, 1]."""
     x = x.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        # bf16 only on CUDA here: catalogue values should not depend on the CPU model that made them.
         mu, logvar = net.encode(x)
         recon = net.decode(mu)
     mu, logvar = mu.float(), logvar.float()

@@ -335,7 +335,25 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _channels_last(cfg: Config, device: torch.device) -> bool:
-    return cfg.train.channels_last and device.type == "cuda"
+    return cfg.train.channels_last and device.type in ("cuda", "cpu")
+
+
+def _use_bf16(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.bf16 and fast_bf16(device)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA GPUs with bf16 support, and CPUs with native
+    bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs bf16 convolutions about twice as fast."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return torch.backends.mkldnn.is_available() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+    return False
 
 
 def split_indices(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -537,7 +555,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
                dist_info: DistInfo = DistInfo()) -> Callable[[torch.Tensor, EpochPlan, torch.Generator],
                                                               torch.Tensor]:
     lo, t = cfg.loss, cfg.train
-    use_bf16 = t.bf16 and device.type == "cuda"
+    use_bf16 = _use_bf16(cfg, device)
     forward = net.forward
     if t.compile and device.type == "cuda":
         try:
@@ -602,7 +620,7 @@ def evaluate(net: AstroVaDErNet, feeder: BatchFeeder | None, cfg: Config, plan: 
     batches = feeder.batches(batch_size, g, shuffle=False, drop_last=False) if feeder is not None else ()
     for xb in batches:
         x = to_float(xb, _channels_last(cfg, device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16 and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_use_bf16(cfg, device)):
             out = net(x, sample=False)
         terms = vade_losses(net, x, out, cfg.loss, gmm_phase=plan.phase != "gamma")
         total = terms["recon"] + plan.kl_unit_weight * terms["kl_unit"] + plan.kl_gmm_weight * terms["kl_gmm"]
