@@ -3,10 +3,26 @@
 The main entry points are :class:`AstroVaDEr` (the estimator), :class:`Config` (validated settings and
 presets) and :class:`Dataset` (the packed on-disk image format)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
-
-from astrovader.config import Config, ConfigError  # noqa: E402
-from astrovader.data.dataset import Dataset  # noqa: E402
-from astrovader.estimator import AstroVaDEr  # noqa: E402
-
 __all__ = ["AstroVaDEr", "Config", "ConfigError", "Dataset", "__version__"]
+
+if TYPE_CHECKING:
+    from astrovader.config import Config, ConfigError
+    from astrovader.data.dataset import Dataset
+    from astrovader.estimator import AstroVaDEr
+
+_LAZY = {"AstroVaDEr": "astrovader.estimator", "Config": "astrovader.config", "ConfigError": "astrovader.config",
+         "Dataset": "astrovader.data.dataset"}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that data-only commands and worker processes do not pay for torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'astrovader' has no attribute {name!r}")

@@ -117,3 +117,86 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
         if parquet_path.exists():
             parquet_path.unlink()
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# survey scale: Dask
+# --------------------------------------------------------------------------------------------------
+_WORKER_MODELS: dict[tuple[str, str], AstroVaDErNet] = {}
+
+
+def _worker_model(run_dir: str, device: str) -> AstroVaDErNet:
+    """One model per worker process, loaded on first use and kept for every later chunk."""
+    key = (run_dir, device)
+    if key not in _WORKER_MODELS:
+        from astrovader.estimator import AstroVaDEr
+
+        _WORKER_MODELS[key] = AstroVaDEr.load(run_dir, device=device).net
+    return _WORKER_MODELS[key]
+
+
+def _predict_part(part: tuple[int, int, int], run_dir: str, dataset: str, out_dir: str, images_per_batch: int,
+                  device: str) -> str:
+    index, start, stop = part
+    if device == "auto" and not torch.cuda.is_available():
+        torch.set_num_threads(1)  # one thread per Dask worker process: the workers are the parallelism
+    net = _worker_model(run_dir, device)
+    path = Path(out_dir) / f"part-{index:05d}.parquet"
+    predict_dataset(net, dataset, path, batch_size=images_per_batch, start=start, stop=stop, progress=False)
+    return str(path)
+
+
+def plan_parts(n: int, chunk_rows: int) -> list[tuple[int, int, int]]:
+    return [(i, s, min(s + chunk_rows, n)) for i, s in enumerate(range(0, n, chunk_rows))]
+
+
+def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, scheduler: str = "local",
+                 chunk_rows: int = 8192, batch_size: int = 1024, device: str = "auto",
+                 progress: bool = True) -> Path:
+    """Predict a dataset in chunks on Dask workers, writing a partitioned Parquet catalogue.
+
+    ``scheduler`` is ``local`` or ``local:N`` (a LocalCluster of N single-threaded worker processes on this
+    machine) or the address of a running scheduler (e.g. one started by dask-jobqueue on a SLURM/PBS
+    cluster). Each chunk becomes ``part-NNNNN.parquet`` written atomically; parts already present are skipped,
+    so a killed run is finished by running it again. Worker memory is bounded by the chunk size."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    ds = open_dataset(dataset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    parts = plan_parts(len(ds), chunk_rows)
+    todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
+    if progress:
+        print(f"{len(parts)} parts of up to {chunk_rows} images; {len(parts) - len(todo)} already done, "
+              f"{len(todo)} to predict")
+    if todo:
+        if scheduler == "local" or scheduler.startswith("local:"):
+            n_workers = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
+            if n_workers < 1:
+                raise ValueError(f"--dask local:N needs N >= 1, got {scheduler!r}")
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            cluster, client = None, Client(scheduler)
+        try:
+            futures = client.map(_predict_part, todo, run_dir=str(Path(run_dir).resolve()),
+                                 dataset=str(Path(ds.path).resolve()), out_dir=str(out_dir.resolve()),
+                                 images_per_batch=batch_size, device=device, pure=False)  # not batch_size:
+            # Client.map has a keyword of that name
+            with tqdm(total=len(todo), desc="parts", unit="part", disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    fut.result()  # re-raises a worker's error here, with its message
+                    bar.update(1)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    from astrovader.data.dataset import atomic_write_json
+
+    atomic_write_json(out_dir / "_manifest.json", {"dataset": str(Path(ds.path).resolve()),
+                                                   "run_dir": str(Path(run_dir).resolve()), "n": len(ds),
+                                                   "chunk_rows": chunk_rows, "parts": len(parts)})
+    return out_dir

@@ -1,8 +1,10 @@
-"""Clustering metrics against known classes (Hungarian-matched accuracy, NMI, ARI, purity)."""
+"""Clustering metrics: against known classes (Hungarian-matched accuracy, NMI, ARI, purity) and without
+them (the paper's Table 2 occupancies, simplified silhouette, Calinski-Harabasz, the Figure 5 overlap matrix)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -39,3 +41,167 @@ def clustering_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "ari": float(adjusted_rand_score(true, pred)),
         "purity": purity(true, pred),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Unsupervised cluster statistics (the paper's Table 2 and Figure 5)
+# --------------------------------------------------------------------------------------------------
+def cluster_centroids(latents: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean latent vector of each occupied cluster, with the cluster labels in the same order.
+
+    Empty components have no centroid: including a GMM mean that no object uses would make b(i) smaller
+    for nobody's benefit and would not describe the sample."""
+    latents, labels = np.asarray(latents, dtype=np.float64), np.asarray(labels)
+    present = np.unique(labels)
+    cents = np.stack([latents[labels == c].mean(0) for c in present]) if len(present) else np.zeros((0, 0))
+    return cents, present
+
+
+def simplified_silhouette_samples(latents: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Simplified silhouette of every object: a = distance to its own cluster's centroid, b = distance to
+    the nearest other centroid, s = (b - a) / max(a, b).
+
+    The centroid form costs O(N K) instead of the full silhouette's O(N^2), so it scales to the paper's
+    41,100-object test set. With fewer than two occupied clusters s is defined as 0 (nothing to compare)."""
+    latents, labels = np.asarray(latents, dtype=np.float64), np.asarray(labels)
+    cents, present = cluster_centroids(latents, labels)
+    if len(present) < 2:
+        return np.zeros(len(labels))
+    from scipy.spatial.distance import cdist
+
+    d = cdist(latents, cents)  # (N, K_present): memory O(N K), not O(N K J)
+    own = np.searchsorted(present, labels)
+    a = d[np.arange(len(labels)), own]
+    d[np.arange(len(labels)), own] = np.inf
+    b = d.min(1)
+    denom = np.maximum(a, b)
+    return np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def simplified_silhouette(latents: np.ndarray, labels: np.ndarray) -> float:
+    """Mean simplified silhouette over the whole sample (the paper reports about -0.1)."""
+    s = simplified_silhouette_samples(latents, labels)
+    return float(s.mean()) if len(s) else float("nan")
+
+
+def calinski_harabasz(latents: np.ndarray, labels: np.ndarray) -> float:
+    """sklearn's Calinski-Harabasz index, NaN where it is undefined (one cluster, or one object per cluster)
+    so that a report on a degenerate model still renders instead of failing."""
+    from sklearn.metrics import calinski_harabasz_score
+
+    labels = np.asarray(labels)
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return float("nan")
+    return float(calinski_harabasz_score(np.asarray(latents, dtype=np.float64), labels))
+
+
+def occupancy_table(probs: np.ndarray, cuts: tuple[float, ...] | list[float] = (0.1, 0.5, 0.9),
+                    latents: np.ndarray | None = None) -> pd.DataFrame:
+    """The paper's Table 2: one row per component plus a final ``all`` row.
+
+    Columns: ``n_max`` (objects whose most probable component it is), ``n_p>CUT`` (objects whose normalised
+    probability for the component exceeds CUT; an object can count in several components, which is what
+    shows the overlap), and with ``latents`` the mean simplified silhouette of the component's members.
+    The ``all`` row holds the sample size, the number of objects with *any* probability above each cut,
+    and the whole-sample silhouette."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n, k = probs.shape
+    labels = probs.argmax(1) if n else np.zeros(0, dtype=np.int64)
+    rows: dict[str, list] = {"component": [*[str(c) for c in range(k)], "all"]}
+    rows["n_max"] = [*np.bincount(labels, minlength=k).tolist(), n]
+    for cut in cuts:
+        above = probs > cut
+        rows[f"n_p>{cut:g}"] = [*above.sum(0).astype(int).tolist(), int(above.any(1).sum())]
+    if latents is not None:
+        s = simplified_silhouette_samples(latents, labels)
+        per = [float(s[labels == c].mean()) if np.any(labels == c) else float("nan") for c in range(k)]
+        rows["silhouette"] = [*per, float(s.mean()) if n else float("nan")]
+    return pd.DataFrame(rows)
+
+
+def overlap_matrix(probs: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """K x K matrix whose row c is the mean probability vector of the members of component c (Figure 5).
+
+    Rows sum to one; the diagonal says how confidently members belong to their own component and the
+    off-diagonal mass which components they are confused with. Rows of empty components are NaN."""
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    labels = probs.argmax(1) if labels is None else np.asarray(labels)
+    out = np.full((k, k), np.nan)
+    for c in range(k):
+        m = labels == c
+        if m.any():
+            out[c] = probs[m].mean(0)
+    return out
+
+
+def secondary_labels(probs: np.ndarray, non_morphological: tuple[int, ...] | list[int]) -> pd.DataFrame:
+    """Secondary morphological component for every object, from probabilities renormalised over the
+    components *not* marked non-morphological (Figure 8).
+
+    In the paper some components gather galaxies by a companion's position rather than by shape; the
+    remaining (morphological) components still rank the galaxy's own shape. Columns: ``primary``,
+    ``secondary`` and ``secondary_prob`` (renormalised)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    nm = sorted({int(c) for c in non_morphological})
+    if any(c < 0 or c >= k for c in nm):
+        raise ValueError(f"non-morphological components must be in 0..{k - 1}, got {nm}")
+    keep = np.array([c for c in range(k) if c not in nm], dtype=np.int64)
+    if len(keep) == 0:
+        raise ValueError("every component is marked non-morphological; nothing is left to rank shape")
+    sub = probs[:, keep]
+    total = sub.sum(1, keepdims=True)
+    renorm = np.divide(sub, total, out=np.full_like(sub, 1.0 / len(keep)), where=total > 0)
+    j = renorm.argmax(1)
+    return pd.DataFrame({"primary": probs.argmax(1), "secondary": keep[j],
+                         "secondary_prob": renorm[np.arange(len(j)), j]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Galaxy Zoo vote-fraction classes (Figures 13-14)
+# --------------------------------------------------------------------------------------------------
+GZ_DEFAULT_CUTS: dict[str, float] = {"total_votes": 20, "smooth": 0.430, "featured": 0.430, "artifact": 0.430,
+                                     "edge_on": 0.715, "bar": 0.8}
+
+
+def find_column(columns: list[str] | pd.Index, *stems: str) -> str | None:
+    """First catalogue column named like one of ``stems`` (exact, then ``STEM_debiased``, then any column
+    that contains the stem and ``debiased``), so both short and Hart et al. (2016) style names work."""
+    cols = [str(c) for c in columns]
+    low = {c.lower(): c for c in cols}
+    for stem in stems:
+        for cand in (f"{stem}_debiased", stem, f"{stem}_fraction_debiased"):
+            if cand.lower() in low:
+                return low[cand.lower()]
+    for stem in stems:
+        for c in cols:
+            if stem.lower() in c.lower() and "debiased" in c.lower():
+                return c
+    return None
+
+
+def gz_vote_classes(catalog: pd.DataFrame, cuts: dict[str, float] | None = None) -> pd.DataFrame | None:
+    """Clean-sample Galaxy Zoo classes from debiased vote fractions, or None if the catalogue lacks them.
+
+    Follows the authors' script: objects with more than ``total_votes`` votes; ``smooth`` / ``featured`` when
+    that fraction exceeds its cut; ``edge_on`` / ``not_edge_on`` among featured galaxies by the edge-on
+    fraction (which is only meaningful for discs). Columns are booleans; unclassified objects are all False."""
+    c = {**GZ_DEFAULT_CUTS, **(cuts or {})}
+    cols = catalog.columns
+    smooth = find_column(cols, "smooth", "t01_smooth_or_features_a01_smooth")
+    featured = find_column(cols, "featured", "features_or_disk", "t01_smooth_or_features_a02_features_or_disk")
+    if smooth is None or featured is None:
+        return None
+    edge = find_column(cols, "edge_on", "edgeon", "t02_edgeon_a04_yes")
+    votes = next((n for n in ("total_votes", "total_classifications", "total_count") if n in cols), None)
+    ok = (catalog[votes].to_numpy(dtype=float) > c["total_votes"]) if votes else np.ones(len(catalog), bool)
+    sm = ok & (catalog[smooth].to_numpy(dtype=float) > c["smooth"])
+    ft = ok & (catalog[featured].to_numpy(dtype=float) > c["featured"])
+    out = pd.DataFrame({"smooth": sm, "featured": ft})
+    if edge is not None:
+        e = catalog[edge].to_numpy(dtype=float)
+        out["edge_on"] = ft & (e > c["edge_on"])
+        out["not_edge_on"] = ft & ~(e > c["edge_on"])
+    return out

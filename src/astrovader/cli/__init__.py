@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "astrovader.cli.data",
     "astrovader.cli.analysis",
     "astrovader.cli.generate",
+    "astrovader.cli.simulate",
 )
 
 

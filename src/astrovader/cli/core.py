@@ -71,6 +71,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from astrovader.estimator import AstroVaDEr
 
+    if args.dask:
+        from astrovader.predict import predict_dask
+
+        if Path(args.out).suffix.lower() in (".fits", ".fit"):
+            raise CLIError("--dask writes a partitioned Parquet directory; give a directory name as OUT")
+        out = predict_dask(args.run_dir, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
+                           batch_size=args.batch_size, device=args.device or "auto", progress=not args.quiet)
+        print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
+        return 0
+
     model = AstroVaDEr.load(args.run_dir, device=args.device)
     out = model.predict_catalog(args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet)
     import pyarrow.parquet as pq
@@ -121,6 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output catalogue (.parquet or .fits)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dask", metavar="SCHEDULER", default=None,
+                   help="predict in chunks on Dask workers: local, local:N (N worker processes here) or a "
+                   "scheduler address such as tcp://host:8786; OUT becomes a directory of Parquet parts and a "
+                   "re-run skips finished parts")
+    p.add_argument("--chunk-rows", type=int, default=8192, help="images per Dask part (default 8192)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -1,0 +1,157 @@
+"""Analysis commands: report (the paper's section 5 as one HTML page) and choose-k (the number of components)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from astrovader.cli import CLIError
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.1,0.5,0.9; got {text!r}") from None
+    if not vals or any(not 0 <= v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"cuts must be probabilities in [0, 1), got {text!r}")
+    return vals
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated component numbers (e.g. 3,7), got {text!r}") \
+            from None
+
+
+def _gz_cuts(items: list[str]) -> dict[str, float]:
+    from astrovader.analysis.metrics import GZ_DEFAULT_CUTS
+
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in GZ_DEFAULT_CUTS:
+            raise CLIError(f"--gz-cut expects KEY=VALUE with KEY one of {', '.join(GZ_DEFAULT_CUTS)}; got {item!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise CLIError(f"--gz-cut {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _dataset_arg(run_dir: str, dataset: str | None) -> str:
+    """DATASET may be omitted: the run directory records the dataset it was trained on."""
+    if dataset:
+        return dataset
+    rec = Path(run_dir) / "dataset.txt"
+    if rec.is_file() and rec.read_text().strip():
+        return rec.read_text().strip()
+    raise CLIError(f"no DATASET given and {rec} does not record one")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from astrovader.analysis.report import make_report
+
+    if args.max_images is not None and args.max_images < 1:
+        raise CLIError("--max-images must be >= 1")
+    out = make_report(args.run_dir, args.dataset, args.out_dir, split=args.split,
+                      cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
+                      max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
+                      seed=args.seed, device=args.device)
+    print(f"wrote {out} (open it in a browser; figures/ and tables/ beside it)")
+    return 0
+
+
+def cmd_choose_k(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from astrovader.analysis.choose_k import choose_k, plot_choose_k, sweep_k
+    from astrovader.analysis.report import infer_rows, select_rows
+    from astrovader.data.dataset import open_dataset
+    from astrovader.estimator import AstroVaDEr
+
+    if args.repeats < 1 or args.batch < 2 or args.max_components < 1:
+        raise CLIError("--repeats must be >= 1, --batch >= 2 and --max-components >= 1")
+    if not 0 < args.threshold < 1:
+        raise CLIError("--threshold must lie in (0, 1)")
+    model = AstroVaDEr.load(args.run_dir, device=args.device)
+    ds = open_dataset(_dataset_arg(args.run_dir, args.dataset))
+    rows = select_rows(ds, args.split, args.max_images, args.seed)
+    latents = infer_rows(model, ds, rows, progress=not args.quiet).mu
+    res = choose_k(latents, max_components=args.max_components, repeats=args.repeats, batch=args.batch,
+                   threshold=args.threshold, weight_concentration_prior=args.concentration, seed=args.seed,
+                   covariance_type=args.covariance, progress=not args.quiet)
+    print(f"components with weight > {args.threshold:g} over {args.repeats} mini-batches of "
+          f"{min(args.batch, len(latents))} latent means:")
+    for k, n in res.distribution().items():
+        print(f"  K = {k:3d}: {n:3d} {'#' * n}")
+    print(f"consensus K = {res.consensus} (the model was trained with K = {model.config.model.n_clusters})")
+    sweep = None
+    if args.sweep:
+        lo, hi = 2, max(args.max_components, 2)
+        sweep = sweep_k(latents, range(lo, hi + 1), seed=args.seed, covariance_type=args.covariance)
+        print(sweep.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        best = sweep.loc[np.nanargmax(sweep["calinski_harabasz"].to_numpy()), "k"]
+        print(f"highest Calinski-Harabasz at K = {best}; read together with the silhouette and BIC columns")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "choose_k.png"
+    plot_choose_k(res, out, sweep)
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML report of a trained run: the paper's section 5 analyses",
+                       description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
+                       "component overlap (Figure 5), members and secondary labels (Figures 6-8), t-SNE and "
+                       "latent histograms, comparison with labels or Galaxy Zoo vote fractions (Figures 13-14), "
+                       "training history (Figure 2) and, when available, synthetic galaxies; written to "
+                       "OUT_DIR/report.html, a self-contained page that opens offline.")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("dataset", help="dataset directory (the one trained on, or another with the same image size)")
+    p.add_argument("out_dir", help="output directory for report.html, figures/, tables/")
+    p.add_argument("--split", default=None, help="use only catalogue rows with this split value, e.g. test "
+                   "(default: all rows)")
+    p.add_argument("--cuts", type=_float_list, default=(0.1, 0.5, 0.9), metavar="P1,P2,...",
+                   help="probability cut-offs for the occupancy table (default 0.1,0.5,0.9)")
+    p.add_argument("--non-morphological", type=_int_list, default=(), metavar="C1,C2,...",
+                   help="components grouping galaxies by something other than shape (e.g. companions); "
+                   "their members get secondary labels from the other components")
+    p.add_argument("--label-column", default=None,
+                   help="catalogue column with class labels (default: true_class, gz1_label or label if present)")
+    p.add_argument("--gz-cut", action="append", default=[], metavar="KEY=VALUE",
+                   help="Galaxy Zoo clean-sample cut, e.g. --gz-cut smooth=0.5 (keys: total_votes, smooth, "
+                   "featured, artifact, edge_on, bar); repeatable")
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="analyse a random subset of at most N images (default: all selected rows)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random selections (default 0)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("choose-k", help="estimate the number of mixture components from a run's latent space",
+                       description="Fit Dirichlet-process Bayesian Gaussian mixtures (small concentration prior, "
+                       "many components) to random mini-batches of latent means and count the components whose "
+                       "weight exceeds a threshold; prints the distribution and its mode, and writes a figure.")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("dataset", nargs="?", default=None,
+                   help="dataset directory (default: the one recorded in RUN_DIR/dataset.txt)")
+    p.add_argument("--max-components", type=int, default=20, help="components per fit (default 20)")
+    p.add_argument("--repeats", type=int, default=20, help="number of mini-batch fits (default 20)")
+    p.add_argument("--batch", type=int, default=2000, help="latent means per fit (default 2000)")
+    p.add_argument("--threshold", type=float, default=0.02, help="weight a component needs to count (default 0.02)")
+    p.add_argument("--concentration", type=float, default=1e-3,
+                   help="Dirichlet-process weight concentration prior (default 1e-3; smaller prunes harder)")
+    p.add_argument("--covariance", choices=("full", "diag", "tied", "spherical"), default="full",
+                   help="covariance type of the mixture components (default full; diag is faster)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also tabulate Calinski-Harabasz, simplified silhouette, log-likelihood and BIC of "
+                   "GaussianMixture fits for K = 2..MAX_COMPONENTS")
+    p.add_argument("--split", default=None, help="use only catalogue rows with this split value")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N images")
+    p.add_argument("--out", default=None, help="figure path (default: RUN_DIR/choose_k.png)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_choose_k)

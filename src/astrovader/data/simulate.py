@@ -1,0 +1,247 @@
+"""Simulated SDSS-like galaxy cut-outs with known morphology, drawn with GalSim.
+
+Three classes (the truth every clustering can be scored against); angular sizes are for a 32 px stamp:
+
+* ``elliptical`` (0): de Vaucouleurs (Sersic n = 4) spheroid, half-light radius 0.7-1.4", axis ratio 0.6-1,
+  flux 10^4.25-10^4.55 counts: compact, smooth, centrally concentrated, round-ish;
+* ``face_on_disc`` (1): exponential disc, half-light radius 2.4-3.8", axis ratio 0.7-1, with a small
+  de Vaucouleurs bulge (8-25% of the light) and 8-24 star-forming knots (``galsim.RandomKnots``, 25-45% of the
+  light), flux 10^4.1-10^4.4: large, low surface brightness, clumpy;
+* ``edge_on_disc`` (2): thin exponential disc, half-light radius 2.4-4.0", axis ratio 0.1-0.25, with a small
+  flattened bulge (5-25%), flux 10^4.1-10^4.4: long and thin;
+
+all at a random position angle, centred to within one pixel, convolved with a Moffat PSF (beta 3-4.8,
+FWHM 1.2-1.6"), on a sky of 90-160 counts/px with Poisson noise, at SDSS's 0.396 arcsec/px. A chosen fraction
+of stamps also hold a companion (half a small galaxy, half a foreground star) 45-80% of the way from the
+centre to the stamp edge (positions in pixels from the centre in the catalogue).
+
+Stamp size: the pixel scale is always 0.396"/px, and galaxy sizes scale with ``size / 32`` (fluxes with its
+square, keeping surface brightness), so a galaxy fills a stamp of any size alike, as the paper's cut-outs
+scaled to 0.02 x petroR90 per pixel do. At 32 px the field is 12.7" across.
+
+Counts are turned into 8-bit pixels with one fixed asinh stretch (``STRETCH_DOC``), like the SDSS colour
+JPEGs the paper used, so surface brightness stays information (no per-image normalisation); the sky lands at
+a dark grey (about 15/255) and noise scatters both ways around it.
+
+Every object draws its random numbers from ``(seed, index)`` alone, so the output is identical whatever the
+number of worker processes or the chunking.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from astrovader.data.dataset import Dataset, DatasetWriter
+
+CLASS_NAMES: tuple[str, ...] = ("elliptical", "face_on_disc", "edge_on_disc")
+PIXEL_SCALE = 0.396  # arcsec / px, SDSS
+REFERENCE_SIZE = 32  # px; angular sizes below are for a 32 px stamp and scale with ``size`` (see module doc)
+SKY_RANGE = (90.0, 160.0)  # counts / px, sky level drawn per image; Poisson noise sigma = sqrt(sky)
+STRETCH_SOFTENING = 12.0  # counts: the asinh stretch is linear below about this, logarithmic above
+STRETCH_MAX = 2500.0  # counts above sky mapped to 255
+SKY_GREY = 0.06  # fraction of 255 where the sky (zero counts above sky) lands: a dark grey, noise both ways
+STRETCH_DOC = (f"uint8 = clip(255 * ({SKY_GREY} + {1 - SKY_GREY:.2f}"
+               f" * asinh((counts - sky) / {STRETCH_SOFTENING})"
+               f" / asinh({STRETCH_MAX} / {STRETCH_SOFTENING})), 0, 255)")
+
+
+def _stretch(counts_above_sky: np.ndarray) -> np.ndarray:
+    """Fixed asinh display stretch (SDSS-JPEG-like) to uint8; the same for every image."""
+    v = np.arcsinh(counts_above_sky / STRETCH_SOFTENING) / np.arcsinh(STRETCH_MAX / STRETCH_SOFTENING)
+    return np.clip(np.rint((SKY_GREY + (1 - SKY_GREY) * v) * 255), 0, 255).astype(np.uint8)
+
+
+def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float) -> tuple[Any, dict[str, Any]]:
+    """The noiseless, unconvolved target galaxy of class ``cls`` and its parameters."""
+    import galsim
+
+    pa = rng.uniform(0, 180)
+    flux_scale = size_scale**2  # same surface brightness whatever the stamp size
+    p: dict[str, Any] = {"position_angle": pa}
+    deg = galsim.degrees
+    if cls == 0:  # compact, smooth, centrally concentrated, round-ish spheroid
+        flux = 10 ** rng.uniform(4.25, 4.55) * flux_scale
+        hlr = rng.uniform(0.7, 1.4) * size_scale
+        q = rng.uniform(0.6, 1.0)
+        gal = galsim.Sersic(n=4.0, half_light_radius=hlr, flux=flux, trunc=8 * hlr).shear(q=q, beta=0 * deg)
+        p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=4.0, bulge_fraction=1.0,
+                 bulge_hlr=hlr, n_knots=0, knot_fraction=0.0)
+    elif cls == 1:  # large, low surface brightness exponential disc, small bulge, star-forming knots
+        flux = 10 ** rng.uniform(4.1, 4.4) * flux_scale
+        hlr = rng.uniform(2.4, 3.8) * size_scale
+        q = rng.uniform(0.7, 1.0)
+        bulge_frac = rng.uniform(0.08, 0.25)
+        knot_frac = rng.uniform(0.25, 0.45)
+        n_knots = int(rng.integers(8, 25))
+        disc = galsim.Exponential(half_light_radius=hlr, flux=flux * (1 - bulge_frac - knot_frac))
+        knots = galsim.RandomKnots(n_knots, half_light_radius=0.9 * hlr, flux=flux * knot_frac, rng=gs_rng)
+        gal = (disc + knots).shear(q=q, beta=0 * deg)
+        bulge_hlr = 0.3 * hlr
+        gal = gal + galsim.DeVaucouleurs(half_light_radius=bulge_hlr, flux=flux * bulge_frac)
+        p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=1.0, bulge_fraction=bulge_frac,
+                 bulge_hlr=bulge_hlr, n_knots=n_knots, knot_fraction=knot_frac)
+    else:  # thin exponential disc seen edge-on, small flattened bulge
+        flux = 10 ** rng.uniform(4.1, 4.4) * flux_scale
+        hlr = rng.uniform(2.4, 4.0) * size_scale
+        q = rng.uniform(0.1, 0.25)
+        bulge_frac = rng.uniform(0.05, 0.25)
+        bulge_hlr = 0.3 * hlr
+        disc = galsim.Exponential(half_light_radius=hlr, flux=flux * (1 - bulge_frac))
+        disc = disc.shear(q=q, beta=0 * deg)
+        bulge = galsim.DeVaucouleurs(half_light_radius=bulge_hlr, flux=flux * bulge_frac)
+        bulge = bulge.shear(q=0.6, beta=0 * deg)
+        gal = disc + bulge
+        p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=1.0, bulge_fraction=bulge_frac,
+                 bulge_hlr=bulge_hlr, n_knots=0, knot_fraction=0.0)
+    return gal.rotate(pa * deg), p
+
+
+_Task = tuple[int, int, int, float, tuple[float, ...]]
+
+
+def _draw_one(task: _Task) -> tuple[np.ndarray, dict[str, Any]]:
+    """One stamp and its catalogue row; every random number comes from ``(seed, index)``."""
+    import galsim
+
+    index, seed, size, companion_fraction, class_cdf = task
+    rng = np.random.default_rng([seed, index])
+    gs_rng = galsim.BaseDeviate(int(rng.integers(1, 2**31 - 1)))
+    cls = min(int(np.searchsorted(np.asarray(class_cdf), rng.uniform(), side="right")), len(CLASS_NAMES) - 1)
+    size_scale = size / REFERENCE_SIZE  # angular sizes grow with the stamp, so galaxies fill it alike
+    gal, p = _galaxy(cls, rng, gs_rng, size_scale)
+    fwhm = rng.uniform(1.2, 1.6)
+    beta = rng.uniform(3.0, 4.8)
+    psf = galsim.Moffat(beta=beta, fwhm=fwhm)
+    dx, dy = rng.uniform(-1.0, 1.0, size=2) * PIXEL_SCALE  # centring jitter of up to one pixel
+    sky = rng.uniform(*SKY_RANGE)
+    row: dict[str, Any] = {"true_class": cls, "class_name": CLASS_NAMES[cls], **p, "psf_fwhm": fwhm,
+                           "psf_beta": beta, "offset_x": dx / PIXEL_SCALE, "offset_y": dy / PIXEL_SCALE,
+                           "sky_level": sky, "noise_sigma": float(np.sqrt(sky))}
+    scene = gal.shift(dx, dy)
+    has_comp = bool(rng.uniform() < companion_fraction)
+    row.update(has_companion=has_comp, companion_type="", companion_x=np.nan, companion_y=np.nan,
+               companion_flux=np.nan, companion_hlr=np.nan)
+    if has_comp:  # a star or a small galaxy away from the centre, inside the stamp
+        half = size * PIXEL_SCALE / 2
+        r = rng.uniform(0.45, 0.8) * half
+        ang = rng.uniform(0, 2 * np.pi)
+        cx, cy = r * np.cos(ang), r * np.sin(ang)
+        if rng.uniform() < 0.5:
+            cflux, chlr, ctype = 10 ** rng.uniform(3.3, 4.3), 0.0, "star"
+            comp = galsim.DeltaFunction(flux=cflux)
+        else:
+            cflux, ctype = 10 ** rng.uniform(3.3, 4.2) * size_scale**2, "galaxy"
+            chlr = rng.uniform(0.5, 1.3) * size_scale
+            comp = galsim.Sersic(n=float(rng.choice([1.0, 4.0])), half_light_radius=chlr, flux=cflux,
+                                 trunc=8 * chlr)
+            comp = comp.shear(q=rng.uniform(0.4, 1.0), beta=rng.uniform(0, 180) * galsim.degrees)
+        scene = scene + comp.shift(cx, cy)
+        row.update(companion_type=ctype, companion_x=cx / PIXEL_SCALE, companion_y=cy / PIXEL_SCALE,
+                   companion_flux=cflux, companion_hlr=chlr)
+    image = galsim.ImageF(size, size, scale=PIXEL_SCALE)
+    galsim.Convolve(scene, psf).drawImage(image=image)
+    image += sky
+    image.addNoise(galsim.PoissonNoise(rng=gs_rng))
+    return _stretch(image.array - sky), row
+
+
+def _draw_chunk(tasks: list[_Task]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    return [_draw_one(t) for t in tasks]
+
+
+def _class_cdf(class_fractions: Sequence[float] | None) -> tuple[float, ...]:
+    fr = np.ones(len(CLASS_NAMES)) if class_fractions is None else np.asarray(class_fractions, float)
+    if fr.shape != (len(CLASS_NAMES),) or not np.isfinite(fr).all() or (fr < 0).any() or fr.sum() <= 0:
+        raise ValueError(f"class_fractions must be {len(CLASS_NAMES)} non-negative numbers for "
+                         f"{', '.join(CLASS_NAMES)}, got {class_fractions}")
+    return tuple(float(c) for c in np.cumsum(fr / fr.sum())[:-1])
+
+
+_CHUNK = 128  # objects per task sent to a worker process
+_MIN_PARALLEL = 512  # below this many objects a process pool costs more than it saves
+
+
+def _iter_simulated(n: int, size: int, seed: int, companion_fraction: float,
+                    class_fractions: Sequence[float] | None, workers: int | None,
+                    progress: bool) -> Iterator[tuple[int, list[tuple[np.ndarray, dict[str, Any]]]]]:
+    """Yield ``(first_index, [(pixels, row), ...])`` in index order, chunk by chunk."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
+    if not 0 <= companion_fraction <= 1:
+        raise ValueError(f"companion_fraction must be in [0, 1], got {companion_fraction}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    cdf = _class_cdf(class_fractions)
+    tasks: list[_Task] = [(i, int(seed), int(size), float(companion_fraction), cdf) for i in range(n)]
+    chunks = [tasks[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    bar = tqdm(total=n, desc="simulating", unit="gal", disable=not progress)
+    try:
+        if workers <= 1 or n < _MIN_PARALLEL:
+            for c in chunks:
+                res = _draw_chunk(c)
+                bar.update(len(res))
+                yield c[0][0], res
+        else:
+            # A bounded window of chunks in flight keeps memory flat for any n; results come back in order.
+            with ProcessPoolExecutor(workers) as pool:
+                pending: deque = deque()
+                for c in chunks:
+                    pending.append((c[0][0], pool.submit(_draw_chunk, c)))
+                    if len(pending) >= 4 * workers:
+                        first, fut = pending.popleft()
+                        res = fut.result()
+                        bar.update(len(res))
+                        yield first, res
+                while pending:
+                    first, fut = pending.popleft()
+                    res = fut.result()
+                    bar.update(len(res))
+                    yield first, res
+    finally:
+        bar.close()
+
+
+def simulate_galaxies(n: int, size: int = 64, seed: int = 0, companion_fraction: float = 0.2,
+                      class_fractions: Sequence[float] | None = None, workers: int | None = None,
+                      progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+    """``n`` simulated galaxies in memory: uint8 images (n, 1, size, size) and their truth catalogue."""
+    images = np.empty((n, 1, size, size), np.uint8)
+    rows: list[dict[str, Any]] = []
+    for first, res in _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress):
+        for k, (pix, row) in enumerate(res):
+            images[first + k, 0] = pix
+            rows.append({"id": first + k, **row})
+    return images, pd.DataFrame(rows)
+
+
+def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_fraction: float = 0.2,
+             class_fractions: Sequence[float] | None = None, workers: int | None = None,
+             progress: bool = True) -> Dataset:
+    """Simulate ``n`` galaxies straight into a packed dataset at ``out`` (bounded memory for any ``n``)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: already exists and is not an empty directory; "
+                              "choose a new output directory")
+    meta = {"source": "astrovader.simulate", "seed": int(seed), "n_requested": int(n),
+            "pixel_scale_arcsec": PIXEL_SCALE, "reference_size_px": REFERENCE_SIZE,
+            "companion_fraction": float(companion_fraction), "class_names": list(CLASS_NAMES),
+            "class_fractions": None if class_fractions is None else [float(f) for f in class_fractions],
+            "stretch": STRETCH_DOC}
+    with DatasetWriter(out, size, 1, meta=meta, commit_every=8192) as writer:
+        chunks = _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress)
+        for first, res in chunks:
+            imgs = np.stack([pix for pix, _ in res])[:, None]
+            writer.add(imgs, [{"id": first + k, **row} for k, (_, row) in enumerate(res)])
+    return Dataset(out)
