@@ -86,9 +86,13 @@ def test_cli_errors_are_clear(trained, tmp_path, capsys):
     tmp, ds, _ = trained
     assert main(["train", str(ds.path), str(tmp_path / "r"), "--preset", "demo", "--set", "model.latent_dim=0"]) == 2
     assert "model.latent_dim" in capsys.readouterr().err
-    # a 32 px config on a 16 px dataset names both sizes
-    assert main(["train", str(ds.path), str(tmp_path / "r"), "--preset", "demo", "--quiet"]) == 2
+    # an explicit 32 px config on a 16 px dataset names both sizes
+    assert main(["train", str(ds.path), str(tmp_path / "r"), "--preset", "demo", "--quiet",
+                 "--set", "model.image_size=32"]) == 2
     assert "model.image_size=32" in capsys.readouterr().err
+    # without one, the preset's architecture is built for the dataset's image size
+    assert main(["train", str(ds.path), str(tmp_path / "r2"), "--preset", "demo", "--quiet", "--stop-after", "0"]) == 0
+    assert "using model.image_size = 16 from the dataset" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "nothing"), str(ds.path), str(tmp_path / "p.parquet")]) == 2
     assert "model.safetensors" in capsys.readouterr().err
     assert main(["summary", "--preset", "paper"]) == 0

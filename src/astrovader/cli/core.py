@@ -45,6 +45,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adopt_dataset_geometry(cfg, args: argparse.Namespace) -> None:
+    """A preset fixes the architecture, not the data: unless the user set model.image_size or model.channels
+    (by --set or --config), the network is built for the dataset's own image size and number of bands."""
+    from astrovader.data.dataset import Dataset, is_dataset
+
+    if not is_dataset(args.dataset):
+        return
+    ds = Dataset(args.dataset)
+    explicit = " ".join(args.overrides) + (Path(args.config).read_text() if args.config else "")
+    for key, value in (("image_size", ds.image_size), ("channels", ds.channels)):
+        if key not in explicit and getattr(cfg.model, key) != value:
+            print(f"note: using model.{key} = {value} from the dataset (the preset has {getattr(cfg.model, key)})")
+            setattr(cfg.model, key, value)
+    cfg.validate()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from astrovader.train import CONFIG, TrainingDiverged, train
 
@@ -57,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _resolve_config(args)
     if args.stop_after is not None and args.stop_after < 0:
         raise CLIError("--stop-after must be >= 0")
+    _adopt_dataset_geometry(cfg, args)
     try:
         res = train(cfg, args.dataset, run_dir, resume=args.resume, progress=not args.quiet,
                     stop_after_epoch=args.stop_after)
