@@ -130,6 +130,30 @@ class AstroVaDEr:
         z = means + std * torch.randn(means.shape, generator=g)
         return self.decode(z), comps.numpy()
 
+    def interpolate(self, a: np.ndarray | ImagesLike, b: np.ndarray | ImagesLike, steps: int = 8) -> np.ndarray:
+        """Decoded straight line in latent space from ``a`` to ``b`` (latent vectors of shape (J,), or single
+        images, which are encoded to their latent means first): (steps, C, H, W) images in [0, 1]."""
+        from astrovader.generate import interpolate
+
+        return interpolate(self, self._as_latent(a), self._as_latent(b), steps)
+
+    def traverse(self, latents: np.ndarray | ImagesLike, steps: int = 9) -> np.ndarray:
+        """Each latent variable from its minimum to its maximum over ``latents`` (an (N, J) array, or images /
+        a dataset that are encoded first), the others at their mean: (J, steps, C, H, W) images."""
+        from astrovader.generate import traverse
+
+        lat = latents if isinstance(latents, np.ndarray) and latents.ndim == 2 else self.transform(latents)
+        return traverse(self, lat, steps)
+
+    def _as_latent(self, x: np.ndarray | ImagesLike) -> np.ndarray:
+        arr = x if isinstance(x, Dataset | str | Path) else np.asarray(x)
+        J = self.config.model.latent_dim
+        if isinstance(arr, np.ndarray) and arr.shape in ((J,), (1, J)):
+            return arr.reshape(J)
+        if isinstance(arr, np.ndarray) and arr.ndim in (2, 3) and arr.shape[0] != 1:
+            arr = arr[None]  # one (C, H, W) or (H, W) image
+        return self.transform(arr)[0]
+
     def predict_catalog(self, dataset: str | Path | Dataset, out: str | Path, batch_size: int = 1024,
                         progress: bool = True) -> Path:
         return predict_dataset(self.net, dataset, out, device=self.device, batch_size=batch_size,

@@ -1,0 +1,130 @@
+"""Generation commands: ``generate`` (synthetic galaxies) and ``explore`` (paper Figures 9-12)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from astrovader.cli import CLIError
+
+FORMATS = ("dataset", "png", "fits")
+
+
+def _format(args: argparse.Namespace) -> str:
+    """Explicit --format, else from OUT's suffix (.png, .fits), else a dataset directory."""
+    if args.format:
+        return args.format
+    suffix = Path(args.out).suffix.lower()
+    return {".png": "png", ".fits": "fits", ".fit": "fits"}.get(suffix, "dataset")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from astrovader import generate as gen
+    from astrovader.estimator import AstroVaDEr
+
+    if args.n < 0:
+        raise CLIError("--n must be >= 0")
+    if args.batch_size < 1:
+        raise CLIError("--batch-size must be >= 1")
+    if args.temperature <= 0:
+        raise CLIError("--temperature must be > 0")
+    model = AstroVaDEr.load(args.run_dir, device=args.device)
+    K = model.config.model.n_clusters
+    if args.cluster and any(not 0 <= c < K for c in args.cluster):
+        raise CLIError(f"--cluster must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
+    fmt = _format(args)
+    kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
+              batch_size=args.batch_size)
+    if fmt == "png":
+        out = gen.generate_to_png(model, args.out, args.n, **kw)
+        print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
+        return 0
+    if fmt == "fits":
+        out = gen.generate_to_fits(model, args.out, args.n, **kw, progress=not args.quiet)
+        print(f"wrote {args.n} synthetic galaxies (float32 cube + CATALOG table) to {out}")
+        return 0
+    out = gen.generate_to_dataset(model, args.out, args.n, **kw, progress=not args.quiet)
+    from astrovader.data.dataset import Dataset
+
+    n = len(Dataset(out))
+    J = model.config.model.latent_dim
+    print(f"dataset {out} holds {n} synthetic galaxies (catalogue: id, component, z_0..z_{J - 1})")
+    if not args.no_consistency and n:
+        table = gen.cluster_consistency(model, out, max_images=args.consistency_max, batch_size=args.batch_size,
+                                        progress=not args.quiet)
+        used = int(table["n"].sum())
+        print(f"cluster consistency (share of images assigned back to the component they were drawn from, "
+              f"{used} images):")
+        print(gen.format_consistency(table))
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from astrovader.estimator import AstroVaDEr
+    from astrovader.generate import generation_figures
+
+    if args.steps < 2 or args.traverse_steps < 2:
+        raise CLIError("--steps and --traverse-steps must be >= 2")
+    model = AstroVaDEr.load(args.run_dir, device=args.device)
+    figs = generation_figures(model, args.dataset, args.out_dir, predictions=args.predictions,
+                              n_per_cluster=args.n_per_cluster, steps=args.steps,
+                              traverse_steps=args.traverse_steps, companion_component=args.companion,
+                              closed=not args.open, temperature=args.temperature, seed=args.seed,
+                              progress=not args.quiet)
+    for title, path in figs:
+        print(f"{path}  {title}")
+    print(f"{Path(args.out_dir) / 'interpolation.gif'}  animated route interpolation")
+    print(f"{Path(args.out_dir) / 'interpolation_strip.png'}  route interpolation frame strip")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="synthetic galaxies sampled from the mixture prior",
+                       description="Choose a component (--cluster, else drawn from the mixture weights or "
+                       "uniformly), draw z ~ N(mu_c, T var_c) and decode. Streams in batches with bounded memory; "
+                       "a dataset output is resumable (re-run the same command) and reproducible for a seed, "
+                       "and is followed by a cluster-consistency check: the share of generated images the "
+                       "model assigns back to the component they came from.")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--cluster", type=int, nargs="+", metavar="C",
+                   help="component(s) to sample from; several are cycled through in turn (default: drawn)")
+    p.add_argument("--weights", choices=("mixture", "uniform"), default="mixture",
+                   help="how components are drawn without --cluster: by the mixture weights (the training "
+                   "distribution, default) or uniformly")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the component variances (default 1; the paper's script used 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="dataset (packed, predict-able), png (grid) or fits (cube + catalogue); "
+                   "default from OUT's suffix, else dataset")
+    p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--no-consistency", action="store_true", help="skip the cluster-consistency check")
+    p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
+                   help="check consistency on at most the first N images (default 100000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("explore", help="gallery, route interpolation, latent traversal and deblending figures",
+                       description="Writes gallery.png (samples per component), interpolation.png/.gif and "
+                       "interpolation_strip.png (shortest route through each component's most probable "
+                       "object), traversal.png (each latent variable min..max) and deblending.png.")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("dataset", help="dataset directory (usually the training data)")
+    p.add_argument("out_dir", help="directory for the figures")
+    p.add_argument("--predictions", default=None, metavar="CATALOG",
+                   help="an `astrovader predict` catalogue of DATASET, to skip re-encoding it")
+    p.add_argument("--n-per-cluster", type=int, default=8, help="gallery samples per component (default 8)")
+    p.add_argument("--steps", type=int, default=8, help="interpolation steps per leg (default 8)")
+    p.add_argument("--traverse-steps", type=int, default=9, help="traversal columns (default 9)")
+    p.add_argument("--companion", type=int, default=None, metavar="C",
+                   help="component of galaxies with companions for the deblending demo (default: the "
+                   "component with the highest mean reconstruction error)")
+    p.add_argument("--open", action="store_true", help="open route (default: closed tour)")
+    p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_explore)
