@@ -7,10 +7,12 @@ A dataset is a directory::
         catalog.parquet  one row per image, in image order, keyed by a unique ``id`` column
         dataset.json     format version, image geometry, provenance, ``complete`` flag
 
-``catalog.parquet`` is the commit point: the dataset holds exactly ``len(catalog)`` images. A writer
-appends pixels first and rewrites the catalogue atomically afterwards, so a kill at any moment leaves
-either the previous committed state (extra pixel rows beyond the catalogue are ignored and trimmed on
-the next append) or the new one. ``dataset.json`` says ``"complete": false`` while a writer is open.
+The catalogue is the commit point: the dataset holds exactly as many images as it has rows. A writer
+appends pixels first and then the new rows, as one more file ``catalog.parts/part-NNNNNN.parquet`` written
+atomically (so a commit costs the same however large the dataset already is); closing the writer
+consolidates the parts into ``catalog.parquet``. A kill at any moment leaves either the previous committed
+state (extra pixel rows beyond the catalogue are ignored and trimmed on the next append) or the new one.
+``dataset.json`` says ``"complete": false`` while a writer is open.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ FORMAT_NAME = "astrovader-dataset"
 FORMAT_VERSION = 1
 IMAGES = "images.zarr"
 CATALOG = "catalog.parquet"
+CATALOG_PARTS = "catalog.parts"
 META = "dataset.json"
 
 
@@ -58,6 +61,30 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def read_catalog_file(path: str | os.PathLike) -> pd.DataFrame:
+    """The committed catalogue of a dataset directory: ``catalog.parquet`` plus any uncommitted-to-file parts."""
+    path = Path(path)
+    frames = [pd.read_parquet(path / CATALOG)] if (path / CATALOG).is_file() else []
+    parts_dir = path / CATALOG_PARTS
+    if parts_dir.is_dir():
+        frames += [pd.read_parquet(p) for p in sorted(parts_dir.glob("part-*.parquet"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({"id": pd.Series([], dtype="int64")})
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def write_catalog(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Replace a dataset's whole catalogue (e.g. after adding a column) atomically, folding in any parts."""
+    path = Path(path)
+    atomic_write_parquet(path / CATALOG, frame)
+    parts_dir = path / CATALOG_PARTS
+    if parts_dir.is_dir():
+        for p in parts_dir.glob("*.parquet"):
+            p.unlink()
+        parts_dir.rmdir()
+
+
 def is_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
@@ -76,8 +103,7 @@ class Dataset:
             raise DatasetError(f"{meta_path}: field 'format' is {self.meta.get('format')!r}, "
                                f"expected {FORMAT_NAME!r}")
         cat_path = self.path / CATALOG
-        self.catalog: pd.DataFrame = (pd.read_parquet(cat_path) if cat_path.is_file()
-                                      else pd.DataFrame({"id": pd.Series([], dtype="int64")}))
+        self.catalog: pd.DataFrame = read_catalog_file(self.path)
         if "id" not in self.catalog.columns:
             raise DatasetError(f"{cat_path}: catalogue has no 'id' column")
         try:
@@ -202,10 +228,13 @@ class DatasetWriter:
                 chunks=(chunk_rows, self.channels, self.image_size, self.image_size), dtype="uint8")
             self.meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})
+        self._n_committed = len(self._catalog)
+        self._next_part = len(list((self.path / CATALOG_PARTS).glob("part-*.parquet")))
         self.meta.update(meta or {})
         self.meta.update(image_size=self.image_size, channels=self.channels, complete=False)
         atomic_write_json(self.path / META, self.meta)
         self._known_ids: set = set(self._catalog["id"].tolist())
+        self._catalog = self._catalog.iloc[:0]  # rows live on disk; keep only the schema in memory
         self._pending_rows: list[dict[str, Any]] = []
         self._pending_images: list[np.ndarray] = []
         self._pending_n = 0
@@ -216,7 +245,7 @@ class DatasetWriter:
         return self._known_ids
 
     def __len__(self) -> int:
-        return len(self._catalog) + self._pending_n
+        return self._n_committed + self._pending_n
 
     def add(self, images: np.ndarray, rows: Sequence[dict[str, Any]] | pd.DataFrame) -> None:
         images = np.asarray(images)
@@ -244,18 +273,23 @@ class DatasetWriter:
     def commit(self) -> None:
         if self._pending_n:
             self.images.append(np.concatenate(self._pending_images), axis=0)
-            new = pd.DataFrame.from_records(self._pending_rows)
-            self._catalog = (new if len(self._catalog) == 0
-                             else pd.concat([self._catalog, new], ignore_index=True))
-            atomic_write_parquet(self.path / CATALOG, self._catalog)
+            parts_dir = self.path / CATALOG_PARTS
+            parts_dir.mkdir(exist_ok=True)
+            atomic_write_parquet(parts_dir / f"part-{self._next_part:06d}.parquet",
+                                 pd.DataFrame.from_records(self._pending_rows))
+            self._next_part += 1
+            self._n_committed += self._pending_n
             self._pending_images, self._pending_rows, self._pending_n = [], [], 0
-        elif not (self.path / CATALOG).exists():
+        elif not (self.path / CATALOG).exists() and not (self.path / CATALOG_PARTS).exists():
             atomic_write_parquet(self.path / CATALOG, self._catalog)
 
     def close(self, complete: bool = True) -> None:
         self.commit()
+        if (self.path / CATALOG_PARTS).is_dir():
+            write_catalog(self.path, read_catalog_file(self.path))  # one consolidation, at the end
+        self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})  # no longer needed in memory
         self.meta["complete"] = complete
-        self.meta["n"] = len(self._catalog)
+        self.meta["n"] = self._n_committed
         atomic_write_json(self.path / META, self.meta)
 
     def __enter__(self) -> DatasetWriter:

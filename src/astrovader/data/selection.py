@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from astrovader.data.dataset import CATALOG, Dataset, atomic_write_parquet
+from astrovader.data.dataset import Dataset, write_catalog
 
 SPLITS = ("train", "validation", "test")
 PAPER_COUNTS = {"train": 159_600, "validation": 5_000, "test": 41_100}
@@ -151,7 +151,7 @@ def apply_split(dataset: str | os.PathLike, *, fractions: tuple[float, float, fl
                   else paper_split_counts(n))
         split[keep] = random_split(ids[keep], counts, seed)
     cat["split"] = pd.Series(split, dtype=object).astype(str).to_numpy()
-    atomic_write_parquet(ds.path / CATALOG, cat)
+    write_catalog(ds.path, cat)
     values, n = np.unique(cat["split"].to_numpy(), return_counts=True)
     order = {k: i for i, k in enumerate((*SPLITS, UNASSIGNED, EXCLUDED))}
     return dict(sorted(zip(values.tolist(), n.tolist(), strict=True), key=lambda kv: order.get(kv[0], 99)))
