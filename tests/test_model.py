@@ -13,6 +13,7 @@ from astrovader.model import (
     AstroVaDErNet,
     GMMPrior,
     kl_gmm,
+    kl_gmm_full,
     kl_unit,
     minmax_gamma,
     reconstruction_loss,
@@ -156,3 +157,40 @@ def test_encoder_decoder_shapes_configurable():
     assert out["mu"].shape == (2, 7) and out["recon"].shape == (2, 3, 64, 64)
     assert (out["recon"] >= 0).all()  # ReLU output for MSE
     assert net.gmm.posterior(out["mu"]).shape == (2, 5)
+
+
+def test_full_covariance_prior_reduces_to_diag_and_matches_numpy():
+    rng = np.random.default_rng(7)
+    K, J, B = 3, 4, 5
+    pi = rng.dirichlet(np.ones(K))
+    mu_c = rng.normal(size=(K, J))
+    A = rng.normal(size=(K, J, J))
+    cov = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(J)
+    mu, logvar = rng.normal(size=(B, J)), rng.normal(-1, 0.3, size=(B, J))
+    # with diagonal covariances the full prior equals the diagonal one
+    d, f = GMMPrior(K, J).double(), GMMPrior(K, J, "full").double()
+    var = np.diagonal(cov, axis1=1, axis2=2).copy()
+    for g in (d, f):
+        g.set_parameters(torch.tensor(pi), torch.tensor(mu_c), torch.tensor(var))
+    t_mu = torch.tensor(mu)
+    torch.testing.assert_close(f.log_joint(t_mu), d.log_joint(t_mu))
+    gamma = minmax_gamma(d.log_joint(t_mu))
+    torch.testing.assert_close(
+        kl_gmm_full(t_mu, torch.tensor(logvar), gamma, f.weights, f.means, f.scale_tril),
+        kl_gmm(t_mu, torch.tensor(logvar), gamma, d.weights, d.means, d.variances))
+    # a full covariance against a direct NumPy computation
+    f.set_parameters(torch.tensor(pi), torch.tensor(mu_c), torch.tensor(cov))
+    torch.testing.assert_close(f.variances, torch.tensor(var))
+    inv = np.linalg.inv(cov)
+    diff = mu[:, None] - mu_c[None]
+    maha = np.einsum("bkj,kjl,bkl->bk", diff, inv, diff)
+    logdet = np.linalg.slogdet(cov)[1]
+    log_joint = np.log(pi)[None] - 0.5 * (J * np.log(2 * np.pi) + logdet[None] + maha)
+    np.testing.assert_allclose(f.log_joint(t_mu).detach().numpy(), log_joint, rtol=1e-10)
+    g = minmax_gamma(torch.tensor(log_joint)).numpy()
+    trace = np.exp(logvar) @ np.diagonal(inv, axis1=1, axis2=2).T
+    expect = (-0.5 * (1 + logvar).sum(1) + (g * np.log(g)).sum(1) - (g * np.log(pi)).sum(1)
+              + 0.5 * (g * (logdet[None] + trace + maha)).sum(1))
+    got = kl_gmm_full(t_mu, torch.tensor(logvar), torch.tensor(g), f.weights, f.means, f.scale_tril)
+    np.testing.assert_allclose(got.detach().numpy(), expect, rtol=1e-9)
+    assert f.n_parameters() == K + K * J + K * J * (J + 1) // 2

@@ -30,6 +30,7 @@ class ModelConfig:
     output_kernel: int = 3
     latent_dim: int = 20
     n_clusters: int = 12
+    covariance: str = "diag"  # GMM prior covariances: "diag" (VaDE, the paper) or "full"
     leaky_slope: float = 0.1
 
 
@@ -186,6 +187,7 @@ class Config:
         _need(1 <= m.latent_dim <= 1024, "model.latent_dim", f"must be in 1..1024, got {m.latent_dim}")
         _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")
         _need(0 <= m.leaky_slope < 1, "model.leaky_slope", "must be in [0, 1)")
+        _need(m.covariance in ("diag", "full"), "model.covariance", f"must be 'diag' or 'full', got {m.covariance!r}")
         _need(lo.reconstruction in ("mse", "bce"), "loss.reconstruction", "must be 'mse' or 'bce'")
         _need(lo.gmm_kl_scale > 0, "loss.gmm_kl_scale", "must be > 0")
         _need(lo.gamma >= 0, "loss.gamma", "must be >= 0")

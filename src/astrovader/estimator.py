@@ -126,8 +126,9 @@ class AstroVaDEr:
                 raise ValueError(f"cluster must be in 0..{K - 1}, got {cluster}")
             comps = chosen.repeat(n // len(chosen) + 1)[:n]
         means = gmm.means.detach().cpu().float()[comps]
-        std = (gmm.variances.detach().cpu().float()[comps] * temperature).sqrt()
-        z = means + std * torch.randn(means.shape, generator=g)
+        eps = torch.randn(means.shape, generator=g)
+        L = gmm.scale_tril.detach().cpu().float()[comps]
+        z = means + temperature**0.5 * (L @ eps[..., None]).squeeze(-1)
         return self.decode(z), comps.numpy()
 
     def interpolate(self, a: np.ndarray | ImagesLike, b: np.ndarray | ImagesLike, steps: int = 8) -> np.ndarray:

@@ -92,12 +92,14 @@ def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float
 
 
 def _gmm_arrays(model: AstroVaDEr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mixture weights, means and variances as float64 NumPy arrays (sampled on the host so that the
-    latent vectors are identical on every device and platform)."""
+    """Mixture weights, means and variances (K, J) -- or Cholesky factors (K, J, J) for a full-covariance
+    prior -- as float64 NumPy arrays (sampled on the host so that the latent vectors are identical on every
+    device and platform)."""
     g = model.net.gmm
     with torch.no_grad():
+        spread = g.variances if g.covariance == "diag" else g.scale_tril
         return (g.weights.detach().double().cpu().numpy(), g.means.detach().double().cpu().numpy(),
-                g.variances.detach().double().cpu().numpy())
+                spread.detach().double().cpu().numpy())
 
 
 def sample_latents(gmm: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, stop: int,
@@ -126,7 +128,10 @@ def sample_latents(gmm: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, s
     else:
         cdf = np.cumsum(weights)
         comps = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), K - 1)
-    z = means[comps] + np.sqrt(spec.temperature * variances[comps]) * eps
+    if variances.ndim == 2:
+        z = means[comps] + np.sqrt(spec.temperature * variances[comps]) * eps
+    else:  # full covariance: z = mu_c + sqrt(T) L_c eps
+        z = means[comps] + np.sqrt(spec.temperature) * np.einsum("nij,nj->ni", variances[comps], eps)
     return comps.astype(np.int16), z.astype(np.float32)
 
 

@@ -73,13 +73,22 @@ class Decoder(nn.Module):
 
 class GMMPrior(nn.Module):
     """Mixture prior p(c) p(z|c). Weights are a softmax of logits and variances exp(log-variances), so
-    they stay normalised and positive whatever the optimiser does (a known failure of raw parameters)."""
+    they stay normalised and positive whatever the optimiser does (a known failure of raw parameters).
 
-    def __init__(self, n_clusters: int, latent_dim: int):
+    ``covariance="diag"`` is VaDE's (and the paper's) diagonal prior. ``"full"`` adds a strictly lower
+    triangular part to the Cholesky factor, L = diag(exp(log_vars / 2)) + tril(off_diag, -1), for latent
+    spaces whose clusters are correlated across dimensions; with off_diag = 0 it is the diagonal prior."""
+
+    def __init__(self, n_clusters: int, latent_dim: int, covariance: str = "diag"):
         super().__init__()
+        if covariance not in ("diag", "full"):
+            raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+        self.covariance = covariance
         self.logits = nn.Parameter(torch.zeros(n_clusters))
         self.means = nn.Parameter(torch.randn(n_clusters, latent_dim))
         self.log_vars = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        if covariance == "full":
+            self.off_diag = nn.Parameter(torch.zeros(n_clusters, latent_dim, latent_dim))
 
     @property
     def weights(self) -> Tensor:
@@ -87,14 +96,32 @@ class GMMPrior(nn.Module):
 
     @property
     def variances(self) -> Tensor:
-        return self.log_vars.exp()
+        """Per-dimension variances (the diagonal of each component's covariance), shape (K, J)."""
+        if self.covariance == "diag":
+            return self.log_vars.exp()
+        return self.scale_tril.pow(2).sum(-1)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """Cholesky factors L of the component covariances (Sigma = L L^T), shape (K, J, J)."""
+        diag = torch.diag_embed((0.5 * self.log_vars).exp())
+        return diag if self.covariance == "diag" else diag + torch.tril(self.off_diag, -1)
+
+    def n_parameters(self) -> int:
+        K, J = self.means.shape
+        return K + K * J + (K * J if self.covariance == "diag" else K * J * (J + 1) // 2)
 
     def log_joint(self, mu: Tensor) -> Tensor:
-        """log pi_c + log N(mu; mu_c, diag var_c), shape (B, K), computed in float32 or better."""
+        """log pi_c + log N(mu; mu_c, Sigma_c), shape (B, K), computed in float32 or better."""
         mu = _at_least_f32(mu)
         lv = self.log_vars.to(mu.dtype)
         diff = mu[:, None, :] - self.means.to(mu.dtype)[None]
-        log_n = -0.5 * (LOG_2PI + lv + diff.pow(2) / lv.exp()).sum(-1)
+        if self.covariance == "diag":
+            log_n = -0.5 * (LOG_2PI + lv + diff.pow(2) / lv.exp()).sum(-1)
+        else:
+            J = mu.shape[1]
+            maha = _mahalanobis(self.scale_tril.to(mu.dtype), diff)
+            log_n = -0.5 * (J * LOG_2PI + lv.sum(-1)[None] + maha)
         return torch.log_softmax(self.logits.to(mu.dtype), 0)[None] + log_n
 
     def posterior(self, mu: Tensor) -> Tensor:
@@ -102,10 +129,26 @@ class GMMPrior(nn.Module):
         return torch.softmax(self.log_joint(mu), dim=1)
 
     @torch.no_grad()
-    def set_parameters(self, weights: Tensor, means: Tensor, variances: Tensor) -> None:
+    def set_parameters(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Copy in a fitted mixture: ``covariances`` are (K, J) variances or (K, J, J) matrices."""
         self.logits.copy_(weights.clamp_min(1e-12).log())
         self.means.copy_(means)
-        self.log_vars.copy_(variances.clamp_min(1e-12).log())
+        if covariances.ndim == 3:
+            L = torch.linalg.cholesky(covariances)
+            self.log_vars.copy_(2 * torch.diagonal(L, dim1=-2, dim2=-1).clamp_min(1e-12).log())
+            if self.covariance == "full":
+                self.off_diag.copy_(torch.tril(L, -1))
+        else:
+            self.log_vars.copy_(covariances.clamp_min(1e-12).log())
+            if self.covariance == "full":
+                self.off_diag.zero_()
+
+
+def _mahalanobis(L: Tensor, diff: Tensor) -> Tensor:
+    """Squared Mahalanobis distances |L_c^-1 diff_bc|^2 for diff (B, K, J) and factors L (K, J, J)."""
+    B, K, J = diff.shape
+    y = torch.linalg.solve_triangular(L[None].expand(B, K, J, J), diff[..., None], upper=False)
+    return y.squeeze(-1).pow(2).sum(-1)
 
 
 def minmax_gamma(log_joint: Tensor, scale: float = 50.0) -> Tensor:
@@ -136,6 +179,24 @@ def kl_gmm(mu: Tensor, logvar: Tensor, gamma: Tensor, weights: Tensor, means: Te
     return term_entropy + term_cat + term_gauss
 
 
+def kl_gmm_full(mu: Tensor, logvar: Tensor, gamma: Tensor, weights: Tensor, means: Tensor,
+                scale_tril: Tensor) -> Tensor:
+    """The same KL for full component covariances Sigma_c = L_c L_c^T: the Gaussian term becomes
+    1/2 sum_c gamma_c (log|Sigma_c| + tr(Sigma_c^-1 diag(exp(logvar))) + (mu - mu_c)^T Sigma_c^-1 (mu - mu_c))."""
+    log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+    term_entropy = -0.5 * (1 + logvar).sum(1)
+    term_cat = (torch.special.xlogy(gamma, gamma) - gamma * log_w[None]).sum(1)
+    J = mu.shape[1]
+    eye = torch.eye(J, dtype=scale_tril.dtype, device=scale_tril.device).expand_as(scale_tril)
+    L_inv = torch.linalg.solve_triangular(scale_tril, eye, upper=False)
+    precision_diag = L_inv.pow(2).sum(-2)  # diag of Sigma^-1 = L^-T L^-1: column sums of squares
+    logdet = 2 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
+    trace = logvar.exp() @ precision_diag.T  # (B, K)
+    maha = _mahalanobis(scale_tril, mu[:, None, :] - means[None])
+    term_gauss = 0.5 * (gamma * (logdet[None] + trace + maha)).sum(1)
+    return term_entropy + term_cat + term_gauss
+
+
 def reconstruction_loss(recon: Tensor, x: Tensor, kind: str = "mse") -> Tensor:
     """Per-image reconstruction loss summed over pixels: MSE x D (D = C*H*W) or binary cross-entropy.
     For ``bce`` ``recon`` holds logits."""
@@ -152,7 +213,7 @@ class AstroVaDErNet(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg.model)
         self.decoder = Decoder(cfg.model, bce=cfg.loss.reconstruction == "bce")
-        self.gmm = GMMPrior(cfg.model.n_clusters, cfg.model.latent_dim)
+        self.gmm = GMMPrior(cfg.model.n_clusters, cfg.model.latent_dim, cfg.model.covariance)
         for layer in self.modules():
             # Keras defaults (Glorot-uniform weights, zero biases), as in the reference model. PyTorch's
             # default init shrinks the signal through the deep conv stack so much that training stalls.
@@ -166,7 +227,7 @@ class AstroVaDErNet(nn.Module):
     def count_parameters(self) -> dict[str, int]:
         enc = sum(p.numel() for p in self.encoder.parameters())
         dec = sum(p.numel() for p in self.decoder.parameters())
-        gmm = sum(p.numel() for p in self.gmm.parameters())
+        gmm = self.gmm.n_parameters()
         return {"encoder": enc, "decoder": dec, "network": enc + dec, "gmm": gmm, "total": enc + dec + gmm}
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,7 +270,10 @@ def vade_losses(net: AstroVaDErNet, x: Tensor, out: dict[str, Tensor], loss_cfg:
     if gmm_phase:
         gmm = net.gmm
         gamma = minmax_gamma(gmm.log_joint(mu), loss_cfg.minmax_scale)
-        terms["kl_gmm"] = kl_gmm(mu, logvar, gamma, gmm.weights, gmm.means, gmm.variances)
+        if gmm.covariance == "diag":
+            terms["kl_gmm"] = kl_gmm(mu, logvar, gamma, gmm.weights, gmm.means, gmm.variances)
+        else:
+            terms["kl_gmm"] = kl_gmm_full(mu, logvar, gamma, gmm.weights, gmm.means, gmm.scale_tril)
     else:
         terms["kl_gmm"] = torch.zeros_like(recon)
     return terms
@@ -241,6 +305,6 @@ def describe_architecture(cfg: Config) -> list[tuple[str, str, int]]:
         rows.append(("decoder.fc Linear+LeakyReLU", "x".join(map(str, h.shape[1:])),
                      sum(p.numel() for p in d.fc.parameters())))
         walk("decoder", d.features, h)
-        rows.append(("gmm (pi, means, variances)", f"K={m.n_clusters}, J={m.latent_dim}",
-                     sum(p.numel() for p in net.gmm.parameters())))
+        rows.append((f"gmm (pi, means, {m.covariance} covariances)", f"K={m.n_clusters}, J={m.latent_dim}",
+                     net.gmm.n_parameters()))
     return rows

@@ -216,7 +216,8 @@ def latent_means(net: AstroVaDErNet, feeder: BatchFeeder, batch_size: int, gener
     return (mu_arr, torch.cat(lvs).numpy().astype(np.float64)) if with_logvar else mu_arr
 
 
-def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1) -> dict[str, np.ndarray]:
+def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1,
+                 covariance: str = "diag") -> dict[str, np.ndarray]:
     """k-means, then a diagonal GaussianMixture started at its centres (s3VDC's mini-batch init)."""
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
@@ -225,7 +226,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1) -> 
         raise ValueError(f"GMM initialisation needs at least {n_clusters} latent vectors, got {len(z)}; "
                          "use more train.gmm_init_batches or a smaller model.n_clusters")
     km = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z)
-    gm = GaussianMixture(n_clusters, covariance_type="diag", means_init=km.cluster_centers_,
+    gm = GaussianMixture(n_clusters, covariance_type=covariance, means_init=km.cluster_centers_,
                          random_state=seed, reg_covar=1e-6, max_iter=200).fit(z)
     return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
             "kmeans_centers": km.cluster_centers_, "responsibilities": gm.predict_proba(z)}
@@ -236,14 +237,15 @@ def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device:
     g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, -1))
     mu, logvar = latent_means(net, feeder, t.batch_size, g, max_batches=t.gmm_init_batches,
                               channels_last=_channels_last(cfg, device), with_logvar=True)
-    fit = fit_gmm_init(mu, cfg.model.n_clusters, t.seed, t.gmm_init_restarts)
+    fit = fit_gmm_init(mu, cfg.model.n_clusters, t.seed, t.gmm_init_restarts, cfg.model.covariance)
     variances = fit["variances"]
     if t.gmm_init_add_encoder_variance:
         # The prior models z ~ N(mu, exp(logvar)), not mu alone. A mixture fitted to the means of a
         # barely-regularised encoder can have variances orders of magnitude below exp(logvar) in some
         # dimensions, and the GMM KL term exp(logvar)/var_c then explodes at the start of annealing.
         resp = fit["responsibilities"]
-        variances = variances + (resp.T @ np.exp(logvar)) / resp.sum(0).clip(1e-12)[:, None]
+        extra = (resp.T @ np.exp(logvar)) / resp.sum(0).clip(1e-12)[:, None]
+        variances = variances + (extra if variances.ndim == 2 else np.stack([np.diag(e) for e in extra]))
     dtype = net.gmm.means.dtype
     weights = (torch.as_tensor(fit["weights"], dtype=dtype) if t.gmm_init == "fitted"
                else net.gmm.weights.detach().cpu())
