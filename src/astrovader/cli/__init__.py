@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "astrovader.cli.analysis",
     "astrovader.cli.generate",
     "astrovader.cli.simulate",
+    "astrovader.cli.benchmark",
 )
 
 

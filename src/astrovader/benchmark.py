@@ -1,0 +1,489 @@
+"""End-to-end clustering benchmarks with baselines: can the clustering be trusted?
+
+``run_benchmark("mnist" | "gz1" | "simulated", ...)`` trains AstroVaDEr over several seeds on images with
+known classes and scores every run the same way (Hungarian accuracy, NMI, ARI, purity), next to baselines
+trained on the very same images in the same run:
+
+* ``kmeans``: k-means on raw pixels (what any clustering must beat);
+* ``pca_gmm``: PCA(20) + GaussianMixture (the classical two-step pipeline);
+* ``ae_gmm``: the same convolutional network trained as a plain autoencoder (reconstruction only, decoder
+  fed the latent mean) for the same number of epochs, then a GaussianMixture on its latent means: the
+  two-step deep pipeline that VaDE's joint training has to beat to justify itself;
+* ``vae_gmm``: the same network as a plain VAE (reconstruction + unit-Gaussian KL, beta = 1) + GaussianMixture.
+
+A mean score alone hides the failures people actually hit, so every run also records the spread over seeds,
+the worst seed, whether anything went NaN, and how many mixture components ended up with no members.
+Per-seed results are JSON files; a re-run with the same settings skips the seeds already done, so a killed
+benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from astrovader.analysis.metrics import clustering_scores
+from astrovader.config import Config, _parse_value
+from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
+from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
+
+BENCHMARKS = ("mnist", "gz1", "simulated")
+BASELINES = ("kmeans", "pca_gmm", "ae_gmm", "vae_gmm")
+METRICS = ("accuracy", "nmi", "ari", "purity")
+VADE_MNIST_ACCURACY = 0.9446  # Jiang et al. 2017, Table 2 (VaDE on MNIST, all 70,000 digits)
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository
+GZ1_CLASSES = {0: 0, 1: 1, 2: 1, 3: 2}  # gz1_class -> elliptical, spiral (cw + acw), edge-on; 4, 5 dropped
+GZ1_CLASS_NAMES = ("elliptical", "spiral", "edge_on")
+KNN_NEIGHBOURS = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# configurations
+# --------------------------------------------------------------------------------------------------
+def mnist_config() -> Config:
+    """s3VDC-style settings for 28 px MNIST digits: 2 conv blocks (28 -> 14 -> 7), J = 10, K = 10, BCE
+    (digits are nearly binary), no flips (a flipped 2 or 7 is not a digit), no L2, and every test digit
+    in the GMM initialisation. gamma = 1 makes gamma-training a plain VAE: on 2,000 digits its GMM initialisation
+    and final accuracy beat the s3VDC default 5e-4 (0.554 vs 0.483, two seeds; benchmarks/RESULTS.md), because
+    the final accuracy is set almost entirely by the latent space the GMM is initialised on."""
+    return Config.from_dict({
+        "model": {"image_size": 28, "encoder_filters": [32, 64], "encoder_kernels": [3, 3],
+                  "decoder_filters": [64, 32], "decoder_kernels": [3, 3], "latent_dim": 10, "n_clusters": 10},
+        "loss": {"reconstruction": "bce", "l2": 0.0, "gamma": 1.0},
+        "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 100, "anneal_epochs": 5,
+                  "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
+                  "flips": False, "validation_fraction": 0.0},
+    })
+
+
+def gz1_config(n_clusters: int) -> Config:
+    """64 px grey SDSS galaxies: the demo architecture with three blocks and the paper's J = 20, MSE loss and
+    random flips (morphology does not depend on orientation), on a CPU-sized schedule."""
+    return Config.from_dict({
+        "model": {"image_size": 64, "encoder_filters": [32, 64, 16], "encoder_kernels": [3, 3, 3],
+                  "decoder_filters": [16, 64, 32], "decoder_kernels": [3, 3, 3], "latent_dim": 20,
+                  "n_clusters": n_clusters},
+        "loss": {"l2": 1e-4},
+        "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 100, "anneal_epochs": 5,
+                  "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
+                  "validation_fraction": 0.0},
+    })
+
+
+def simulated_config() -> Config:
+    """The demo preset (32 px, K = 3 for the three simulated classes), trained on every image."""
+    cfg = Config.preset("demo")
+    cfg.train.validation_fraction = 0.0
+    cfg.train.gmm_init_batches = 100
+    return cfg
+
+
+def scale_epochs(cfg: Config, factor: float) -> Config:
+    """Multiply every phase's length by ``factor`` (at least one epoch per non-empty phase), for smoke runs.
+    The learning-rate decay follows, because it is defined to reach lr_min at the last epoch."""
+    cfg = copy.deepcopy(cfg)
+    if factor == 1:
+        return cfg
+    if not factor > 0:
+        raise ValueError(f"--epochs-scale must be > 0, got {factor}")
+    t = cfg.train
+    t.gamma_epochs = max(1, round(t.gamma_epochs * factor))
+    t.anneal_epochs = max(1, round(t.anneal_epochs * factor)) if t.anneal_epochs else 0
+    t.static_epochs = max(1, round(t.static_epochs * factor)) if t.static_epochs else 0
+    t.lr_decay_every = max(1, min(t.lr_decay_every, t.epochs))
+    cfg.validate()
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """``key=value`` settings on top of a benchmark's own config (the CLI's --set)."""
+    from astrovader.config import ConfigError
+
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. loss.gamma=0.01), got {item!r}")
+        key, raw = item.split("=", 1)
+        cfg.set(key.strip(), _parse_value(raw.strip()))
+    cfg.validate()
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# tasks: images with true classes
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """One set of labelled images and the AstroVaDEr config to cluster them with."""
+
+    name: str  # e.g. "mnist", "gz1-k12", "simulated-cf0.2"
+    images: np.ndarray  # uint8 (N, C, H, W)
+    labels: np.ndarray  # int (N,)
+    config: Config
+    knn: bool = False  # also report 5-fold kNN accuracy of the representation
+    reference: dict[str, float] = field(default_factory=dict)  # published numbers shown beside ours
+    dataset: Path | None = None  # the images as a packed dataset (training reads it)
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random subset (the same for every seed, so seeds differ only in training)."""
+    if n is None or n >= len(images):
+        return images, labels
+    idx = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+    return images[idx], labels[idx]
+
+
+def mnist_tasks(data: Path, n: int | None, cache: Path) -> list[Task]:
+    from astrovader.data.mnist import load_mnist
+
+    images, labels = load_mnist(data, "t10k")
+    images, labels = _subset(images, labels, n)
+    return [Task("mnist", images, labels, mnist_config(), reference={"VaDE (published)": VADE_MNIST_ACCURACY})]
+
+
+def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print) -> list[Task]:
+    """GZ1 SDSS cut-outs: centre crop 0.75, 64 px grey; classes elliptical / spiral (cw + acw) / edge-on."""
+    from astrovader.data.ingest import ingest_folder
+
+    labels_csv = data / "labels.csv"
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"{data}: no labels.csv (expected the gz1-sdss folder with images/ and labels.csv)")
+    table = pd.read_csv(labels_csv, dtype={"objid": str})
+    table = table[table["gz1_class"].isin(list(GZ1_CLASSES))]
+    if n is not None and n < len(table):
+        table = table.sample(n=n, random_state=0).sort_index()
+    out = cache / f"gz1-64px-crop0.75-n{len(table)}"
+    if not (is_dataset(out) and Dataset(out).complete):
+        out.mkdir(parents=True, exist_ok=True)
+        sub_csv = out.parent / f"{out.name}-labels.csv"
+        table.to_csv(sub_csv, index=False)
+        log(f"ingesting {len(table)} GZ1 images into {out} (cached for later runs)")
+        # "file" in the copied table is relative to the gz1 folder, which is the source folder here.
+        ingest_folder(data, out, labels=sub_csv, id_column="objid", crop=0.75, size=64, progress=False,
+                      labels_only=True)
+    ds = Dataset(out)
+    images = ds.load()
+    labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
+    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=out) for k in (12, 3)]
+
+
+def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
+    from astrovader.data.simulate import simulate
+
+    n = n or 3000
+    tasks = []
+    for cf in (0.0, 0.2):
+        out = cache / f"simulated-32px-n{n}-cf{cf:g}"
+        if not (is_dataset(out) and Dataset(out).complete):
+            if out.exists():
+                shutil.rmtree(out)
+            simulate(out, n, size=32, seed=0, companion_fraction=cf, workers=1, progress=False)
+        ds = Dataset(out)
+        tasks.append(Task(f"simulated-cf{cf:g}", ds.load(), ds.catalog["true_class"].to_numpy(np.int64),
+                          simulated_config(), knn=True, dataset=out))
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------------------
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Mean 5-fold cross-validated kNN accuracy: how well the representation separates the classes at all,
+    independently of whether the clustering found them."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(KNeighborsClassifier(KNN_NEIGHBOURS), features, labels, cv=folds).mean())
+
+
+def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -> dict[str, Any]:
+    """The four metrics plus the health checks: members per component, empty components, non-finite values."""
+    members = np.bincount(pred, minlength=n_clusters)[:n_clusters] if len(pred) else np.zeros(n_clusters, int)
+    out: dict[str, Any] = clustering_scores(labels, pred)
+    out.update(members=members.tolist(), empty_components=int((members == 0).sum()), nan=not finite)
+    out["ok"] = bool(finite and out["empty_components"] == 0)
+    return out
+
+
+def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """Full-covariance GaussianMixture (k-means start) on a representation; returns hard labels."""
+    from sklearn.mixture import GaussianMixture
+
+    gm = GaussianMixture(n_clusters, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=300)
+    return gm.fit(z).predict(z)
+
+
+@torch.no_grad()
+def encode_all(net: AstroVaDErNet, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """Latent means, log-variances and GMM posteriors of all images (float32, no autocast: scores should not
+    depend on the CPU model)."""
+    net.eval()
+    device = next(net.parameters()).device
+    mus, lvs, probs = [], [], []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[s:s + batch_size]).to(device).float().div_(255.0)
+        mu, lv = net.encode(x)
+        mus.append(mu.float().cpu())
+        lvs.append(lv.float().cpu())
+        probs.append(net.gmm.posterior(mu.float()).cpu())
+    return {"mu": torch.cat(mus).numpy(), "logvar": torch.cat(lvs).numpy(), "probs": torch.cat(probs).numpy()}
+
+
+# --------------------------------------------------------------------------------------------------
+# methods
+# --------------------------------------------------------------------------------------------------
+def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train with the s3VDC schedule; score the GMM right after its initialisation and at the end.
+
+    Training stops after gamma-training (plus GMM init) and is resumed, which on CPU reproduces an
+    uninterrupted run exactly; the extra score shows how much of the final accuracy the initialisation
+    already had, the main question when tuning."""
+    from astrovader.train import TrainingDiverged, train
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    k = cfg.model.n_clusters
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {}
+    try:
+        res = train(cfg, task.dataset, run_dir, progress=False, stop_after_epoch=cfg.train.gamma_epochs - 1)
+        enc = encode_all(res.net, task.images)
+        finite = bool(np.isfinite(enc["mu"]).all() and np.isfinite(enc["probs"]).all())
+        result["at_init"] = {m: v for m, v in score(task.labels, enc["probs"].argmax(1), k, finite).items()
+                             if m in (*METRICS, "empty_components")}
+        if cfg.train.epochs > cfg.train.gamma_epochs:
+            res = train(cfg, task.dataset, run_dir, resume=True, progress=False)
+        enc = encode_all(res.net, task.images)
+        finite = all(np.isfinite(v).all() for v in enc.values()) and all(
+            math.isfinite(r[key]) for r in res.history for key in ("train_total", "train_recon"))
+        result.update(score(task.labels, enc["probs"].argmax(1), k, finite))
+        result["final_recon"] = float(res.history[-1]["train_recon"])
+        if task.knn:
+            result["knn_accuracy"] = knn_accuracy(enc["mu"], task.labels, cfg.train.seed)
+    except TrainingDiverged as exc:
+        result.update({m: float("nan") for m in METRICS})
+        result.update(nan=True, ok=False, empty_components=None, error=str(exc))
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> AstroVaDErNet:
+    """The AstroVaDEr network trained without its mixture prior, with the same epochs, batch size, learning-
+    rate schedule, flips and numerics as the s3VDC run: a plain autoencoder (loss = reconstruction, decoder
+    fed mu) or a plain VAE (reconstruction + unit-Gaussian KL, beta = 1, decoder fed a sample)."""
+    from astrovader.train import _channels_last, _use_bf16, learning_rate, random_flips, resolve_device
+
+    t = cfg.train
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    net = AstroVaDErNet(cfg).to(device)
+    cl = _channels_last(cfg, device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    bf16 = _use_bf16(cfg, device)
+    opt = torch.optim.Adam(net.network_parameters(), lr=t.lr)
+    data = torch.from_numpy(images).to(device)
+    g = torch.Generator(device=device).manual_seed(t.seed)
+    n = len(data)
+    stop = n - n % t.batch_size if n >= t.batch_size else n
+    for epoch in range(t.epochs):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(t, epoch)
+        net.train()
+        order = torch.randperm(n, device=device, generator=g)
+        for s in range(0, stop, t.batch_size):
+            x = data[order[s:s + t.batch_size]].float().div_(255.0)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if t.flips:
+                x = random_flips(x, g)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = net(x, sample=variational)
+            loss = reconstruction_loss(out["recon"].float(), x, cfg.loss.reconstruction)
+            if variational:
+                loss = loss + kl_unit(out["mu"].float(), out["logvar"].float())
+            loss = loss.mean()
+            if cfg.loss.l2 > 0:
+                loss = loss + cfg.loss.l2 * net.l2_penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"non-finite loss in epoch {epoch}")
+    return net
+
+
+def run_baseline(method: str, task: Task, cfg: Config) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    seed, k = cfg.train.seed, cfg.model.n_clusters
+    t0 = time.perf_counter()
+    flat = task.images.reshape(len(task.images), -1).astype(np.float32) / 255.0
+    try:
+        if method == "kmeans":
+            feats = flat
+            pred = KMeans(k, n_init=10, random_state=seed).fit_predict(flat)
+        elif method == "pca_gmm":
+            feats = PCA(20, random_state=seed).fit_transform(flat)
+            pred = posthoc_gmm(feats, k, seed)
+        elif method in ("ae_gmm", "vae_gmm"):
+            net = train_autoencoder(cfg, task.images, variational=method == "vae_gmm")
+            feats = encode_all(net, task.images)["mu"]
+            pred = posthoc_gmm(feats.astype(np.float64), k, seed)
+        else:
+            raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
+        result = score(task.labels, pred, k, bool(np.isfinite(feats).all()))
+        if task.knn:
+            result["knn_accuracy"] = knn_accuracy(feats, task.labels, seed)
+    except (FloatingPointError, ValueError) as exc:
+        if "unknown baseline" in str(exc):
+            raise
+        result = {**{m: float("nan") for m in METRICS}, "nan": True, "ok": False, "empty_components": None,
+                  "error": str(exc)}
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------------
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, std (ddof 0) and worst value of each metric per method over seeds, and the health flags."""
+    methods = list(per_seed[0]["methods"]) if per_seed else []
+    out: dict[str, Any] = {}
+    for m in methods:
+        runs = [r["methods"][m] for r in per_seed if m in r["methods"]]
+        row: dict[str, Any] = {"runs": len(runs)}
+        for key in (*METRICS, "knn_accuracy"):
+            vals = np.array([r[key] for r in runs if key in r], dtype=float)
+            if len(vals):
+                row[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
+                            "max": float(vals.max())}
+        row["any_nan"] = any(r.get("nan", False) for r in runs)
+        row["runs_with_empty_components"] = sum(1 for r in runs if (r.get("empty_components") or 0) > 0)
+        row["all_ok"] = all(r.get("ok", False) for r in runs)
+        out[m] = row
+    return out
+
+
+def resolve_data(name: str, data: str | Path | None) -> Path:
+    if data is not None:
+        return Path(data)
+    return SHARED_DATA / {"mnist": "mnist", "gz1": "gz1-sdss", "simulated": ""}[name]
+
+
+def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None, seeds: int = 5,
+                  epochs_scale: float = 1.0, overrides: list[str] | None = None, n: int | None = None,
+                  baselines: tuple[str, ...] | list[str] = BASELINES,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
+
+    ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw)."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
+    out = Path(out)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    source = resolve_data(name, data)
+    if name == "mnist":
+        tasks = mnist_tasks(source, n, cache)
+    elif name == "gz1":
+        tasks = gz1_tasks(source, n, cache, log)
+    else:
+        tasks = simulated_tasks(n, cache)
+
+    summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
+                               "overrides": list(overrides or []), "tasks": {}}
+    for task in tasks:
+        base_cfg = scale_epochs(apply_overrides(task.config, overrides), epochs_scale)
+        if task.dataset is None:
+            task.dataset = cache / f"{task.name}-n{len(task.images)}"
+            if not (is_dataset(task.dataset) and Dataset(task.dataset).complete):
+                if task.dataset.exists():
+                    shutil.rmtree(task.dataset)
+                write_dataset(task.dataset, task.images, pd.DataFrame({"id": np.arange(len(task.images)),
+                                                                       "label": task.labels}))
+        task_dir = out / task.name
+        task_dir.mkdir(parents=True, exist_ok=True)
+        per_seed = []
+        for seed in range(seeds):
+            cfg = copy.deepcopy(base_cfg)
+            cfg.train.seed = seed
+            settings = {"config": cfg.to_dict(), "n_images": len(task.images), "baselines": list(baselines)}
+            path = task_dir / f"seed{seed}.json"
+            if path.is_file():
+                old = json.loads(path.read_text())
+                if old.get("settings") == json.loads(json.dumps(settings)):
+                    log(f"{task.name} seed {seed}: already done ({path})")
+                    per_seed.append(old)
+                    continue
+            log(f"{task.name} seed {seed}: {len(task.images)} images, {cfg.train.epochs} epochs, "
+                f"K={cfg.model.n_clusters}, J={cfg.model.latent_dim}")
+            methods = {"astrovader": run_astrovader(task, cfg, out / "runs" / task.name / f"seed{seed}")}
+            log(f"  astrovader: {_short(methods['astrovader'])}")
+            for b in baselines:
+                methods[b] = run_baseline(b, task, cfg)
+                log(f"  {b}: {_short(methods[b])}")
+            record = {"task": task.name, "seed": seed, "settings": settings, "methods": methods}
+            atomic_write_json(path, record)
+            per_seed.append(record)
+        summary["tasks"][task.name] = {"n_images": len(task.images), "n_classes": int(len(np.unique(task.labels))),
+                                       "n_clusters": base_cfg.model.n_clusters, "epochs": base_cfg.train.epochs,
+                                       "reference": task.reference, "methods": summarise(per_seed)}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _short(r: dict[str, Any]) -> str:
+    parts = [f"{m} {r[m]:.4f}" for m in METRICS if m in r]
+    if "knn_accuracy" in r:
+        parts.append(f"kNN {r['knn_accuracy']:.4f}")
+    if "at_init" in r:
+        parts.append(f"(at GMM init: accuracy {r['at_init']['accuracy']:.4f})")
+    parts.append(f"empty {r.get('empty_components')}, nan {r.get('nan')}, {r.get('seconds', 0):.0f}s")
+    return ", ".join(parts)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table per task: mean +- std (worst seed) of each metric and the health flags."""
+    lines: list[str] = []
+    for name, task in summary["tasks"].items():
+        lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
+                     f"{task['epochs']} epochs, {summary['seeds']} seed(s)")
+        cols = [*METRICS, "knn_accuracy"]
+        present = [c for c in cols if any(c in row for row in task["methods"].values())]
+        header = f"  {'method':<12}" + "".join(f"{c if c != 'knn_accuracy' else 'kNN acc':>24}" for c in present)
+        lines.append(header + f"{'empty':>7}{'NaN':>5}")
+        for method, row in task["methods"].items():
+            cells = "".join(f"{_cell(row.get(c)):>24}" for c in present)
+            lines.append(f"  {method:<12}{cells}{row['runs_with_empty_components']:>7}"
+                         f"{'yes' if row['any_nan'] else 'no':>5}")
+        for ref, value in task.get("reference", {}).items():
+            lines.append(f"  {ref}: accuracy {value:.4f}")
+        lines.append("")
+    lines.append("cells: mean +- std (worst seed); empty: runs with a component that has no members")
+    return "\n".join(lines)
+
+
+def _cell(stats: dict[str, float] | None) -> str:
+    if not stats:
+        return "-"
+    return f"{stats['mean']:.4f}+-{stats['std']:.4f} ({stats['min']:.3f})"

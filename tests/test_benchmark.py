@@ -1,0 +1,163 @@
+"""The clustering benchmark harness: schedule scaling, health checks, summaries, baselines and the CLI end to end
+on tiny settings (a few hundred images, a handful of epochs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from astrovader.benchmark import (
+    BASELINES,
+    METRICS,
+    apply_overrides,
+    format_summary,
+    mnist_config,
+    scale_epochs,
+    score,
+    summarise,
+    train_autoencoder,
+)
+from astrovader.cli import main
+from astrovader.config import Config, ConfigError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_mnist_config_is_the_documented_architecture():
+    cfg = mnist_config()
+    m = cfg.model
+    assert (m.image_size, m.latent_dim, m.n_clusters, len(m.encoder_filters)) == (28, 10, 10, 2)
+    assert cfg.loss.reconstruction == "bce" and cfg.train.flips is False
+
+
+def test_scale_epochs_keeps_every_phase():
+    cfg = scale_epochs(mnist_config(), 0.01)
+    t = cfg.train
+    assert t.gamma_epochs == 1 and t.anneal_epochs == 1 and t.static_epochs == 1
+    assert t.epochs == 1 + t.periods * 2
+    assert scale_epochs(mnist_config(), 1.0).train.epochs == mnist_config().train.epochs
+    with pytest.raises(ValueError):
+        scale_epochs(mnist_config(), 0)
+
+
+def test_overrides_apply_and_reject_bad_keys():
+    cfg = apply_overrides(mnist_config(), ["loss.gamma=0.01", "model.latent_dim=12"])
+    assert cfg.loss.gamma == 0.01 and cfg.model.latent_dim == 12
+    with pytest.raises(ConfigError, match="unknown config key"):
+        apply_overrides(mnist_config(), ["loss.nope=1"])
+
+
+def test_score_flags_empty_components_and_nan():
+    labels = np.array([0, 0, 1, 1])
+    good = score(labels, np.array([1, 1, 0, 0]), 2, finite=True)
+    assert good["accuracy"] == 1.0 and good["empty_components"] == 0 and good["ok"]
+    collapsed = score(labels, np.array([2, 2, 2, 2]), 3, finite=True)
+    assert collapsed["members"] == [0, 0, 4] and collapsed["empty_components"] == 2 and not collapsed["ok"]
+    assert not score(labels, np.array([0, 0, 1, 1]), 2, finite=False)["ok"]
+
+
+def test_summarise_mean_std_and_worst():
+    runs = [{"methods": {"m": {"accuracy": a, "nmi": 0.5, "ari": 0.4, "purity": a, "nan": False,
+                               "empty_components": e, "ok": e == 0}}} for a, e in ((0.8, 0), (0.6, 1))]
+    s = summarise(runs)["m"]
+    assert s["accuracy"]["mean"] == pytest.approx(0.7) and s["accuracy"]["std"] == pytest.approx(0.1)
+    assert s["accuracy"]["min"] == pytest.approx(0.6)
+    assert s["runs_with_empty_components"] == 1 and not s["all_ok"] and not s["any_nan"]
+    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_clusters": 2,
+                                                       "epochs": 3, "reference": {"ref": 0.9}, "methods": {"m": s}}}})
+    assert "0.7000+-0.1000 (0.600)" in text and "ref: accuracy 0.9000" in text
+
+
+def test_plain_autoencoder_and_vae_train_the_same_network():
+    from .conftest import blob_images
+
+    imgs, _ = blob_images(64, size=16)
+    cfg = Config.resolve("demo", overrides=["model.image_size=16", "train.batch_size=16", "train.gamma_epochs=1",
+                                            "train.periods=1", "train.anneal_epochs=1", "train.static_epochs=0"])
+    for variational in (False, True):
+        net = train_autoencoder(cfg, imgs, variational=variational)
+        assert all(torch.isfinite(p).all() for p in net.parameters())
+        # The mixture prior is not trained: it keeps its initial values.
+        assert torch.equal(net.gmm.logits.detach(), torch.zeros(cfg.model.n_clusters))
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path, capsys):
+    assert main(["benchmark", "mnist", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["benchmark", "mnist", "--data", str(tmp_path), "--baselines", "kmeans,magic"]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert main(["benchmark", "mnist", "--data", str(tmp_path), "--seeds", "0"]) == 2
+
+
+def _needs(sub: str) -> Path:
+    d = SHARED_DATA / sub
+    if not d.is_dir():
+        pytest.skip(f"{d} is not present")
+    return d
+
+
+def test_mnist_benchmark_end_to_end_and_resumes(tmp_path: Path, capsys):
+    data = _needs("mnist")
+    out = tmp_path / "bench"
+    args = ["benchmark", "mnist", "--data", str(data), "--n", "400", "--seeds", "2", "--epochs-scale", "0.05",
+            "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "VaDE (published): accuracy 0.9446" in text and "ae_gmm" in text
+    summary = json.loads((out / "summary.json").read_text())
+    task = summary["tasks"]["mnist"]
+    assert task["n_images"] == 400 and task["n_clusters"] == 10
+    assert set(task["methods"]) == {"astrovader", *BASELINES}
+    for row in task["methods"].values():
+        assert row["runs"] == 2 and set(METRICS) <= set(row) and not row["any_nan"]
+        assert 0 <= row["accuracy"]["min"] <= row["accuracy"]["mean"] <= 1
+    seed = json.loads((out / "mnist" / "seed1.json").read_text())
+    a = seed["methods"]["astrovader"]
+    assert len(a["members"]) == 10 and sum(a["members"]) == 400 and "at_init" in a
+    assert isinstance(a["empty_components"], int) and a["ok"] == (a["empty_components"] == 0 and not a["nan"])
+    # the kNN accuracy is a GZ1/simulated extra, not an MNIST metric
+    assert "knn_accuracy" not in a
+    # a second run with the same settings reuses the finished seeds
+    assert main([*args, "--baselines", "all", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["tasks"]["mnist"]["methods"] == task["methods"]
+
+
+def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
+    data = _needs("gz1-sdss")
+    out = tmp_path / "gz1"
+    assert main(["benchmark", "gz1", "--data", str(data), "--n", "120", "--seeds", "1", "--epochs-scale", "0.05",
+                 "--set", "train.batch_size=32", "--baselines", "kmeans", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"gz1-k12", "gz1-k3"}
+    for name, k in (("gz1-k12", 12), ("gz1-k3", 3)):
+        task = summary["tasks"][name]
+        assert task["n_clusters"] == k and task["n_classes"] == 3 and task["n_images"] == 120
+        for method in ("astrovader", "kmeans"):
+            assert 0 <= task["methods"][method]["knn_accuracy"]["mean"] <= 1
+    seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
+    assert len(seed["methods"]["astrovader"]["members"]) == 3
+    assert seed["settings"]["config"]["model"]["image_size"] == 64
+
+
+def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):
+    pytest.importorskip("galsim")
+    out = tmp_path / "sim"
+    assert main(["benchmark", "simulated", "--n", "96", "--seeds", "1", "--epochs-scale", "0.05",
+                 "--set", "train.batch_size=32", "--baselines", "pca_gmm", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"simulated-cf0", "simulated-cf0.2"}
+    for task in summary["tasks"].values():
+        assert task["n_classes"] == 3 and task["n_images"] == 96
+        assert set(task["methods"]) == {"astrovader", "pca_gmm"}
