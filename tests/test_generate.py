@@ -21,11 +21,7 @@ from astrovader.cli import main
 from astrovader.data.dataset import Dataset, DatasetError, write_dataset
 
 from .conftest import blob_images
-
-TINY = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
-        "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
-        "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
-        "train.anneal_epochs=1", "train.static_epochs=1", "train.periods=1", "train.device=cpu"]
+from .test_predict import TINY
 
 
 @pytest.fixture(scope="module")

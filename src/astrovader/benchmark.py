@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from astrovader.analysis.metrics import clustering_scores
-from astrovader.config import Config, _parse_value
+from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
 
@@ -108,16 +108,7 @@ def scale_epochs(cfg: Config, factor: float) -> Config:
 
 def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     """``key=value`` settings on top of a benchmark's own config (the CLI's --set)."""
-    from astrovader.config import ConfigError
-
-    cfg = copy.deepcopy(cfg)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value (e.g. loss.gamma=0.01), got {item!r}")
-        key, raw = item.split("=", 1)
-        cfg.set(key.strip(), _parse_value(raw.strip()))
-    cfg.validate()
-    return cfg
+    return cfg.with_overrides(overrides)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -125,6 +125,11 @@ class Config:
         cfg = cls.preset(preset) if preset else cls()
         if config_file:
             cfg = cls.from_toml(config_file, base=cfg)
+        return cfg.with_overrides(overrides)
+
+    def with_overrides(self, overrides: list[str] | None) -> Config:
+        """A validated copy with ``section.key=value`` settings (values parsed as TOML) applied."""
+        cfg = copy.deepcopy(self)
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"--set expects key=value (e.g. train.seed=3), got {item!r}")
