@@ -281,11 +281,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Small and fast: 32 px grey images, 3 simulated classes, a few minutes on 2 CPU cores.
     "demo": {
         "model": {"image_size": 32, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
-                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 10,
+                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 16,
                   "n_clusters": 3},
         "loss": {"l2": 1e-4},
-        "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 20, "anneal_epochs": 5,
-                  "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
+        "train": {"batch_size": 128, "gamma_epochs": 40, "gmm_init_batches": 20, "anneal_epochs": 10,
+                  "static_epochs": 10, "periods": 3, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
                   "validation_fraction": 0.1},
     },
 }

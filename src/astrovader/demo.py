@@ -26,7 +26,7 @@ def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_compo
     return GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(z).predict(z)
 
 
-def run_demo(out: str | Path = "astrovader-demo", n: int = 3000, seed: int = 0, config: Config | None = None,
+def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, config: Config | None = None,
              companion_fraction: float = 0.1, progress: bool = True) -> dict[str, Any]:
     """Simulate ``n`` galaxies (3 classes), train the ``demo`` preset, write predictions and score them.
 

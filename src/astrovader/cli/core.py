@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "-> predict, printing clustering accuracy and NMI against the true classes beside a "
                        "PCA + GaussianMixture baseline. Re-running resumes an interrupted demo.")
     p.add_argument("out", nargs="?", default="astrovader-demo", help="output directory (default: astrovader-demo)")
-    p.add_argument("--n", type=int, default=3000, help="number of simulated galaxies (default 3000)")
+    p.add_argument("--n", type=int, default=8000, help="number of simulated galaxies (default 8000)")
     p.add_argument("--seed", type=int, default=0, help="random seed for simulation and training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -77,8 +77,8 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float) 
                  bulge_hlr=hlr, n_knots=0, knot_fraction=0.0)
     elif cls == 1:  # large, low surface brightness exponential disc, small bulge, star-forming knots
         flux = 10 ** rng.uniform(4.1, 4.4) * flux_scale
-        hlr = rng.uniform(2.4, 3.8) * size_scale
-        q = rng.uniform(0.7, 1.0)
+        hlr = rng.uniform(2.8, 3.8) * size_scale
+        q = rng.uniform(0.75, 1.0)
         bulge_frac = rng.uniform(0.08, 0.25)
         knot_frac = rng.uniform(0.25, 0.45)
         n_knots = int(rng.integers(8, 25))
@@ -89,8 +89,8 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float) 
         gal = gal + galsim.DeVaucouleurs(half_light_radius=bulge_hlr, flux=flux * bulge_frac)
         p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=1.0, bulge_fraction=bulge_frac,
                  bulge_hlr=bulge_hlr, n_knots=n_knots, knot_fraction=knot_frac)
-    else:  # thin exponential disc seen edge-on, small flattened bulge
-        flux = 10 ** rng.uniform(4.1, 4.4) * flux_scale
+    else:  # thin exponential disc seen edge-on, small flattened bulge; dimmed by ~0.4 mag of dust in its plane
+        flux = 10 ** rng.uniform(3.95, 4.25) * flux_scale
         hlr = rng.uniform(2.4, 4.0) * size_scale
         q = rng.uniform(0.1, 0.25)
         bulge_frac = rng.uniform(0.05, 0.25)
