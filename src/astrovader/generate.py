@@ -436,13 +436,9 @@ def _show(ax: plt.Axes, img: np.ndarray, vmax: float) -> None:
 
 
 def _save(fig: plt.Figure, out: str | Path, dpi: int = 110) -> Path:
-    import matplotlib.pyplot as plt
+    from astrovader.analysis.figures import save_figure
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi)
 
 
 def _pyplot():
