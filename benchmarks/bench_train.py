@@ -22,7 +22,16 @@ import torch
 from astrovader.config import Config
 from astrovader.data.dataset import write_dataset
 from astrovader.model import AstroVaDErNet, vade_losses
-from astrovader.train import BatchFeeder, EpochPlan, _channels_last, _make_step, _use_bf16, resolve_device, to_float
+from astrovader.train import (
+    BatchFeeder,
+    EpochPlan,
+    _channels_last,
+    _make_step,
+    _use_bf16,
+    random_flips,
+    resolve_device,
+    to_float,
+)
 
 try:
     from common import append_results, markdown_table
@@ -104,8 +113,7 @@ def optimised(cfg: Config, ds, steps: int, device: torch.device) -> tuple[float,
     t1 = time.perf_counter()
     for _ in range(steps):
         x = to_float(next(it), cl)
-        h = torch.rand(x.shape[0], device=device, generator=g) < 0.5
-        x = torch.where(h[:, None, None, None], x.flip(-1), x)
+        x = random_flips(x, g)
     _sync(device)
     data = time.perf_counter() - t1
     return steps * cfg.train.batch_size / total, data / total

@@ -17,6 +17,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -109,11 +110,14 @@ def to_float(x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Independent random horizontal and vertical flips per image, done on x's device in two ops."""
-    n = x.shape[0]
-    h = torch.rand(n, device=x.device, generator=generator) < 0.5
-    v = torch.rand(n, device=x.device, generator=generator) < 0.5
+def random_flips(x: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Independent random horizontal and vertical flips per image, done on x's device in two ops.
+
+    ``x`` is this rank's slice of a global batch (``shard=(rank, world)``): the flip decisions are drawn for
+    the whole global batch and sliced, so they do not depend on how many ranks share it."""
+    n_global = x.shape[0] * shard[1]
+    h = _shard(torch.rand(n_global, device=x.device, generator=generator) < 0.5, shard)
+    v = _shard(torch.rand(n_global, device=x.device, generator=generator) < 0.5, shard)
     x = torch.where(h[:, None, None, None], x.flip(-1), x)
     return torch.where(v[:, None, None, None], x.flip(-2), x)
 
@@ -344,9 +348,11 @@ def _use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.train.bf16 and fast_bf16(device)
 
 
+@functools.cache
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast speeds this device up: CUDA GPUs with bf16 support, and CPUs with native
-    bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs bf16 convolutions about twice as fast."""
+    bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs bf16 convolutions about twice as fast.
+    Cached: it is asked for every validation batch and reads /proc/cpuinfo."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -575,10 +581,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
         # Random numbers are drawn for the whole global batch (same generator state on every rank) and
         # sliced, so the result does not depend on how many ranks share the batch.
         if t.flips:
-            h = _shard(torch.rand(n_global, device=device, generator=g) < 0.5, shard)
-            v = _shard(torch.rand(n_global, device=device, generator=g) < 0.5, shard)
-            x = torch.where(h[:, None, None, None], x.flip(-1), x)
-            x = torch.where(v[:, None, None, None], x.flip(-2), x)
+            x = random_flips(x, g, shard)
         sample = gmm_phase or not t.decode_mean_in_gamma
         eps = _shard(torch.randn(n_global, J, device=device, generator=g), shard) if sample else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
