@@ -216,20 +216,12 @@ def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     return gm.fit(z).predict(z)
 
 
-@torch.no_grad()
 def encode_all(net: AstroVaDErNet, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
     """Latent means, log-variances and GMM posteriors of all images (float32, no autocast: scores should not
     depend on the CPU model)."""
-    net.eval()
-    device = next(net.parameters()).device
-    mus, lvs, probs = [], [], []
-    for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[s:s + batch_size]).to(device).float().div_(255.0)
-        mu, lv = net.encode(x)
-        mus.append(mu.float().cpu())
-        lvs.append(lv.float().cpu())
-        probs.append(net.gmm.posterior(mu.float()).cpu())
-    return {"mu": torch.cat(mus).numpy(), "logvar": torch.cat(lvs).numpy(), "probs": torch.cat(probs).numpy()}
+    from astrovader.predict import infer_images
+
+    return infer_images(net, images, next(net.parameters()).device, batch_size, bf16=False, reconstruct=False)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.model import AstroVaDErNet
-from astrovader.predict import as_float_images, infer_batch, predict_dataset
+from astrovader.predict import as_float_images, as_image_tensor, infer_images, predict_dataset
 from astrovader.train import CONFIG, WEIGHTS, load_weights, resolve_device, save_weights, train
 
 ImagesLike = np.ndarray | torch.Tensor | Dataset | str | Path
@@ -60,25 +60,13 @@ class AstroVaDEr:
 
     # inference ------------------------------------------------------------------------------------
     def _infer(self, x: ImagesLike, batch_size: int = 1024) -> dict[str, np.ndarray]:
-        if isinstance(x, Dataset | str | Path):
-            ds = open_dataset(x)
-            chunks = [ds.read(s, s + batch_size) for s in range(0, len(ds), batch_size)]
-            imgs = [as_float_images(c) for c in chunks]
-        else:
-            t = as_float_images(x)
-            imgs = [t[s:s + batch_size] for s in range(0, len(t), batch_size)]
-        self._check_shape(imgs[0] if imgs else None)
-        outs = [{k: v.cpu().numpy() for k, v in infer_batch(self.net.eval(), b, self.device).items()}
-                for b in imgs]
-        if not outs:
-            J, K = self.config.model.latent_dim, self.config.model.n_clusters
-            return {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
-                    "recon_mse": np.zeros(0)}
-        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        images = open_dataset(x).load() if isinstance(x, Dataset | str | Path) else as_image_tensor(x)
+        self._check_shape(images)
+        return infer_images(self.net, images, self.device, batch_size)
 
-    def _check_shape(self, x: torch.Tensor | None) -> None:
+    def _check_shape(self, x: torch.Tensor | np.ndarray | None) -> None:
         m = self.config.model
-        if x is not None and tuple(x.shape[1:]) != (m.channels, m.image_size, m.image_size):
+        if x is not None and len(x) and tuple(x.shape[1:]) != (m.channels, m.image_size, m.image_size):
             raise ValueError(f"images have shape {tuple(x.shape[1:])}, the model expects "
                              f"({m.channels}, {m.image_size}, {m.image_size})")
 

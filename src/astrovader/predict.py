@@ -17,37 +17,61 @@ from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.model import AstroVaDErNet
 
 
-def as_float_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) images, (N, C, H, W) or (N, H, W), as a float32 tensor in [0, 1]."""
+def as_image_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Images as an (N, C, H, W) tensor, left as uint8 (0..255) or checked to be float in [0, 1].
+    (N, H, W) arrays get a channel axis."""
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
     if t.dtype == torch.uint8:
-        return t.float().div_(255.0)
+        return t
     t = t.float()
     if t.numel() and (t.min() < -1e-6 or t.max() > 1 + 1e-6):
         raise ValueError("float images must be scaled to [0, 1] (or pass uint8 images)")
     return t
 
 
+def as_float_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) images, (N, C, H, W) or (N, H, W), as a float32 tensor in [0, 1]."""
+    t = as_image_tensor(x)
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
+
+
 @torch.no_grad()
-def infer_batch(net: AstroVaDErNet, x: torch.Tensor, device: torch.device,
-                bf16: bool = True) -> dict[str, torch.Tensor]:
+def infer_batch(net: AstroVaDErNet, x: torch.Tensor, device: torch.device, bf16: bool = True,
+                reconstruct: bool = True) -> dict[str, torch.Tensor]:
     """Everything the catalogue holds for one batch: uint8 images (moved as bytes and scaled on the device,
-    a quarter of the transfer) or float images already scaled to [0, 1]."""
+    a quarter of the transfer) or float images already scaled to [0, 1]. ``reconstruct=False`` skips the
+    decoder (and ``recon_mse``) when only the embedding is wanted."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         # bf16 only on CUDA here: catalogue values should not depend on the CPU model that made them.
         mu, logvar = net.encode(x)
-        recon = net.decode(mu)
+        recon = net.decode(mu) if reconstruct else None
     mu, logvar = mu.float(), logvar.float()
-    probs = net.gmm.posterior(mu)
-    mse = (recon.float() - x).pow(2).flatten(1).mean(1)
-    return {"mu": mu, "logvar": logvar, "probs": probs, "recon_mse": mse}
+    out = {"mu": mu, "logvar": logvar, "probs": net.gmm.posterior(mu)}
+    if recon is not None:
+        out["recon_mse"] = (recon.float() - x).pow(2).flatten(1).mean(1)
+    return out
+
+
+def infer_images(net: AstroVaDErNet, images: np.ndarray | torch.Tensor, device: torch.device,
+                 batch_size: int = 1024, bf16: bool = True, reconstruct: bool = True) -> dict[str, np.ndarray]:
+    """``infer_batch`` over an in-memory image array, concatenated as NumPy arrays. uint8 images stay uint8
+    until they reach the device."""
+    t = as_image_tensor(images)
+    net.eval()
+    outs = [{k: v.cpu().numpy() for k, v in infer_batch(net, t[s:s + batch_size], device, bf16, reconstruct).items()}
+            for s in range(0, len(t), batch_size)]
+    if not outs:
+        J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+        empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K))}
+        return empty | ({"recon_mse": np.zeros(0)} if reconstruct else {})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def _batches(ds: Dataset, batch_size: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
