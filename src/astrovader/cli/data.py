@@ -12,28 +12,25 @@ from astrovader.cli import CLIError
 _PRESETS = {"sdss": {"crop": "192/256", "size": 128, "colour": False}}
 
 
-def _positive_int(name: str):
-    def conv(value: str) -> int:
+def _bounded(name: str, kind: type, minimum: float, what: str):
+    """An argparse type: ``kind`` (int or float) not below ``minimum``, with an error naming the option."""
+    def conv(value: str):
         try:
-            v = int(value)
+            v = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}")
         return v
     return conv
+
+
+def _positive_int(name: str):
+    return _bounded(name, int, 1, "a positive integer")
 
 
 def _non_negative_float(name: str):
-    def conv(value: str) -> float:
-        try:
-            v = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {value!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {value!r}")
-        return v
-    return conv
+    return _bounded(name, float, 0.0, "a number >= 0")
 
 
 # ------------------------------------------------------------------------------------------------
