@@ -205,19 +205,18 @@ def _shard(positions: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
 # mini-batch GMM initialisation
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def latent_means(net: AstroVaDErNet, feeder: BatchFeeder, batch_size: int, generator: torch.Generator,
-                 max_batches: int | None = None, shuffle: bool = True, channels_last: bool = False,
-                 with_logvar: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def latent_moments(net: AstroVaDErNet, feeder: BatchFeeder, batch_size: int, generator: torch.Generator,
+                   max_batches: int, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means and log-variances (float64) of ``max_batches`` random training batches."""
     net.eval()
     mus, lvs = [], []
-    for i, xb in enumerate(feeder.batches(batch_size, generator, shuffle=shuffle, drop_last=False)):
-        if max_batches is not None and i >= max_batches:
+    for i, xb in enumerate(feeder.batches(batch_size, generator, drop_last=False)):
+        if i >= max_batches:
             break
         mu, lv = net.encode(to_float(xb, channels_last))
         mus.append(mu.float().cpu())
         lvs.append(lv.float().cpu())
-    mu_arr = torch.cat(mus).numpy().astype(np.float64)
-    return (mu_arr, torch.cat(lvs).numpy().astype(np.float64)) if with_logvar else mu_arr
+    return torch.cat(mus).numpy().astype(np.float64), torch.cat(lvs).numpy().astype(np.float64)
 
 
 def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1,
@@ -239,8 +238,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1,
 def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device) -> None:
     t = cfg.train
     g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, -1))
-    mu, logvar = latent_means(net, feeder, t.batch_size, g, max_batches=t.gmm_init_batches,
-                              channels_last=_channels_last(cfg, device), with_logvar=True)
+    mu, logvar = latent_moments(net, feeder, t.batch_size, g, t.gmm_init_batches, _channels_last(cfg, device))
     fit = fit_gmm_init(mu, cfg.model.n_clusters, t.seed, t.gmm_init_restarts, cfg.model.covariance)
     variances = fit["variances"]
     if t.gmm_init_add_encoder_variance:
