@@ -27,7 +27,7 @@ def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_compo
 
 
 def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, config: Config | None = None,
-             companion_fraction: float = 0.1, progress: bool = True) -> dict[str, Any]:
+             companion_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
     """Simulate ``n`` galaxies (3 classes), train the ``demo`` preset, write predictions and score them.
 
     Everything goes under ``out``; re-running after an interruption reuses the data and resumes training."""
