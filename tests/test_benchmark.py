@@ -93,6 +93,36 @@ def test_plain_autoencoder_and_vae_train_the_same_network():
         assert torch.equal(net.gmm.logits.detach(), torch.zeros(cfg.model.n_clusters))
 
 
+def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
+    """The K = 12 and K = 3 gz1 tasks share one trained AE (and VAE) per seed instead of training it twice."""
+    import astrovader.benchmark as bm
+
+    from .conftest import blob_images
+
+    imgs, labels = blob_images(64, size=16)
+    calls = []
+    real = bm.train_autoencoder
+
+    def counting(cfg, images, variational):
+        calls.append(variational)
+        return real(cfg, images, variational)
+
+    monkeypatch.setattr(bm, "train_autoencoder", counting)
+    base = ["model.image_size=16", "train.batch_size=16", "train.gamma_epochs=1", "train.periods=1",
+            "train.anneal_epochs=1", "train.static_epochs=0"]
+    cache: dict = {}
+    scores = {}
+    for k in (4, 2):
+        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}"])
+        task = bm.Task(f"t{k}", imgs, labels, cfg)
+        scores[k] = bm.run_baseline("ae_gmm", task, cfg, cache)
+        assert len(scores[k]["members"]) == k and scores[k]["ok"]
+    assert calls == [False]  # trained once, reused for the second K
+    cfg.train.seed = 1
+    bm.run_baseline("ae_gmm", bm.Task("t2", imgs, labels, cfg), cfg, cache)
+    assert calls == [False, False]  # a new seed trains its own network
+
+
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys):
     assert main(["benchmark", "mnist", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

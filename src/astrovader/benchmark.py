@@ -308,7 +308,11 @@ def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> Ast
     return net
 
 
-def run_baseline(method: str, task: Task, cfg: Config) -> dict[str, Any]:
+def run_baseline(method: str, task: Task, cfg: Config,
+                 features: dict[tuple[str, int, int], np.ndarray] | None = None) -> dict[str, Any]:
+    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, seed, images), so the
+    K = 12 and K = 3 tasks on the same images share one trained network per seed, as they would in practice
+    (the network's training never sees K)."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
@@ -323,8 +327,14 @@ def run_baseline(method: str, task: Task, cfg: Config) -> dict[str, Any]:
             feats = PCA(20, random_state=seed).fit_transform(flat)
             pred = posthoc_gmm(feats, k, seed)
         elif method in ("ae_gmm", "vae_gmm"):
-            net = train_autoencoder(cfg, task.images, variational=method == "vae_gmm")
-            feats = encode_all(net, task.images)["mu"]
+            key = (method, seed, id(task.images))
+            if features is not None and key in features:
+                feats = features[key]
+            else:
+                net = train_autoencoder(cfg, task.images, variational=method == "vae_gmm")
+                feats = encode_all(net, task.images)["mu"]
+                if features is not None:
+                    features[key] = feats
             pred = posthoc_gmm(feats.astype(np.float64), k, seed)
         else:
             raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
@@ -395,6 +405,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
 
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
                                "overrides": list(overrides or []), "tasks": {}}
+    features: dict[tuple[str, int, int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same images
     for task in tasks:
         base_cfg = scale_epochs(apply_overrides(task.config, overrides), epochs_scale)
         if task.dataset is None:
@@ -423,7 +434,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
             methods = {"astrovader": run_astrovader(task, cfg, out / "runs" / task.name / f"seed{seed}")}
             log(f"  astrovader: {_short(methods['astrovader'])}")
             for b in baselines:
-                methods[b] = run_baseline(b, task, cfg)
+                methods[b] = run_baseline(b, task, cfg, features)
                 log(f"  {b}: {_short(methods[b])}")
             record = {"task": task.name, "seed": seed, "settings": settings, "methods": methods}
             atomic_write_json(path, record)
