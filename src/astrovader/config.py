@@ -62,6 +62,8 @@ class TrainConfig:
     gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
     decode_mean_in_gamma: bool = False  # s3VDC's code feeds the decoder mu in gamma-training; see README
     flips: bool = True
+    augment_rotate: float = 0.0  # random rotation of each training image by up to +-this many degrees
+    augment_shift: float = 0.0  # random shift of each training image by up to +-this many pixels per axis
     validation_fraction: float = 0.0  # used only when the dataset has no `split` column
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -210,6 +212,10 @@ class Config:
         _need(t.clip_value >= 0, "train.clip_value", "must be >= 0 (0 disables clipping)")
         _need(t.gmm_init in ("fitted", "s3vdc"), "train.gmm_init", "must be 'fitted' or 's3vdc'")
         _need(t.gmm_init_restarts >= 1, "train.gmm_init_restarts", "must be >= 1")
+        _need(0 <= t.augment_rotate <= 180, "train.augment_rotate",
+              f"must be in [0, 180] degrees, got {t.augment_rotate}")
+        _need(0 <= t.augment_shift <= m.image_size / 2, "train.augment_shift",
+              f"must be in [0, image_size / 2 = {m.image_size / 2:g}] pixels, got {t.augment_shift}")
         _need(0 <= t.validation_fraction < 1, "train.validation_fraction", "must be in [0, 1)")
         _need(t.max_resident_gb >= 0, "train.max_resident_gb", "must be >= 0")
         dev = t.device

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -120,6 +121,32 @@ def random_flips(x: torch.Tensor, generator: torch.Generator, shard: tuple[int, 
     v = _shard(torch.rand(n_global, device=x.device, generator=generator) < 0.5, shard)
     x = torch.where(h[:, None, None, None], x.flip(-1), x)
     return torch.where(v[:, None, None, None], x.flip(-2), x)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, max_rotate_deg: float, max_shift_px: float,
+                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Rotate each image by a uniform angle in +-max_rotate_deg and shift it by up to +-max_shift_px pixels
+    per axis, all images at once on x's device (one affine_grid + grid_sample). Pixels brought in from
+    outside the stamp repeat its border (sky for galaxies, background for digits), so no artificial black
+    edges appear. The draws are made for the global batch and sliced per rank, like ``random_flips``."""
+    n_global = x.shape[0] * shard[1]
+    u = _shard(torch.rand(n_global, 3, device=x.device, generator=generator), shard) * 2 - 1
+    angle = u[:, 0] * math.radians(max_rotate_deg)
+    shift = u[:, 1:] * (2 * max_shift_px / x.shape[-1])  # grid coordinates span 2 over the image width
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, t: TrainConfig,
+            shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """The training-time augmentation the config asks for: random flips, then a random rotation and shift."""
+    if t.flips:
+        x = random_flips(x, generator, shard)
+    if t.augment_rotate > 0 or t.augment_shift > 0:
+        x = random_affine(x, generator, t.augment_rotate, t.augment_shift, shard)
+    return x
 
 
 class BatchFeeder:
@@ -578,8 +605,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
         n_global = x.shape[0] * dist_info.world
         # Random numbers are drawn for the whole global batch (same generator state on every rank) and
         # sliced, so the result does not depend on how many ranks share the batch.
-        if t.flips:
-            x = random_flips(x, g, shard)
+        x = augment(x, g, t, shard)
         sample = gmm_phase or not t.decode_mean_in_gamma
         eps = _shard(torch.randn(n_global, J, device=device, generator=g), shard) if sample else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
