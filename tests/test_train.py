@@ -20,6 +20,7 @@ from astrovader.train import (
     fit_gmm_init,
     learning_rate,
     read_history,
+    reseed_empty_components,
     schedule,
     train,
 )
@@ -148,3 +149,52 @@ def test_sigkill_and_resume_matches_uninterrupted(blob_dataset, tmp_path):
     b = load_file(str(run / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_empty_component_is_reseeded_by_splitting_the_largest(monkeypatch, covariance):
+    import astrovader.train as tr
+    from astrovader.model import AstroVaDErNet
+
+    # planted latent means: 4 tight blobs in 2 of 4 dimensions, 600 / 200 / 200 / 200 points
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [6, 0], [0, 6], [6, 6]], float)
+    sizes = [600, 200, 200, 200]
+    mu = np.concatenate([c + 0.3 * rng.standard_normal((n, 2)) for c, n in zip(centres, sizes, strict=True)])
+    mu = np.concatenate([mu, 0.1 * rng.standard_normal((len(mu), 2))], 1)
+    logvar = np.full_like(mu, np.log(1e-3))
+    monkeypatch.setattr(tr, "latent_moments", lambda *a, **k: (mu, logvar))
+    cfg = tiny_config(**{"model.n_clusters": 5, "model.latent_dim": 4, "model.covariance": covariance})
+    net = AstroVaDErNet(cfg)
+    fit = fit_gmm_init(mu, 4, seed=0)
+    with torch.no_grad():  # components 0-3 on the blobs; component 4 parked far away with no members
+        w = np.append(fit["weights"] * 0.9, 0.1)
+        means = np.vstack([fit["means"], np.full(4, 100.0)])
+        var = np.vstack([fit["variances"], np.ones(4)])
+        net.gmm.set_parameters(*(torch.as_tensor(a, dtype=torch.float32) for a in (w, means, var)))
+
+    def members() -> np.ndarray:
+        with torch.no_grad():
+            return np.bincount(net.gmm.posterior(torch.as_tensor(mu, dtype=torch.float32)).argmax(1).numpy(),
+                               minlength=5)
+
+    before = members()
+    assert before[4] == 0 and before.max() == 600
+    pairs = reseed_empty_components(net, None, cfg, torch.device("cpu"), epoch=9)
+    assert pairs == [(4, int(np.argmax(before)))]  # the 600-point blob was split in two
+    after = members()
+    assert after[4] > 100 and after.min() > 0 and after.sum() == len(mu)
+    assert torch.isclose(net.gmm.weights.sum(), torch.tensor(1.0)) and (net.gmm.variances > 0).all()
+    assert reseed_empty_components(net, None, cfg, torch.device("cpu"), epoch=10) == []  # nothing left to do
+    cfg.train.reseed_min_fraction = 0.0
+    with torch.no_grad():
+        net.gmm.means[4] = 100.0
+    assert reseed_empty_components(net, None, cfg, torch.device("cpu"), epoch=11) == []  # switched off
+
+
+def test_training_records_reseeding_in_history(blob_dataset, tmp_path):
+    train(tiny_config(), blob_dataset, tmp_path / "run", progress=False)
+    hist = read_history(tmp_path / "run")
+    # checked at the end of every period (epochs 4 and 7 here); "" when no component needed it
+    assert all(isinstance(h["reseeded"], str) for h in hist if h["epoch"] in (4, 7))
+    assert all(h["reseeded"] in ("", None) for h in hist if h["epoch"] not in (4, 7))

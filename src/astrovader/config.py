@@ -60,6 +60,7 @@ class TrainConfig:
     gmm_init: str = "fitted"  # "fitted": means, variances, weights of the GaussianMixture; "s3vdc": keep pi
     gmm_init_add_encoder_variance: bool = True  # GMM variances model z, not only its mean (see train.py)
     gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
+    reseed_min_fraction: float = 0.05  # end of each period: components with < this x N/K members are re-seeded
     decode_mean_in_gamma: bool = False  # s3VDC's code feeds the decoder mu in gamma-training; see README
     flips: bool = True
     augment_rotate: float = 0.0  # random rotation of each training image by up to +-this many degrees
@@ -212,6 +213,7 @@ class Config:
         _need(t.clip_value >= 0, "train.clip_value", "must be >= 0 (0 disables clipping)")
         _need(t.gmm_init in ("fitted", "s3vdc"), "train.gmm_init", "must be 'fitted' or 's3vdc'")
         _need(t.gmm_init_restarts >= 1, "train.gmm_init_restarts", "must be >= 1")
+        _need(0 <= t.reseed_min_fraction < 1, "train.reseed_min_fraction", "must be in [0, 1) (0 disables it)")
         _need(0 <= t.augment_rotate <= 180, "train.augment_rotate",
               f"must be in [0, 180] degrees, got {t.augment_rotate}")
         _need(0 <= t.augment_shift <= m.image_size / 2, "train.augment_shift",

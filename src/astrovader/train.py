@@ -45,7 +45,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.toml"
 HISTORY = "history.csv"
 HISTORY_FIELDS = ("epoch", "phase", "beta", "kl_weight", "lr", "train_total", "train_recon", "train_kl_unit",
-                  "train_kl_gmm", "val_total", "val_recon", "val_kl_unit", "val_kl_gmm", "seconds")
+                  "train_kl_gmm", "val_total", "val_recon", "val_kl_unit", "val_kl_gmm", "seconds",
+                  "reseeded")  # "d<c ...": component d re-seeded by splitting c at the end of that epoch
 
 
 class TrainingDiverged(RuntimeError):
@@ -282,6 +283,57 @@ def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device:
                            torch.as_tensor(variances, dtype=dtype, device=device))
 
 
+@torch.no_grad()
+def reseed_empty_components(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device,
+                            epoch: int) -> list[tuple[int, int]]:
+    """Give every (nearly) empty component something to model: split the most populous one in two.
+
+    A component whose share of hard assignments on ``gmm_init_batches`` training batches is below
+    ``train.reseed_min_fraction`` of an equal share (1/K) takes one half of a 2-means split of the most
+    populous component's latent means; the other half stays. Means and variances are the halves' moments
+    (plus the encoder variance, as at initialisation), and the two share the weights they had, so the weights
+    still sum to 1. Returns the (re-seeded, split) pairs. Without this a broad, low-weight component can
+    sit under the others and never be anyone's most probable cluster (seen on GZ1 with K = 12)."""
+    from sklearn.cluster import KMeans
+
+    t, K = cfg.train, cfg.model.n_clusters
+    if t.reseed_min_fraction <= 0:
+        return []
+    g = torch.Generator(device=device).manual_seed(_epoch_seed(t.seed, -2 - epoch))
+    mu, logvar = latent_moments(net, feeder, t.batch_size, g, t.gmm_init_batches, _channels_last(cfg, device))
+    gmm = net.gmm
+    labels = gmm.posterior(torch.as_tensor(mu, dtype=torch.float32, device=device)).argmax(1).cpu().numpy()
+    counts = np.bincount(labels, minlength=K)
+    dead = [int(k) for k in np.argsort(counts, kind="stable") if counts[k] < t.reseed_min_fraction * len(mu) / K]
+    if not dead:
+        return []
+    weights = gmm.weights.double().cpu().numpy()
+    means = gmm.means.double().cpu().numpy()
+    full = gmm.covariance == "full"
+    L = gmm.scale_tril.double()
+    cov = (L @ L.transpose(-1, -2)).cpu().numpy() if full else gmm.variances.double().cpu().numpy()
+    enc_var = np.exp(logvar)
+    pairs = []
+    for d in dead:
+        c = int(np.argmax(counts))
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2 or c == d:
+            break
+        halves = KMeans(2, n_init=3, random_state=t.seed).fit_predict(mu[idx])
+        for k, part in ((c, 0), (d, 1)):
+            rows = idx[halves == part]
+            means[k] = mu[rows].mean(0)
+            var = mu[rows].var(0) + enc_var[rows].mean(0) + 1e-6
+            cov[k] = np.diag(var) if full else var
+        weights[c] = weights[d] = (weights[c] + weights[d]) / 2
+        labels[idx[halves == 1]] = d
+        counts = np.bincount(labels, minlength=K)
+        pairs.append((d, c))
+    dtype = gmm.means.dtype
+    gmm.set_parameters(*(torch.as_tensor(a, dtype=dtype, device=device) for a in (weights, means, cov)))
+    return pairs
+
+
 # --------------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +405,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k, v in r.items():
-            if k != "phase" and v not in ("", None):
+            if k not in ("phase", "reseeded") and v not in ("", None):
                 r[k] = int(v) if k == "epoch" else float(v)
     return rows
 
@@ -526,6 +578,9 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     step_fn = _make_step(net, opt, cfg, device, dist_info)
     shard = (dist_info.rank, dist_info.world)
     plans = schedule(cfg)
+    # the last epoch of each annealing + static period: where empty mixture components are re-seeded
+    period = t.anneal_epochs + t.static_epochs
+    period_ends = {t.gamma_epochs + (k + 1) * period - 1 for k in range(t.periods)} if period else set()
     tb = _tensorboard(run_dir) if t.tensorboard and dist_info.is_main else None
     bar = tqdm(total=len(plans), initial=start, desc="training", unit="epoch",
                disable=not progress or not dist_info.is_main, dynamic_ncols=True)
@@ -560,6 +615,14 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
             if plan.phase == "gamma" and plan.epoch == t.gamma_epochs - 1:
                 if dist_info.is_main:
                     initialise_gmm(net, feeder, cfg, device)
+                _broadcast_parameters(net, dist_info)
+            elif plan.epoch in period_ends and t.reseed_min_fraction > 0:
+                if dist_info.is_main:
+                    pairs = reseed_empty_components(net, feeder, cfg, device, plan.epoch)
+                    row["reseeded"] = " ".join(f"{d}<{c}" for d, c in pairs)
+                    if pairs:
+                        tqdm.write(f"epoch {plan.epoch}: component(s) {', '.join(str(d) for d, _ in pairs)} had "
+                                   f"(almost) no members; re-seeded by splitting {', '.join(str(c) for _, c in pairs)}")
                 _broadcast_parameters(net, dist_info)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
