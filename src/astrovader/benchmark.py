@@ -126,6 +126,7 @@ class Task:
     knn: bool = False  # also report 5-fold kNN accuracy of the representation
     reference: dict[str, float] = field(default_factory=dict)  # published numbers shown beside ours
     dataset: Path | None = None  # the images as a packed dataset (training reads it)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # recorded with each seed (e.g. the crop)
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +145,12 @@ def mnist_tasks(data: Path, n: int | None, cache: Path) -> list[Task]:
     return [Task("mnist", images, labels, mnist_config(), reference={"VaDE (published)": VADE_MNIST_ACCURACY})]
 
 
-def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print) -> list[Task]:
-    """GZ1 SDSS cut-outs: centre crop 0.75, 64 px grey; classes elliptical / spiral (cw + acw) / edge-on."""
+GZ1_CROP = 0.75  # centre-crop fraction of the 423 px fixed-scale cut-outs before resizing to 64 px
+
+
+def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
+              crop: float = GZ1_CROP) -> list[Task]:
+    """GZ1 SDSS cut-outs: centre crop (fraction), 64 px grey; classes elliptical / spiral (cw + acw) / edge-on."""
     from astrovader.data.ingest import ingest_folder
 
     labels_csv = data / "labels.csv"
@@ -155,19 +160,22 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     table = table[table["gz1_class"].isin(list(GZ1_CLASSES))]
     if n is not None and n < len(table):
         table = table.sample(n=n, random_state=0).sort_index()
-    out = cache / f"gz1-64px-crop0.75-n{len(table)}"
+    if not 0 < crop <= 1:
+        raise ValueError(f"--crop must be a fraction in (0, 1], got {crop}")
+    out = cache / f"gz1-64px-crop{crop:g}-n{len(table)}"
     if not (is_dataset(out) and Dataset(out).complete):
         out.mkdir(parents=True, exist_ok=True)
         sub_csv = out.parent / f"{out.name}-labels.csv"
         table.to_csv(sub_csv, index=False)
         log(f"ingesting {len(table)} GZ1 images into {out} (cached for later runs)")
         # "file" in the copied table is relative to the gz1 folder, which is the source folder here.
-        ingest_folder(data, out, labels=sub_csv, id_column="objid", crop=0.75, size=64, progress=False,
+        ingest_folder(data, out, labels=sub_csv, id_column="objid", crop=crop, size=64, progress=False,
                       labels_only=True)
     ds = Dataset(out)
     images = ds.load()
     labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
-    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=out) for k in (12, 3)]
+    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=out,
+                 preprocessing={"crop": crop, "size": 64}) for k in (12, 3)]
 
 
 def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
@@ -381,7 +389,7 @@ def resolve_data(name: str, data: str | Path | None) -> Path:
 def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None, seeds: int = 5,
                   epochs_scale: float = 1.0, overrides: list[str] | None = None, n: int | None = None,
                   baselines: tuple[str, ...] | list[str] = BASELINES,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, crop: float = GZ1_CROP) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
     ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw)."""
@@ -399,7 +407,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "mnist":
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
-        tasks = gz1_tasks(source, n, cache, log)
+        tasks = gz1_tasks(source, n, cache, log, crop)
     else:
         tasks = simulated_tasks(n, cache)
 
@@ -422,6 +430,8 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
             cfg = copy.deepcopy(base_cfg)
             cfg.train.seed = seed
             settings = {"config": cfg.to_dict(), "n_images": len(task.images), "baselines": list(baselines)}
+            if task.preprocessing:
+                settings["preprocessing"] = task.preprocessing
             path = task_dir / f"seed{seed}.json"
             if path.is_file():
                 old = json.loads(path.read_text())
