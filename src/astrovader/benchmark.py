@@ -164,8 +164,6 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     table = table[table["gz1_class"].isin(list(GZ1_CLASSES))]
     if n is not None and n < len(table):
         table = table.sample(n=n, random_state=0).sort_index()
-    if not 0 < crop <= 1:
-        raise ValueError(f"--crop must be a fraction in (0, 1], got {crop}")
     out = cache / f"gz1-64px-crop{crop:g}-n{len(table)}"
     if not (is_dataset(out) and Dataset(out).complete):
         out.mkdir(parents=True, exist_ok=True)
@@ -321,8 +319,8 @@ def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> Ast
 
 
 def run_baseline(method: str, task: Task, cfg: Config,
-                 features: dict[tuple[str, int, int], np.ndarray] | None = None) -> dict[str, Any]:
-    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, seed, images), so the
+                 features: dict[tuple[str, int, str | int], np.ndarray] | None = None) -> dict[str, Any]:
+    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, seed, dataset), so the
     K = 12 and K = 3 tasks on the same images share one trained network per seed, as they would in practice
     (the network's training never sees K)."""
     from sklearn.cluster import KMeans
@@ -330,8 +328,9 @@ def run_baseline(method: str, task: Task, cfg: Config,
 
     seed, k = cfg.train.seed, cfg.model.n_clusters
     t0 = time.perf_counter()
-    flat = task.images.reshape(len(task.images), -1).astype(np.float32) / 255.0
     try:
+        if method in ("kmeans", "pca_gmm"):
+            flat = task.images.reshape(len(task.images), -1).astype(np.float32) / 255.0
         if method == "kmeans":
             feats = flat
             pred = KMeans(k, n_init=10, random_state=seed).fit_predict(flat)
@@ -339,7 +338,7 @@ def run_baseline(method: str, task: Task, cfg: Config,
             feats = PCA(20, random_state=seed).fit_transform(flat)
             pred = posthoc_gmm(feats, k, seed)
         elif method in ("ae_gmm", "vae_gmm"):
-            key = (method, seed, id(task.images))
+            key = (method, seed, str(task.dataset) if task.dataset is not None else id(task.images))
             if features is not None and key in features:
                 feats = features[key]
             else:
@@ -401,6 +400,8 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
         raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if not 0 < crop <= 1:
+        raise ValueError(f"--crop must be a fraction in (0, 1], got {crop}")
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
@@ -417,7 +418,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
 
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
                                "overrides": list(overrides or []), "tasks": {}}
-    features: dict[tuple[str, int, int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same images
+    features: dict[tuple[str, int, str | int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same dataset
     for task in tasks:
         base_cfg = scale_epochs(apply_overrides(task.config, overrides), epochs_scale)
         if task.dataset is None:

@@ -291,9 +291,10 @@ def reseed_empty_components(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config
     A component whose share of hard assignments on ``gmm_init_batches`` training batches is below
     ``train.reseed_min_fraction`` of an equal share (1/K) takes one half of a 2-means split of the most
     populous component's latent means; the other half stays. Means and variances are the halves' moments
-    (plus the encoder variance, as at initialisation), and the two share the weights they had, so the weights
-    still sum to 1. Returns the (re-seeded, split) pairs. Without this a broad, low-weight component can
-    sit under the others and never be anyone's most probable cluster (seen on GZ1 with K = 12)."""
+    (plus the encoder variance when ``gmm_init_add_encoder_variance``, as at initialisation), and the two
+    share the weights they had, so the weights still sum to 1. Returns the (re-seeded, split) pairs.
+    Without this a broad, low-weight component can sit under the others and never be anyone's most probable
+    cluster (seen on GZ1 with K = 12)."""
     from sklearn.cluster import KMeans
 
     t, K = cfg.train, cfg.model.n_clusters
@@ -323,7 +324,9 @@ def reseed_empty_components(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config
         for k, part in ((c, 0), (d, 1)):
             rows = idx[halves == part]
             means[k] = mu[rows].mean(0)
-            var = mu[rows].var(0) + enc_var[rows].mean(0) + 1e-6
+            var = mu[rows].var(0) + 1e-6
+            if t.gmm_init_add_encoder_variance:  # as at initialisation: the prior models z, not only mu
+                var = var + enc_var[rows].mean(0)
             cov[k] = np.diag(var) if full else var
         weights[c] = weights[d] = (weights[c] + weights[d]) / 2
         labels[idx[halves == 1]] = d
@@ -621,8 +624,8 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
                     pairs = reseed_empty_components(net, feeder, cfg, device, plan.epoch)
                     row["reseeded"] = " ".join(f"{d}<{c}" for d, c in pairs)
                     if pairs:
-                        tqdm.write(f"epoch {plan.epoch}: component(s) {', '.join(str(d) for d, _ in pairs)} had "
-                                   f"(almost) no members; re-seeded by splitting {', '.join(str(c) for _, c in pairs)}")
+                        tqdm.write(f"epoch {plan.epoch}: re-seeded (almost) empty mixture components by splitting "
+                                   f"the most populous (empty<split): {row['reseeded']}")
                 _broadcast_parameters(net, dist_info)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
