@@ -198,3 +198,53 @@ def test_training_records_reseeding_in_history(blob_dataset, tmp_path):
     # checked at the end of every period (epochs 4 and 7 here); "" when no component needed it
     assert all(isinstance(h["reseeded"], str) for h in hist if h["epoch"] in (4, 7))
     assert all(h["reseeded"] in ("", None) for h in hist if h["epoch"] not in (4, 7))
+
+
+def test_alignment_phase_sits_between_gamma_training_and_annealing():
+    cfg = tiny_config(**{"train.align_epochs": 3})
+    plans = schedule(cfg)
+    assert len(plans) == cfg.train.epochs == 2 + 3 + 2 * 3
+    assert [p.phase for p in plans[:7]] == ["gamma"] * 2 + ["align"] * 3 + ["anneal"] * 2
+    # alignment uses the full (static) GMM weight
+    assert all(p.beta == 1 and p.kl_gmm_weight == plans[-1].kl_gmm_weight for p in plans[2:5])
+
+
+def test_umap_initialisation_keeps_curved_clusters_together():
+    """Two interleaved half-moons (plus noise dimensions): a Gaussian mixture on the points cuts each moon in
+    half, the UMAP-graph initialisation recovers them; the prior is the clusters' moments in the latent space."""
+    from sklearn.datasets import make_moons
+
+    from astrovader.analysis.metrics import clustering_scores
+
+    xy, truth = make_moons(1500, noise=0.05, random_state=0)
+    z = np.hstack([xy * 3, np.random.default_rng(0).normal(0, 0.05, (1500, 2))])
+    plain = fit_gmm_init(z, 2, seed=0, n_init=5)
+    graph = fit_gmm_init(z, 2, seed=0, n_init=5, embedding="umap", neighbours=15)
+    assert clustering_scores(truth, plain["responsibilities"].argmax(1))["accuracy"] < 0.9
+    labels = graph["responsibilities"].argmax(1)
+    assert clustering_scores(truth, labels)["accuracy"] > 0.99
+    for k in range(2):
+        np.testing.assert_allclose(graph["means"][k], z[labels == k].mean(0), atol=1e-2)
+        np.testing.assert_allclose(graph["variances"][k], z[labels == k].var(0), rtol=0.05, atol=1e-4)
+    assert graph["weights"].sum() == pytest.approx(1.0)
+    full = fit_gmm_init(z, 2, seed=0, n_init=5, covariance="full", embedding="umap", neighbours=15)
+    assert full["variances"].shape == (2, 4, 4)
+    np.testing.assert_allclose(full["variances"][0], np.cov(z[labels == 0].T, bias=True), rtol=0.01, atol=2e-3)
+
+
+def test_alignment_run_resumes_exactly_and_fits_its_labels(blob_dataset, tmp_path):
+    cfg = tiny_config(**{"train.align_epochs": 3, "train.periods": 1})
+    full = train(cfg, blob_dataset, tmp_path / "full", progress=False)
+    assert [h["phase"] for h in read_history(tmp_path / "full")][2:5] == ["align"] * 3
+    labels = load_file(str(tmp_path / "full" / "init_clusters.safetensors"))["labels"]
+    assert labels.dtype == torch.int64 and len(labels) == min(240 - 24, 4 * 32)  # 10% validation held out
+    run = tmp_path / "stopped"
+    train(cfg, blob_dataset, run, progress=False, stop_after_epoch=3)  # killed inside the alignment phase
+    resumed = train(cfg, blob_dataset, run, resume=True, progress=False)
+    for k, v in full.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    (run / "init_clusters.safetensors").unlink()
+    train(cfg, blob_dataset, tmp_path / "again", progress=False, stop_after_epoch=2)
+    (tmp_path / "again" / "init_clusters.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="init_clusters.safetensors"):
+        train(cfg, blob_dataset, tmp_path / "again", resume=True, progress=False)

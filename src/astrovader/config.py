@@ -60,6 +60,10 @@ class TrainConfig:
     gmm_init: str = "fitted"  # "fitted": means, variances, weights of the GaussianMixture; "s3vdc": keep pi
     gmm_init_add_encoder_variance: bool = True  # GMM variances model z, not only its mean (see train.py)
     gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
+    gmm_init_embedding: str = "none"  # "umap": find the initial clusters on a UMAP graph of the latents (train.py)
+    gmm_init_neighbours: int = 20  # UMAP n_neighbors for gmm_init_embedding = "umap"
+    align_epochs: int = 0  # after the GMM init: q(c|x) is the initial clustering's label, not the posterior
+    align_ce_weight: float = 10.0  # alignment phase: weight of the cross-entropy of p(c|mu) against the label
     reseed_min_fraction: float = 0.05  # end of each period: components with < this x N/K members are re-seeded
     decode_mean_in_gamma: bool = False  # s3VDC's code feeds the decoder mu in gamma-training; see README
     flips: bool = True
@@ -76,7 +80,7 @@ class TrainConfig:
 
     @property
     def epochs(self) -> int:
-        return self.gamma_epochs + self.periods * (self.anneal_epochs + self.static_epochs)
+        return self.gamma_epochs + self.align_epochs + self.periods * (self.anneal_epochs + self.static_epochs)
 
 
 @dataclass
@@ -213,6 +217,10 @@ class Config:
         _need(t.clip_value >= 0, "train.clip_value", "must be >= 0 (0 disables clipping)")
         _need(t.gmm_init in ("fitted", "s3vdc"), "train.gmm_init", "must be 'fitted' or 's3vdc'")
         _need(t.gmm_init_restarts >= 1, "train.gmm_init_restarts", "must be >= 1")
+        _need(t.gmm_init_embedding in ("none", "umap"), "train.gmm_init_embedding", "must be 'none' or 'umap'")
+        _need(t.gmm_init_neighbours >= 2, "train.gmm_init_neighbours", "must be >= 2")
+        _need(t.align_epochs >= 0, "train.align_epochs", "must be >= 0")
+        _need(t.align_ce_weight >= 0, "train.align_ce_weight", "must be >= 0")
         _need(0 <= t.reseed_min_fraction < 1, "train.reseed_min_fraction", "must be in [0, 1) (0 disables it)")
         _need(0 <= t.augment_rotate <= 180, "train.augment_rotate",
               f"must be in [0, 180] degrees, got {t.augment_rotate}")

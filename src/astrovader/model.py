@@ -264,15 +264,17 @@ def _at_least_f32(t: Tensor) -> Tensor:
 
 
 def vade_losses(net: AstroVaDErNet, x: Tensor, out: dict[str, Tensor], loss_cfg: LossConfig,
-                gmm_phase: bool) -> dict[str, Tensor]:
+                gmm_phase: bool, gamma: Tensor | None = None) -> dict[str, Tensor]:
     """Per-sample loss terms (float32) for a batch. ``gmm_phase`` selects whether the GMM KL is computed
-    (annealing/static phases) or only the unit-Gaussian KL (gamma-training)."""
+    (annealing/static phases) or only the unit-Gaussian KL (gamma-training). ``gamma`` (B, K) replaces the
+    posterior q(c|x) in the GMM KL (the alignment phase feeds the initial clustering's labels)."""
     mu, logvar = _at_least_f32(out["mu"]), _at_least_f32(out["logvar"])
     recon = reconstruction_loss(_at_least_f32(out["recon"]), _at_least_f32(x), loss_cfg.reconstruction)
     terms = {"recon": recon, "kl_unit": kl_unit(mu, logvar)}
     if gmm_phase:
         gmm = net.gmm
-        gamma = minmax_gamma(gmm.log_joint(mu), loss_cfg.minmax_scale)
+        if gamma is None:
+            gamma = minmax_gamma(gmm.log_joint(mu), loss_cfg.minmax_scale)
         if gmm.covariance == "diag":
             terms["kl_gmm"] = kl_gmm(mu, logvar, gamma, gmm.weights, gmm.means, gmm.variances)
         else:
