@@ -40,10 +40,11 @@ def _worker(rank: int, world: int, port: int, cfg_path: str, data: str, run: str
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-def test_two_rank_gloo_matches_single_rank(tmp_path: Path):
+@pytest.mark.parametrize("align_epochs", [0, 2])  # 2: the alignment labels are broadcast from rank 0
+def test_two_rank_gloo_matches_single_rank(tmp_path: Path, align_epochs: int):
     imgs, labels = blob_images(256, size=16, seed=5)
     ds = write_dataset(tmp_path / "ds", imgs, pd.DataFrame({"id": np.arange(256), "true_class": labels}))
-    cfg = tiny_config(**{"train.periods": 1, "train.batch_size": 64})
+    cfg = tiny_config(**{"train.periods": 1, "train.batch_size": 64, "train.align_epochs": align_epochs})
     cfg_path = tmp_path / "cfg.toml"
     cfg.save(cfg_path)
     torch.set_num_threads(1)
@@ -55,11 +56,13 @@ def test_two_rank_gloo_matches_single_rank(tmp_path: Path):
     b = load_file(str(tmp_path / "two" / "model.safetensors"))
     assert a.keys() == b.keys()
     # Summation order differs (two half-batch sums vs one), and Adam amplifies rounding in parameters whose
-    # gradient is ~0; after 15 steps at lr 1e-3 weights agree to ~1e-4, against updates of ~1e-2.
+    # gradient is ~0; after 15 steps at lr 1e-3 weights agree to ~1e-4, against updates of ~1e-2. The 8 extra
+    # alignment steps (with their cross-entropy) let that rounding grow to ~7e-4.
+    atol = 5e-4 if align_epochs == 0 else 1.5e-3
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=5e-4, msg=k)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=atol, msg=k)
     moved = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved < 5e-4
+    assert moved < atol
     h1, h2 = read_history(tmp_path / "one"), read_history(tmp_path / "two")
     assert len(h1) == len(h2) == cfg.train.epochs
     for r1, r2 in zip(h1, h2, strict=True):

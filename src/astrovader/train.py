@@ -4,7 +4,10 @@ Phases (Cao et al. 2020, as used by AstroVaDEr):
 
 1. gamma-training for ``gamma_epochs``: loss = recon + gamma * KL(q(z|x) || N(0, I)); GMM frozen.
 2. mini-batch GMM initialisation after the last gamma epoch: latent means of ``gmm_init_batches``
-   random training batches -> k-means -> diagonal GaussianMixture started at the k-means centres.
+   random training batches -> k-means -> diagonal GaussianMixture started at the k-means centres
+   (or, with ``gmm_init_embedding = "umap"``, clusters found on a UMAP graph of those latent means).
+   Optionally ``align_epochs`` of alignment: the GMM KL as in the static phase, but with q(c|x) fixed to each
+   initialisation image's initial cluster, plus a cross-entropy making that cluster the most probable one.
 3. ``periods`` x (annealing for ``anneal_epochs`` with beta = (t / anneal_epochs)^power rising 0 -> 1,
    then static for ``static_epochs`` with beta = 1): loss = recon + (beta + gamma) * scale * GMM KL.
 

@@ -40,8 +40,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(f"GMM parameters:     {counts['gmm']:,} (K + 2*K*J = {m.n_clusters} + 2*{m.n_clusters}*{m.latent_dim})")
     print(f"total parameters:   {counts['total']:,}")
     t = cfg.train
-    print(f"schedule: {t.gamma_epochs} gamma-training epochs, GMM init on {t.gmm_init_batches} batches, "
-          f"{t.periods} x ({t.anneal_epochs} annealing + {t.static_epochs} static) = {t.epochs} epochs")
+    init = "UMAP graph" if t.gmm_init_embedding == "umap" else "k-means + GMM"
+    align = f"{t.align_epochs} alignment epochs, " if t.align_epochs else ""
+    print(f"schedule: {t.gamma_epochs} gamma-training epochs, GMM init ({init}) on {t.gmm_init_batches} batches, "
+          f"{align}{t.periods} x ({t.anneal_epochs} annealing + {t.static_epochs} static) = {t.epochs} epochs")
     return 0
 
 
