@@ -189,11 +189,8 @@ class BatchFeeder:
         same state, so that together they see exactly the batches a single process would."""
         if self.resident:
             assert self.data is not None
-            order = (torch.randperm(self.n, device=self.device, generator=generator) if shuffle
-                     else torch.arange(self.n, device=self.device))
-            stop = self.n - self.n % batch_size if drop_last and self.n >= batch_size else self.n
-            for s in range(0, stop, batch_size):
-                yield self.data[_shard(order[s:s + batch_size], shard)]
+            for pos in _positions(self.n, batch_size, generator, shard, shuffle, drop_last):
+                yield self.data[pos]
             return
         for batch in self._streamed(batch_size, generator, shuffle, drop_last):
             yield batch[_shard(torch.arange(len(batch), device=batch.device), shard)]
@@ -228,11 +225,12 @@ class BatchFeeder:
             yield carry
 
 
-def _positions(n: int, batch_size: int, generator: torch.Generator,
-               shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
-    """Shuffled global batches of positions in range(n), this rank's slice of each (last partial one dropped)."""
-    order = torch.randperm(n, device=generator.device, generator=generator)
-    stop = n - n % batch_size if n >= batch_size else n
+def _positions(n: int, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1),
+               shuffle: bool = True, drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Global batches of positions in range(n) (shuffled by ``generator``), this rank's slice of each."""
+    order = (torch.randperm(n, device=generator.device, generator=generator) if shuffle
+             else torch.arange(n, device=generator.device))
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
     for s in range(0, stop, batch_size):
         yield _shard(order[s:s + batch_size], shard)
 
@@ -293,7 +291,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, cov
         gm = GaussianMixture(n_clusters, covariance_type=covariance, means_init=km.cluster_centers_,
                              random_state=seed, reg_covar=1e-6, max_iter=200).fit(z)
         return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
-                "kmeans_centers": km.cluster_centers_, "responsibilities": gm.predict_proba(z)}
+                "responsibilities": gm.predict_proba(z)}
     if embedding != "umap":
         raise ValueError(f"unknown GMM initialisation embedding {embedding!r}; use 'none' or 'umap'")
     e = umap_embedding(z, min(10, z.shape[1]), neighbours, seed)
@@ -307,8 +305,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, cov
         variances = cov + 1e-6 * np.eye(z.shape[1])
     else:
         variances = np.einsum("kn,kni->ki", resp.T, diff**2) / nk[:, None] + 1e-6
-    return {"weights": nk / nk.sum(), "means": means, "variances": variances,
-            "kmeans_centers": means, "responsibilities": resp}
+    return {"weights": nk / nk.sum(), "means": means, "variances": variances, "responsibilities": resp}
 
 
 def umap_embedding(z: np.ndarray, n_components: int, neighbours: int, seed: int) -> np.ndarray:
