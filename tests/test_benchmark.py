@@ -134,6 +134,8 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys):
     assert main(["benchmark", "mnist", "--data", str(tmp_path), "--seeds", "0"]) == 2
     assert main(["benchmark", "gz1", "--data", str(tmp_path), "--crop", "1.5", "--out", str(tmp_path)]) == 2
     assert "--crop" in capsys.readouterr().err
+    assert main(["benchmark", "gz1", "--data", str(tmp_path), "--crop", "0.2xR90", "--out", str(tmp_path)]) == 2
+    assert "--crop" in capsys.readouterr().err
 
 
 def _needs(sub: str) -> Path:
@@ -173,8 +175,7 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     data = _needs("gz1-sdss")
     out = tmp_path / "gz1"
     assert main(["benchmark", "gz1", "--data", str(data), "--n", "120", "--seeds", "1", "--epochs-scale", "0.05",
-                 "--set", "train.batch_size=32", "--baselines", "kmeans", "--out", str(out), "--quiet",
-                 "--crop", "0.5"]) == 0
+                 "--set", "train.batch_size=32", "--baselines", "kmeans", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {"gz1-k12", "gz1-k3"}
     for name, k in (("gz1-k12", 12), ("gz1-k3", 3)):
@@ -185,8 +186,9 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
     assert len(seed["methods"]["astrovader"]["members"]) == 3
     assert seed["settings"]["config"]["model"]["image_size"] == 64
-    assert seed["settings"]["preprocessing"] == {"crop": 0.5, "size": 64}
-    assert (out / "cache" / "gz1-64px-crop0.5-n120").is_dir()
+    # the default framing: 3 x each galaxy's R90, major axis horizontal; every image could be framed
+    assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate", "size": 64}
+    assert (out / "cache" / "gz1-64px-crop3xR90+derotate-n120").is_dir()
 
 
 def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):

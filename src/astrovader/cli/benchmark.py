@@ -10,7 +10,7 @@ from astrovader.cli import CLIError
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from astrovader.benchmark import BASELINES, GZ1_CROP, format_summary, resolve_data, run_benchmark
+    from astrovader.benchmark import BASELINES, GZ1_CROP, GZ1_DEROTATE, format_summary, resolve_data, run_benchmark
     from astrovader.config import ConfigError
 
     if args.threads is not None:
@@ -36,12 +36,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             hint = "" if args.data else " (the default location; pass --data DIR)"
             raise CLIError(f"{args.name}: data directory {source} does not exist{hint}")
     crop = GZ1_CROP if args.crop is None else args.crop
-    if not 0 < crop <= 1:
-        raise CLIError(f"--crop must be a fraction in (0, 1], got {crop}")
+    derotate = GZ1_DEROTATE if args.derotate is None else args.derotate
+    if args.name == "gz1":
+        from astrovader.data.ingest import parse_crop
+
+        try:
+            parse_crop(crop, derotate=derotate)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     out = Path(args.out or f"benchmark-{args.name}")
     try:
         summary = run_benchmark(args.name, out, data=args.data, seeds=args.seeds, epochs_scale=args.epochs_scale,
-                                overrides=args.overrides, n=args.n, baselines=baselines, crop=crop,
+                                overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -78,9 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use N images (mnist/gz1: a fixed random subset; simulated: how many to draw, default 3000)")
     p.add_argument("--baselines", default="all",
                    help="comma-separated subset of kmeans,pca_gmm,ae_gmm,vae_gmm, or all / none (default all)")
-    p.add_argument("--crop", type=float, default=None, metavar="F",
-                   help="gz1: centre-crop fraction of the cut-outs before resizing to 64 px (default 0.4: the "
-                        "galaxies are small in these fixed-scale cut-outs)")
+    p.add_argument("--crop", default=None, metavar="SPEC",
+                   help="gz1: how each cut-out is framed before resizing to 64 px, as for `astrovader ingest`: a "
+                        "centre-crop fraction (e.g. 0.4) or NxR90 (default 3xR90: 3 times each galaxy's measured "
+                        "90%%-light radius, centred on it)")
+    p.add_argument("--derotate", action=argparse.BooleanOptionalAction, default=None,
+                   help="gz1: turn each galaxy's major axis horizontal (default: on)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")

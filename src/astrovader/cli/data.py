@@ -64,7 +64,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                            crop_px=crop_px, size=size or 128, colour=colour,
                            workers=args.workers, append=args.append, progress=not args.quiet,
                            labels_only=args.labels_only, source=args.source, catalog=args.catalog,
-                           mapping=args.mapping, log=lambda m: print(m, file=sys.stderr))
+                           mapping=args.mapping, log=lambda m: print(m, file=sys.stderr),
+                           derotate=args.derotate)
     print(report.summary())
     for issue in report.failures[:20]:
         print(f"  failed: {issue.file}: {issue.reason}")
@@ -128,7 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=tuple(_PRESETS), help="sdss: crop 192/256, grey, 128 px (the defaults "
                    "for a plain folder)")
     p.add_argument("--crop", metavar="FRACTION", help="centre crop as a fraction of the shorter side, e.g. 0.75 or "
-                   "192/256 (default: 192/256 for folders, 1 for galaxy10)")
+                   "192/256 (default: 192/256 for folders, 1 for galaxy10); or NxR90, e.g. 3xR90: a frame N times "
+                   "each image's central galaxy's measured 90%%-light radius on a side, centred on it (for "
+                   "fixed-scale cut-outs, where galaxies differ in apparent size)")
+    p.add_argument("--derotate", action="store_true",
+                   help="rotate each stamp so the central galaxy's major axis (from its second moments) is horizontal")
     p.add_argument("--crop-px", type=_positive_int("--crop-px"), metavar="N",
                    help="centre crop of N x N pixels (default 192 for kaggle and gz2: their 424 px frames share "
                         "the paper's 0.02 x petroR90 pixel scale)")

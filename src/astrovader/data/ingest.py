@@ -2,7 +2,9 @@
 
 Preprocessing follows the paper (section 2): centre crop, grey scale by averaging the bands, antialiased
 resize to ``size`` x ``size`` and storage as uint8. For the paper's 256 px SDSS cut-outs the default crop
-of 0.75 is exactly its central 192 px (pixels 32..223).
+of 0.75 is exactly its central 192 px (pixels 32..223). Fixed-scale cut-outs can instead be framed on each
+galaxy's measured size and orientation (``crop="3xR90"``, ``derotate=True``; :mod:`astrovader.data.stamps`);
+a frame with no source at its centre is then reported and skipped like an unreadable file.
 
 Scale matters as much as correctness: decoding runs in worker processes on small batches with only a few
 batches in flight, the writer commits every few thousand images, and a re-run of the same command on a
@@ -27,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -56,10 +58,21 @@ class ImageReadError(Exception):
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Crop:
-    """Centre crop as a fraction of the shorter side (``fraction``) or an absolute side (``pixels``)."""
+    """Where each stamp is cut from its frame.
+
+    A centre crop as a fraction of the shorter side (``fraction``) or an absolute side (``pixels``); or, with
+    ``r90``, a galaxy frame: ``r90`` times the central galaxy's measured 90%-light radius on a side, centred
+    on the galaxy (:mod:`astrovader.data.stamps`), which gives fixed-scale cut-outs the paper's
+    Petrosian-scaled framing. ``derotate`` turns the central galaxy's major axis horizontal, in any mode."""
 
     fraction: float | None = DEFAULT_CROP
     pixels: int | None = None
+    r90: float | None = None
+    derotate: bool = False
+
+    @property
+    def measures_galaxy(self) -> bool:
+        return self.r90 is not None or self.derotate
 
     def side(self, height: int, width: int) -> int:
         short = min(height, width)
@@ -70,29 +83,45 @@ class Crop:
         return max(1, int(round(float(self.fraction or 1.0) * short)))
 
     def describe(self) -> str:
-        return f"{self.pixels}px" if self.pixels is not None else f"{self.fraction:g}"
+        if self.r90 is not None:
+            base = f"{self.r90:g}xR90"
+        else:
+            base = f"{self.pixels}px" if self.pixels is not None else f"{self.fraction:g}"
+        return base + ("+derotate" if self.derotate else "")
 
 
-def parse_crop(value: str | float | int | Crop | None, *, pixels: int | None = None) -> Crop:
-    """Accept ``0.75``, ``"0.75"``, ``"192/256"`` (a fraction) or ``pixels=192``; reject anything else."""
+_R90_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*[x*]?\s*r90\s*$", re.IGNORECASE)
+
+
+def parse_crop(value: str | float | int | Crop | None, *, pixels: int | None = None,
+               derotate: bool = False) -> Crop:
+    """Accept ``0.75``, ``"0.75"``, ``"192/256"`` (a fraction), ``"3xR90"`` (a galaxy frame) or ``pixels=192``;
+    reject anything else. ``derotate`` applies to any of them."""
     if pixels is not None:
         if value is not None and not isinstance(value, Crop):
             raise ValueError("give either a crop fraction (--crop) or a crop size in pixels (--crop-px), not both")
         if int(pixels) < 1:
             raise ValueError(f"--crop-px must be a positive number of pixels, got {pixels}")
-        return Crop(fraction=None, pixels=int(pixels))
-    if value is None:
-        return Crop()
-    if isinstance(value, Crop):
-        return value
-    try:
-        frac = float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--crop: {value!r} is not a fraction; use e.g. 0.75 or 192/256 "
-                         "(or --crop-px 192 for pixels)") from None
-    if not 0 < frac <= 1:
-        raise ValueError(f"--crop: {value!r} = {frac:g} must be in (0, 1]; use --crop-px for a size in pixels")
-    return Crop(fraction=frac)
+        crop = Crop(fraction=None, pixels=int(pixels))
+    elif value is None:
+        crop = Crop()
+    elif isinstance(value, Crop):
+        crop = value
+    elif (m := _R90_RE.match(str(value))) is not None:
+        multiple = float(m.group(1))
+        if not 0.5 <= multiple <= 50:
+            raise ValueError(f"--crop: {value!r}: the galaxy frame must be 0.5 to 50 x R90 on a side")
+        crop = Crop(fraction=None, r90=multiple)
+    else:
+        try:
+            frac = float(Fraction(str(value).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--crop: {value!r} is not a fraction; use e.g. 0.75 or 192/256, 3xR90 for a frame "
+                             "scaled to each galaxy (or --crop-px 192 for pixels)") from None
+        if not 0 < frac <= 1:
+            raise ValueError(f"--crop: {value!r} = {frac:g} must be in (0, 1]; use --crop-px for a size in pixels")
+        crop = Crop(fraction=frac)
+    return replace(crop, derotate=True) if derotate and not crop.derotate else crop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +225,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def preprocess(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> np.ndarray:
-    """Centre crop, grey (band mean) or colour, antialiased resize; returns uint8 (C, size, size)."""
+    """Crop (centre or galaxy frame), grey (band mean) or colour, antialiased resize; uint8 (C, size, size)."""
     from PIL import Image
 
     arr = np.asarray(arr)
@@ -207,15 +236,18 @@ def preprocess(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> np.ndarr
         raise ImageReadError(f"wrong number of bands: {c}; expected 1 or 3")
     if colour and c != 3:
         raise ImageReadError(f"wrong number of bands: {c} (grey image) but the dataset keeps colour (--colour)")
-    side = crop.side(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    arr = arr[y0:y0 + side, x0:x0 + side]
-    if colour:
-        planes = [arr[:, :, k].astype(np.float32) for k in range(3)]
-    elif c == 1:
-        planes = [arr[:, :, 0].astype(np.float32)]
-    else:  # explicit sum: much faster than mean(axis=2) on a strided uint8 view
-        planes = [(arr[:, :, 0].astype(np.float32) + arr[:, :, 1] + arr[:, :, 2]) / np.float32(3)]
+    if crop.measures_galaxy:
+        planes = _galaxy_frame(arr, crop, size, colour)
+    else:
+        side = crop.side(h, w)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        arr = arr[y0:y0 + side, x0:x0 + side]
+        if colour:
+            planes = [arr[:, :, k].astype(np.float32) for k in range(3)]
+        elif c == 1:
+            planes = [arr[:, :, 0].astype(np.float32)]
+        else:  # explicit sum: much faster than mean(axis=2) on a strided uint8 view
+            planes = [(arr[:, :, 0].astype(np.float32) + arr[:, :, 1] + arr[:, :, 2]) / np.float32(3)]
     out = np.empty((len(planes), size, size), np.uint8)
     for k, plane in enumerate(planes):
         if plane.shape != (size, size):
@@ -224,6 +256,25 @@ def preprocess(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> np.ndarr
                                .resize((size, size), Image.Resampling.LANCZOS))
         out[k] = np.clip(np.rint(plane), 0, 255).astype(np.uint8)
     return out
+
+
+def _galaxy_frame(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> list[np.ndarray]:
+    """The stamp planes of a galaxy frame (``crop.r90``) or a derotated centre crop, at ``size`` px."""
+    from astrovader.data.stamps import NoGalaxyError, galaxy_stamp, measure_galaxy
+
+    h, w, c = arr.shape
+    grey = arr.astype(np.float32).mean(axis=2) if c == 3 else arr[:, :, 0].astype(np.float32)
+    try:
+        shape = measure_galaxy(grey)
+    except NoGalaxyError as exc:
+        raise ImageReadError(f"galaxy frame {crop.describe()}: {exc}") from None
+    if crop.r90 is not None:
+        side = crop.r90 * shape.r90
+    else:  # a fixed crop turned about the frame centre: only the orientation comes from the galaxy
+        side = float(crop.side(h, w))
+        shape = replace(shape, x=(w - 1) / 2.0, y=(h - 1) / 2.0)
+    planes = [arr[:, :, k] for k in range(3)] if colour else [grey]
+    return galaxy_stamp(planes, shape, side, size, crop.derotate)
 
 
 def _read_h5_rows(path: str, key: str, rows: Sequence[int]) -> list[np.ndarray]:
@@ -621,7 +672,7 @@ def ingest_folder(src: str | os.PathLike, out: str | os.PathLike, labels: str | 
                   append: bool = False, progress: bool = True, *, crop_px: int | None = None,
                   labels_only: bool = False, source: str = "folder", catalog: str | os.PathLike | None = None,
                   mapping: str | os.PathLike | None = None, commit_every: int = 4096,
-                  log: Callable[[str], None] | None = None) -> IngestReport:
+                  log: Callable[[str], None] | None = None, derotate: bool = False) -> IngestReport:
     """Ingest images into the dataset at ``out``; see the module docstring for the guarantees.
 
     An existing *incomplete* dataset (a previous run was killed) is resumed: ids already committed are
@@ -629,7 +680,7 @@ def ingest_folder(src: str | os.PathLike, out: str | os.PathLike, labels: str | 
     """
     t0 = time.perf_counter()
     out = Path(out)
-    crop_spec = parse_crop(None if crop_px is not None else crop, pixels=crop_px)
+    crop_spec = parse_crop(None if crop_px is not None else crop, pixels=crop_px, derotate=derotate)
     if int(size) < 1:
         raise ValueError(f"--size must be a positive number of pixels, got {size}")
     size = int(size)
