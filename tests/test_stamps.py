@@ -117,3 +117,4 @@ def test_blank_frame_is_reported_and_skipped_by_ingest(tmp_path: Path):
     assert "blank.png" in report.failures[0].file and "no source" in report.failures[0].reason
     ds = Dataset(tmp_path / "out")
     assert len(ds) == 3 and ds.meta["preprocessing"]["crop"] == "3xR90+derotate"
+    assert "affine" in ds.meta["preprocessing"]["resize"]

@@ -702,7 +702,9 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
     if not items:
         raise FileNotFoundError(f"{src}: no input images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     preprocessing = {"crop": crop_spec.describe(), "size": size, "colour": bool(colour),
-                     "grey": "mean of bands" if not colour else None, "resize": "Pillow LANCZOS",
+                     "grey": "mean of bands" if not colour else None,
+                     "resize": ("Gaussian pre-smoothing + Pillow bilinear affine (astrovader.data.stamps)"
+                                if crop_spec.measures_galaxy else "Pillow LANCZOS"),
                      "fits_stretch": "percentile 0.5-99.5 clip + asinh(10x)/asinh(10)"}
     resuming = False
     if is_dataset(out):
