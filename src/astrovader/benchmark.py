@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from astrovader.analysis.metrics import clustering_scores
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
+
+if TYPE_CHECKING:
+    from astrovader.data.ingest import Crop
 
 BENCHMARKS = ("mnist", "gz1", "simulated")
 BASELINES = ("kmeans", "pca_gmm", "ae_gmm", "vae_gmm")
@@ -162,9 +165,9 @@ GZ1_DEROTATE = True
 
 
 def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
-              crop: str | float = GZ1_CROP, derotate: bool = GZ1_DEROTATE) -> list[Task]:
-    """GZ1 SDSS cut-outs as 64 px grey stamps (``crop`` and ``derotate`` as for ``astrovader ingest``);
-    classes elliptical / spiral (cw + acw) / edge-on."""
+              crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE) -> list[Task]:
+    """GZ1 SDSS cut-outs as 64 px grey stamps (``crop`` and ``derotate`` as for ``astrovader ingest``, or a
+    parsed :class:`Crop`); classes elliptical / spiral (cw + acw) / edge-on."""
     from astrovader.data.ingest import ingest_folder, parse_crop
 
     spec = parse_crop(crop, derotate=derotate)
@@ -405,7 +408,7 @@ def resolve_data(name: str, data: str | Path | None) -> Path:
 def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None, seeds: int = 5,
                   epochs_scale: float = 1.0, overrides: list[str] | None = None, n: int | None = None,
                   baselines: tuple[str, ...] | list[str] = BASELINES,
-                  log: Callable[[str], None] = print, crop: str | float = GZ1_CROP,
+                  log: Callable[[str], None] = print, crop: str | float | Crop = GZ1_CROP,
                   derotate: bool = GZ1_DEROTATE) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
@@ -417,7 +420,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "gz1":
         from astrovader.data.ingest import parse_crop
 
-        parse_crop(crop, derotate=derotate)  # a bad --crop fails here, before any work
+        crop = parse_crop(crop, derotate=derotate)  # a bad --crop fails here, before any work
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")

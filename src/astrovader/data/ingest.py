@@ -242,12 +242,7 @@ def preprocess(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> np.ndarr
         side = crop.side(h, w)
         y0, x0 = (h - side) // 2, (w - side) // 2
         arr = arr[y0:y0 + side, x0:x0 + side]
-        if colour:
-            planes = [arr[:, :, k].astype(np.float32) for k in range(3)]
-        elif c == 1:
-            planes = [arr[:, :, 0].astype(np.float32)]
-        else:  # explicit sum: much faster than mean(axis=2) on a strided uint8 view
-            planes = [(arr[:, :, 0].astype(np.float32) + arr[:, :, 1] + arr[:, :, 2]) / np.float32(3)]
+        planes = [arr[:, :, k].astype(np.float32) for k in range(3)] if colour else [_grey(arr)]
     out = np.empty((len(planes), size, size), np.uint8)
     for k, plane in enumerate(planes):
         if plane.shape != (size, size):
@@ -258,12 +253,20 @@ def preprocess(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> np.ndarr
     return out
 
 
+def _grey(arr: np.ndarray) -> np.ndarray:
+    """The band mean of an (H, W, 1 or 3) image as float32 (the paper's grey scale)."""
+    if arr.shape[2] == 1:
+        return arr[:, :, 0].astype(np.float32)
+    # explicit sum: much faster than mean(axis=2) on a strided uint8 view
+    return (arr[:, :, 0].astype(np.float32) + arr[:, :, 1] + arr[:, :, 2]) / np.float32(3)
+
+
 def _galaxy_frame(arr: np.ndarray, crop: Crop, size: int, colour: bool) -> list[np.ndarray]:
     """The stamp planes of a galaxy frame (``crop.r90``) or a derotated centre crop, at ``size`` px."""
     from astrovader.data.stamps import NoGalaxyError, galaxy_stamp, measure_galaxy
 
-    h, w, c = arr.shape
-    grey = arr.astype(np.float32).mean(axis=2) if c == 3 else arr[:, :, 0].astype(np.float32)
+    h, w, _ = arr.shape
+    grey = _grey(arr)
     try:
         shape = measure_galaxy(grey)
     except NoGalaxyError as exc:
