@@ -268,3 +268,19 @@ def test_cli_bad_arguments(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["ingest", str(tmp_path), str(tmp_path / "o"), "--source", "bogus"])
     assert "folder" in capsys.readouterr().err  # names the allowed values
+
+
+def test_integer_and_boolean_labels_survive_unlabelled_rows(tmp_path: Path):
+    """An image without a label row must not turn the integer class column into floats (3 -> 3.0), in the
+    part that holds it nor when parts with and without the column are stacked."""
+    src = _synthetic_folder(tmp_path / "src", [1, 2, 3, 4, 5])
+    pd.DataFrame({"id": [1, 2, 3], "klass": [0, 3, 2], "edge_on": [True, False, True],
+                  "p_el": [1.0, 0.5, 0.25]}).to_csv(tmp_path / "l.csv", index=False)
+    # commit_every=2 writes parts {1, 2}, {3, 4}, {5}: the last has no label columns at all
+    ingest_folder(src, tmp_path / "ds", labels=tmp_path / "l.csv", size=16, workers=1, progress=False,
+                  commit_every=2)
+    cat = Dataset(tmp_path / "ds").catalog.set_index("id").sort_index()
+    assert str(cat["klass"].dtype) == "Int64" and cat["klass"].tolist()[:3] == [0, 3, 2]
+    assert str(cat["edge_on"].dtype) == "boolean" and cat["edge_on"].tolist()[:3] == [True, False, True]
+    assert cat["p_el"].dtype == np.float64 and cat["p_el"].tolist()[:3] == [1.0, 0.5, 0.25]
+    assert cat.loc[[4, 5], ["klass", "edge_on"]].isna().all().all() and cat.loc[[4, 5], "p_el"].isna().all()
