@@ -118,3 +118,24 @@ def test_blank_frame_is_reported_and_skipped_by_ingest(tmp_path: Path):
     ds = Dataset(tmp_path / "out")
     assert len(ds) == 3 and ds.meta["preprocessing"]["crop"] == "3xR90+derotate"
     assert "affine" in ds.meta["preprocessing"]["resize"]
+
+
+def test_flux_norm_makes_bright_and_faint_copies_of_a_galaxy_alike():
+    """--flux-norm: every stamp's mean is the flux level, so one shape at two surface brightnesses gives one
+    stamp; colour ratios are kept; a blank stamp is an error, not a division by zero."""
+    spec = parse_crop("3xR90", derotate=True, flux_level=20)
+    assert spec.describe() == "3xR90+derotate+flux20"
+    bright = np.clip(_galaxy(peak=200.0, background=4.0, noise=0.5), 0, 255)
+    faint = bright / 4  # the same galaxy (and sky) at a quarter of the surface brightness
+    raw = [preprocess(g, parse_crop("3xR90", derotate=True), 48, False)[0].astype(float) for g in (bright, faint)]
+    out = [preprocess(g, spec, 48, False)[0].astype(float) for g in (bright, faint)]
+    assert [o.mean() for o in out] == [pytest.approx(20, abs=0.3)] * 2
+    assert np.abs(raw[0] - raw[1]).mean() > 10 * np.abs(out[0] - out[1]).mean()  # brightness gone, shape kept
+    colour = np.stack([bright * 0.5, bright, bright * 0.25], axis=2)
+    r, g, b = preprocess(colour, spec, 48, True).astype(float).reshape(3, -1).mean(1)
+    assert (r + g + b) / 3 == pytest.approx(20, abs=0.3) and r / g == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ImageReadError, match="blank stamp"):
+        preprocess(np.zeros((64, 64)), parse_crop("0.5", flux_level=20), 32, False)
+    for bad in (0, 255, -3):
+        with pytest.raises(ValueError, match="flux level"):
+            parse_crop("0.5", flux_level=bad)

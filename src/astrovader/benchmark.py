@@ -162,15 +162,17 @@ def mnist_tasks(data: Path, n: int | None, cache: Path) -> list[Task]:
 # (astrovader 0.072 -> 0.109, k-means 0.065 -> 0.108, PCA + GMM 0.076 -> 0.134, AE + GMM 0.072 -> 0.107).
 GZ1_CROP = "3xR90"
 GZ1_DEROTATE = True
+GZ1_FLUX_NORM = False
 
 
 def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
-              crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE) -> list[Task]:
-    """GZ1 SDSS cut-outs as 64 px grey stamps (``crop`` and ``derotate`` as for ``astrovader ingest``, or a
-    parsed :class:`Crop`); classes elliptical / spiral (cw + acw) / edge-on."""
-    from astrovader.data.ingest import ingest_folder, parse_crop
+              crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE,
+              flux_norm: bool = GZ1_FLUX_NORM) -> list[Task]:
+    """GZ1 SDSS cut-outs as 64 px grey stamps (``crop``, ``derotate`` and ``flux_norm`` as for ``astrovader
+    ingest``, or a parsed :class:`Crop`); classes elliptical / spiral (cw + acw) / edge-on."""
+    from astrovader.data.ingest import FLUX_LEVEL, ingest_folder, parse_crop
 
-    spec = parse_crop(crop, derotate=derotate)
+    spec = parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
     labels_csv = data / "labels.csv"
     if not labels_csv.is_file():
         raise FileNotFoundError(f"{data}: no labels.csv (expected the gz1-sdss folder with images/ and labels.csv)")
@@ -409,7 +411,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                   epochs_scale: float = 1.0, overrides: list[str] | None = None, n: int | None = None,
                   baselines: tuple[str, ...] | list[str] = BASELINES,
                   log: Callable[[str], None] = print, crop: str | float | Crop = GZ1_CROP,
-                  derotate: bool = GZ1_DEROTATE) -> dict[str, Any]:
+                  derotate: bool = GZ1_DEROTATE, flux_norm: bool = GZ1_FLUX_NORM) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
     ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw)."""
@@ -418,9 +420,10 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if name == "gz1":
-        from astrovader.data.ingest import parse_crop
+        from astrovader.data.ingest import FLUX_LEVEL, parse_crop
 
-        crop = parse_crop(crop, derotate=derotate)  # a bad --crop fails here, before any work
+        # a bad --crop fails here, before any work
+        crop = parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
@@ -431,7 +434,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "mnist":
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
-        tasks = gz1_tasks(source, n, cache, log, crop, derotate)
+        tasks = gz1_tasks(source, n, cache, log, crop, derotate, flux_norm)
     else:
         tasks = simulated_tasks(n, cache)
 

@@ -10,7 +10,15 @@ from astrovader.cli import CLIError
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from astrovader.benchmark import BASELINES, GZ1_CROP, GZ1_DEROTATE, format_summary, resolve_data, run_benchmark
+    from astrovader.benchmark import (
+        BASELINES,
+        GZ1_CROP,
+        GZ1_DEROTATE,
+        GZ1_FLUX_NORM,
+        format_summary,
+        resolve_data,
+        run_benchmark,
+    )
     from astrovader.config import ConfigError
 
     if args.threads is not None:
@@ -37,6 +45,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise CLIError(f"{args.name}: data directory {source} does not exist{hint}")
     crop = GZ1_CROP if args.crop is None else args.crop
     derotate = GZ1_DEROTATE if args.derotate is None else args.derotate
+    flux_norm = GZ1_FLUX_NORM if args.flux_norm is None else args.flux_norm
     if args.name == "gz1":
         from astrovader.data.ingest import parse_crop
 
@@ -48,6 +57,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         summary = run_benchmark(args.name, out, data=args.data, seeds=args.seeds, epochs_scale=args.epochs_scale,
                                 overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
+                                flux_norm=flux_norm,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -90,6 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "90%%-light radius, centred on it)")
     p.add_argument("--derotate", action=argparse.BooleanOptionalAction, default=None,
                    help="gz1: turn each galaxy's major axis horizontal (default: on)")
+    p.add_argument("--flux-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
+                        "(default: off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")

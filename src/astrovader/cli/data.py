@@ -35,7 +35,7 @@ def _non_negative_float(name: str):
 
 # ------------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from astrovader.data.ingest import SOURCES, ingest_folder
+    from astrovader.data.ingest import FLUX_LEVEL, SOURCES, ingest_folder
 
     if args.source not in SOURCES:
         raise CLIError(f"--source must be one of {', '.join(SOURCES)}, got {args.source!r}")
@@ -65,7 +65,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                            workers=args.workers, append=args.append, progress=not args.quiet,
                            labels_only=args.labels_only, source=args.source, catalog=args.catalog,
                            mapping=args.mapping, log=lambda m: print(m, file=sys.stderr),
-                           derotate=args.derotate)
+                           derotate=args.derotate, flux_level=FLUX_LEVEL if args.flux_norm else None)
     print(report.summary())
     for issue in report.failures[:20]:
         print(f"  failed: {issue.file}: {issue.reason}")
@@ -134,6 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "fixed-scale cut-outs, where galaxies differ in apparent size)")
     p.add_argument("--derotate", action="store_true",
                    help="rotate each stamp so the central galaxy's major axis (from its second moments) is horizontal")
+    p.add_argument("--flux-norm", action="store_true",
+                   help="scale each stamp to mean grey level 20, so galaxies of one shape look alike whatever "
+                        "their surface brightness (colours are kept)")
     p.add_argument("--crop-px", type=_positive_int("--crop-px"), metavar="N",
                    help="centre crop of N x N pixels (default 192 for kaggle and gz2: their 424 px frames share "
                         "the paper's 0.02 x petroR90 pixel scale)")
