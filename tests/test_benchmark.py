@@ -23,6 +23,7 @@ from astrovader.benchmark import (
 )
 from astrovader.cli import main
 from astrovader.config import Config, ConfigError
+from astrovader.data.dataset import Dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -186,9 +187,10 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
     assert len(seed["methods"]["astrovader"]["members"]) == 3
     assert seed["settings"]["config"]["model"]["image_size"] == 64
-    # the default framing: 3 x each galaxy's R90, major axis horizontal; every image could be framed
-    assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate", "size": 64}
-    assert (out / "cache" / "gz1-64px-crop3xR90+derotate-n120").is_dir()
+    # the default framing: 3 x each galaxy's R90, major axis horizontal, flux-normalised; all could be framed
+    assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate+flux20", "size": 64}
+    cached = Dataset(out / "cache" / "gz1-64px-crop3xR90+derotate+flux20-n120").load().astype(np.float64)
+    assert np.allclose(cached.mean(axis=(1, 2, 3)), 20, atol=0.5)
 
 
 def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):

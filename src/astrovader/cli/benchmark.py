@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gz1: turn each galaxy's major axis horizontal (default: on)")
     p.add_argument("--flux-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
-                        "(default: off)")
+                        "(default: on)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")
