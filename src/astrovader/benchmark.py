@@ -169,14 +169,22 @@ GZ1_DEROTATE = True
 GZ1_FLUX_NORM = True
 
 
-def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
-              crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE,
-              flux_norm: bool = GZ1_FLUX_NORM) -> list[Task]:
-    """GZ1 SDSS cut-outs as 64 px grey stamps (``crop``, ``derotate`` and ``flux_norm`` as for ``astrovader
-    ingest``, or a parsed :class:`Crop`); classes elliptical / spiral (cw + acw) / edge-on."""
-    from astrovader.data.ingest import FLUX_LEVEL, ingest_folder, parse_crop
+def gz1_stamps(crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE,
+               flux_norm: bool = GZ1_FLUX_NORM) -> Crop:
+    """The gz1 stamp recipe (``crop``, ``derotate`` and ``flux_norm`` as for ``astrovader ingest``) as one
+    :class:`Crop`; a bad ``crop`` raises ValueError."""
+    from astrovader.data.ingest import FLUX_LEVEL, parse_crop
 
-    spec = parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
+    return parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
+
+
+def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
+              stamps: Crop | None = None) -> list[Task]:
+    """GZ1 SDSS cut-outs as 64 px grey stamps made as ``stamps`` says (default :func:`gz1_stamps`); classes
+    elliptical / spiral (cw + acw) / edge-on."""
+    from astrovader.data.ingest import ingest_folder
+
+    spec = stamps or gz1_stamps()
     labels_csv = data / "labels.csv"
     if not labels_csv.is_file():
         raise FileNotFoundError(f"{data}: no labels.csv (expected the gz1-sdss folder with images/ and labels.csv)")
@@ -424,10 +432,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if name == "gz1":
-        from astrovader.data.ingest import FLUX_LEVEL, parse_crop
-
-        # a bad --crop fails here, before any work
-        crop = parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
+        crop = gz1_stamps(crop, derotate, flux_norm)  # a bad --crop fails here, before any work
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
@@ -438,7 +443,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "mnist":
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
-        tasks = gz1_tasks(source, n, cache, log, crop, derotate, flux_norm)
+        tasks = gz1_tasks(source, n, cache, log, crop)
     else:
         tasks = simulated_tasks(n, cache)
 

@@ -16,6 +16,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         GZ1_DEROTATE,
         GZ1_FLUX_NORM,
         format_summary,
+        gz1_stamps,
         resolve_data,
         run_benchmark,
     )
@@ -47,10 +48,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     derotate = GZ1_DEROTATE if args.derotate is None else args.derotate
     flux_norm = GZ1_FLUX_NORM if args.flux_norm is None else args.flux_norm
     if args.name == "gz1":
-        from astrovader.data.ingest import parse_crop
-
         try:
-            parse_crop(crop, derotate=derotate)
+            gz1_stamps(crop, derotate, flux_norm)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     out = Path(args.out or f"benchmark-{args.name}")
