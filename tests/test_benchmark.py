@@ -15,6 +15,7 @@ from astrovader.benchmark import (
     METRICS,
     apply_overrides,
     format_summary,
+    gz1_config,
     mnist_config,
     scale_epochs,
     score,
@@ -44,6 +45,13 @@ def test_mnist_config_is_the_documented_architecture():
     # the measured fix for MNIST (benchmarks/RESULTS.md): UMAP-graph initialisation, then alignment
     assert cfg.train.gmm_init_embedding == "umap" and cfg.train.align_epochs > 0
     assert cfg.train.gmm_init_batches * cfg.train.batch_size >= 10_000  # every test digit in the init
+
+
+def test_gz1_config_is_the_measured_default():
+    # benchmarks/RESULTS.md: J = 10 at both K; gamma-training as a plain VAE only at K = 12
+    k3, k12 = gz1_config(3), gz1_config(12)
+    assert (k3.model.latent_dim, k3.model.n_clusters, k3.loss.gamma) == (10, 3, 5e-4)
+    assert (k12.model.latent_dim, k12.model.n_clusters, k12.loss.gamma) == (10, 12, 1.0)
 
 
 def test_scale_epochs_keeps_every_phase():
@@ -116,8 +124,8 @@ def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
             "train.anneal_epochs=1", "train.static_epochs=0"]
     cache: dict = {}
     scores = {}
-    for k in (4, 2):
-        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}"])
+    for k, gamma in ((4, 1.0), (2, 5e-4)):  # gz1's tasks differ in K and in gamma-training's weight
+        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}", f"loss.gamma={gamma}"])
         task = bm.Task(f"t{k}", imgs, labels, cfg)
         scores[k] = bm.run_baseline("ae_gmm", task, cfg, cache)
         assert len(scores[k]["members"]) == k and not scores[k]["nan"]
@@ -125,6 +133,9 @@ def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
     cfg.train.seed = 1
     bm.run_baseline("ae_gmm", bm.Task("t2", imgs, labels, cfg), cfg, cache)
     assert calls == [False, False]  # a new seed trains its own network
+    cfg = Config.resolve("demo", overrides=[*base, "model.n_clusters=2", "model.latent_dim=3"])
+    bm.run_baseline("ae_gmm", bm.Task("t2", imgs, labels, cfg), cfg, cache)
+    assert calls == [False, False, False]  # so does another latent size
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys):

@@ -76,15 +76,24 @@ def mnist_config() -> Config:
     })
 
 
+# Measured on the 3-seed stamps (benchmarks/RESULTS.md, "GZ1: J = 10, and gamma-training per K"). With the
+# paper's J = 20, K = 3 split the galaxies by central concentration and found the edge-on cluster in 1 of 3 seeds
+# (NMI 0.092); J = 10 found it in 3 of 3 (0.165, k-means 0.157). At K = 12, J = 10 with gamma-training as a plain
+# VAE (gamma = 1) reached NMI 0.142 (J = 20 s3VDC default: 0.131); gamma = 1 at K = 3 lost the edge-on cluster.
+GZ1_LATENT_DIM = 10
+GZ1_GAMMA = {12: 1.0, 3: 5e-4}  # loss.gamma per K; 5e-4 is s3VDC's
+
+
 def gz1_config(n_clusters: int) -> Config:
-    """64 px grey SDSS galaxies: the demo preset's filters (16, 32, 16) with the paper's J = 20, MSE loss and
-    random flips (morphology does not depend on orientation), on a CPU-sized schedule. (Filters (32, 64, 16)
-    ran at ~29 s per epoch on 2 cores, 4 networks per seed: too slow for a 3-seed run on a laptop.)"""
+    """64 px grey SDSS galaxies: the demo preset's filters (16, 32, 16), J = ``GZ1_LATENT_DIM`` latents and the
+    gamma-training weight of ``GZ1_GAMMA`` for this K (both measured, see above), MSE loss and random flips
+    (morphology does not depend on orientation), on a CPU-sized schedule. (Filters (32, 64, 16) ran at ~29 s per
+    epoch on 2 cores, 4 networks per seed: too slow for a 3-seed run on a laptop.)"""
     return Config.from_dict({
         "model": {"image_size": 64, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
-                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 20,
-                  "n_clusters": n_clusters},
-        "loss": {"l2": 1e-4},
+                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3],
+                  "latent_dim": GZ1_LATENT_DIM, "n_clusters": n_clusters},
+        "loss": {"l2": 1e-4, "gamma": GZ1_GAMMA.get(n_clusters, 5e-4)},
         "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 100, "anneal_epochs": 5,
                   "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
                   "validation_fraction": 0.0},
@@ -348,11 +357,20 @@ def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> Ast
     return net
 
 
+def _network_settings(cfg: Config) -> str:
+    """Everything that shapes a baseline network's training (the seed included): the config without K and
+    without the loss weights only the mixture model uses."""
+    d = cfg.to_dict()
+    d["model"].pop("n_clusters")
+    d["loss"] = {k: d["loss"][k] for k in ("reconstruction", "l2")}
+    return json.dumps(d, sort_keys=True)
+
+
 def run_baseline(method: str, task: Task, cfg: Config,
-                 features: dict[tuple[str, int, str | int], np.ndarray] | None = None) -> dict[str, Any]:
-    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, seed, dataset), so the
-    K = 12 and K = 3 tasks on the same images share one trained network per seed, as they would in practice
-    (the network's training never sees K)."""
+                 features: dict[tuple[str, str, str | int], np.ndarray] | None = None) -> dict[str, Any]:
+    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, network settings, dataset),
+    so tasks on the same images whose configs differ only in K (or mixture-only loss weights) share one trained
+    network per seed, as they would in practice (that training never sees K). Another latent size trains its own."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
@@ -368,7 +386,7 @@ def run_baseline(method: str, task: Task, cfg: Config,
             feats = PCA(20, random_state=seed).fit_transform(flat)
             pred = posthoc_gmm(feats, k, seed)
         elif method in ("ae_gmm", "vae_gmm"):
-            key = (method, seed, str(task.dataset) if task.dataset is not None else id(task.images))
+            key = (method, _network_settings(cfg), str(task.dataset) if task.dataset is not None else id(task.images))
             if features is not None and key in features:
                 feats = features[key]
             else:
@@ -449,7 +467,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
 
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
                                "overrides": list(overrides or []), "tasks": {}}
-    features: dict[tuple[str, int, str | int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same dataset
+    features: dict[tuple[str, str, str | int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same dataset
     for task in tasks:
         base_cfg = scale_epochs(apply_overrides(task.config, overrides), epochs_scale)
         if task.dataset is None:
