@@ -195,6 +195,10 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
+    # A worker killed mid-write leaves its temporary file (named by its pid) behind; its part is redone below.
+    for index, _, _ in todo:
+        for stale in out_dir.glob(f".part-{index:05d}.parquet.tmp-*"):
+            stale.unlink(missing_ok=True)
     if progress:
         print(f"{len(parts)} parts of up to {chunk_rows} images; {len(parts) - len(todo)} already done, "
               f"{len(todo)} to predict")
