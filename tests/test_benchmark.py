@@ -198,6 +198,7 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
     assert len(seed["methods"]["astrovader"]["members"]) == 3
     assert seed["settings"]["config"]["model"]["image_size"] == 64
+    assert seed["torch_threads"] == torch.get_num_threads()  # results depend on it: recorded with them
     # the default framing: 3 x each galaxy's R90, major axis horizontal, flux-normalised; all could be framed
     assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate+flux20", "size": 64}
     cached = Dataset(out / "cache" / "gz1-64px-crop3xR90+derotate+flux20-n120").load().astype(np.float64)

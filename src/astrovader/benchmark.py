@@ -502,7 +502,10 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
             for b in baselines:
                 methods[b] = run_baseline(b, task, cfg, features)
                 log(f"  {b}: {_short(methods[b])}")
-            record = {"task": task.name, "seed": seed, "settings": settings, "methods": methods}
+            # VaDE training amplifies floating-point order: the same seed on another thread count is another run
+            # (benchmarks/RESULTS.md), so the count is recorded with the numbers.
+            record = {"task": task.name, "seed": seed, "settings": settings, "torch_threads": torch.get_num_threads(),
+                      "methods": methods}
             atomic_write_json(path, record)
             per_seed.append(record)
         summary["tasks"][task.name] = {"n_images": len(task.images), "n_classes": int(len(np.unique(task.labels))),
