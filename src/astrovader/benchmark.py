@@ -364,7 +364,8 @@ def _network_settings(cfg: Config) -> str:
     without the loss weights only the mixture model uses."""
     d = cfg.to_dict()
     d["model"].pop("n_clusters")
-    d["loss"] = {k: d["loss"][k] for k in ("reconstruction", "l2")}
+    for key in ("gamma", "gmm_kl_scale", "minmax_scale"):  # the s3VDC losses' weights, unused by train_autoencoder
+        d["loss"].pop(key)
     return json.dumps(d, sort_keys=True)
 
 
