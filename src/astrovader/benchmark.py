@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from astrovader.analysis.metrics import clustering_scores
-from astrovader.config import Config
+from astrovader.config import Config, LossConfig
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
 
@@ -95,7 +95,7 @@ def gz1_config(n_clusters: int) -> Config:
         "model": {"image_size": 64, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
                   "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3],
                   "latent_dim": GZ1_LATENT_DIM, "n_clusters": n_clusters},
-        "loss": {"l2": 1e-4, "gamma": GZ1_GAMMA.get(n_clusters, 5e-4)},
+        "loss": {"l2": 1e-4, "gamma": GZ1_GAMMA.get(n_clusters, LossConfig.gamma)},
         "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 100, "anneal_epochs": 5,
                   "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
                   "validation_fraction": 0.0},
@@ -173,8 +173,8 @@ def mnist_tasks(data: Path, n: int | None, cache: Path) -> list[Task]:
 # (astrovader 0.072 -> 0.109, k-means 0.065 -> 0.108, PCA + GMM 0.076 -> 0.134, AE + GMM 0.072 -> 0.107).
 # Each stamp is then scaled to the same mean grey level (flux_norm), so surface brightness no longer takes a
 # latent direction. 3 seeds (RESULTS.md): K = 12 NMI astrovader 0.109 -> 0.131, k-means 0.108 -> 0.133; K = 3
-# k-means finds an edge-on cluster (purity 0.730), astrovader in 1 of 3 seeds (NMI / purity 0.179 / 0.766;
-# 0.043 and 0.054 / 0.715 in the others): the GZ1 bar is not met either way.
+# k-means finds an edge-on cluster (purity 0.730), astrovader (then at J = 20) in 1 of 3 seeds; J = 10
+# (GZ1_LATENT_DIM above) finds it in all 3.
 GZ1_CROP = "3xR90"
 GZ1_DEROTATE = True
 GZ1_FLUX_NORM = True

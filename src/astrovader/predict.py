@@ -110,6 +110,9 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
     ids = ds.ids
     fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed mid-write (e.g. a Dask worker) leaves its temporary file, named by its pid, behind.
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
     parquet_path = out.with_name(f".{out.name}.tmp-{os.getpid()}.parquet")
     writer: pq.ParquetWriter | None = None
     try:
@@ -195,10 +198,6 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
-    # A worker killed mid-write leaves its temporary file (named by its pid) behind; its part is redone below.
-    for index, _, _ in todo:
-        for stale in out_dir.glob(f".part-{index:05d}.parquet.tmp-*"):
-            stale.unlink(missing_ok=True)
     if progress:
         print(f"{len(parts)} parts of up to {chunk_rows} images; {len(parts) - len(todo)} already done, "
               f"{len(todo)} to predict")
