@@ -48,10 +48,11 @@ def test_mnist_config_is_the_documented_architecture():
 
 
 def test_gz1_config_is_the_measured_default():
-    # benchmarks/RESULTS.md: J = 10 at both K; gamma-training as a plain VAE only at K = 12
+    # benchmarks/RESULTS.md: J = 10 at both K; gamma-training as a plain VAE and full covariances only at K = 12
     k3, k12 = gz1_config(3), gz1_config(12)
-    assert (k3.model.latent_dim, k3.model.n_clusters, k3.loss.gamma) == (10, 3, 5e-4)
-    assert (k12.model.latent_dim, k12.model.n_clusters, k12.loss.gamma) == (10, 12, 1.0)
+    assert (k3.model.latent_dim, k3.model.n_clusters, k3.loss.gamma, k3.model.covariance) == (10, 3, 5e-4, "diag")
+    assert (k12.model.latent_dim, k12.model.n_clusters, k12.loss.gamma, k12.model.covariance) == (10, 12, 1.0, "full")
+    assert gz1_config(5).model.covariance == "diag"  # other K: VaDE's diagonal prior
 
 
 def test_scale_epochs_keeps_every_phase():
@@ -124,8 +125,9 @@ def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
             "train.anneal_epochs=1", "train.static_epochs=0"]
     cache: dict = {}
     scores = {}
-    for k, gamma in ((4, 1.0), (2, 5e-4)):  # gz1's tasks differ in K and in gamma-training's weight
-        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}", f"loss.gamma={gamma}"])
+    for k, gamma, cov in ((4, 1.0, "full"), (2, 5e-4, "diag")):  # gz1's tasks differ in K, gamma and covariance
+        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}", f"loss.gamma={gamma}",
+                                                f"model.covariance='{cov}'"])
         task = bm.Task(f"t{k}", imgs, labels, cfg)
         scores[k] = bm.run_baseline("ae_gmm", task, cfg, cache)
         assert len(scores[k]["members"]) == k and not scores[k]["nan"]

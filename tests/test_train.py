@@ -102,6 +102,18 @@ def test_training_runs_and_initialises_gmm(blob_dataset, tmp_path):
     assert "gmm.means" in load_file(str(tmp_path / "run" / "model.safetensors"))
 
 
+def test_fixed_mixture_weights_stay_uniform(blob_dataset, tmp_path):
+    """learn_weights = false with the s3VDC initialisation: pi stays 1/K through every phase and re-seeding,
+    while the means and variances still train."""
+    cfg = tiny_config(**{"train.gmm_init": "'s3vdc'", "train.learn_weights": "false"})
+    res = train(cfg, blob_dataset, tmp_path / "fixed", progress=False)
+    K = cfg.model.n_clusters
+    assert torch.allclose(res.net.gmm.weights, torch.full((K,), 1 / K))
+    assert not res.net.gmm.logits.requires_grad
+    learned = train(tiny_config(**{"train.gmm_init": "'s3vdc'"}), blob_dataset, tmp_path / "learned", progress=False)
+    assert (learned.net.gmm.weights - 1 / K).abs().max() > 1e-4  # learned weights do move
+
+
 def test_resume_equals_uninterrupted(blob_dataset, tmp_path):
     cfg = tiny_config()
     full = train(cfg, blob_dataset, tmp_path / "full", progress=False)

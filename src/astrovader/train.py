@@ -633,7 +633,9 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     cl = _channels_last(cfg, device)
     if cl:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=t.lr)
+    if not t.learn_weights:
+        net.gmm.logits.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=t.lr)
 
     history: list[dict[str, Any]] = []
     start = 0
