@@ -93,9 +93,9 @@ GZ1_COVARIANCE = {12: "full", 3: "diag"}  # model.covariance per K; "diag" is Va
 def gz1_config(n_clusters: int) -> Config:
     """64 px grey SDSS galaxies: the demo preset's filters (16, 32, 16), J = ``GZ1_LATENT_DIM`` latents, and the
     gamma-training weight of ``GZ1_GAMMA`` and the prior covariance of ``GZ1_COVARIANCE`` for this K (all
-    measured, see above), MSE loss and random flips
-    (morphology does not depend on orientation), on a CPU-sized schedule. (Filters (32, 64, 16) ran at ~29 s per
-    epoch on 2 cores, 4 networks per seed: too slow for a 3-seed run on a laptop.)"""
+    measured, see above), MSE loss and random flips (morphology does not depend on orientation), on a CPU-sized
+    schedule. (Filters (32, 64, 16) ran at ~29 s per epoch on 2 cores, 4 networks per seed: too slow for a 3-seed
+    run on a laptop.)"""
     return Config.from_dict({
         "model": {"image_size": 64, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
                   "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3],
