@@ -58,7 +58,7 @@ class TrainConfig:
     lr_decay_every: int = 5
     clip_value: float = 1.0  # gradient value clipping in the GMM (annealing/static) phases; 0 = off
     gmm_init: str = "fitted"  # "fitted": means, variances, weights of the GaussianMixture; "s3vdc": keep pi
-    learn_weights: bool = True  # False: the mixture weights pi stay at their initial values (1/K with "s3vdc")
+    learn_weights: bool = True  # False: the optimiser leaves the mixture weights pi alone (1/K with "s3vdc")
     gmm_init_add_encoder_variance: bool = True  # GMM variances model z, not only its mean (see train.py)
     gmm_init_restarts: int = 10  # k-means n_init: cheap, and removes most bad local optima
     gmm_init_embedding: str = "none"  # "umap": find the initial clusters on a UMAP graph of the latents (train.py)

@@ -761,7 +761,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
             forward = torch.compile(net.forward)
         except Exception:  # pragma: no cover - compile is an optional speed-up
             forward = net.forward
-    params = list(net.parameters())
+    params = [p for group in opt.param_groups for p in group["params"]]  # the trained ones (train.learn_weights)
     shard = (dist_info.rank, dist_info.world)
     J = cfg.model.latent_dim
 
