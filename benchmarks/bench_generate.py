@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from astrovader import AstroVaDEr, Config
-from astrovader.generate import GenerationSpec, iter_generated
+from astrovader.sampling import GenerationSpec, iter_generated
 
 try:
     from common import append_results, markdown_table
@@ -67,7 +67,7 @@ def baseline_loop(model: AstroVaDEr, seconds: float, seed: int = 0) -> float:
 def batched(model: AstroVaDEr, batch_size: int, seconds: float) -> float:
     """Images per second of ``iter_generated`` at one batch size (after one warm-up batch)."""
     spec = GenerationSpec(seed=0)
-    it = iter_generated(model, 10**12, spec, batch_size=batch_size)
+    it = iter_generated(model.net, 10**12, spec, batch_size=batch_size)
     next(it)
     _sync(model.device)
     n, t0 = 0, time.perf_counter()
@@ -82,12 +82,12 @@ def batched(model: AstroVaDEr, batch_size: int, seconds: float) -> float:
 MEMORY_SCRIPT = """
 import resource, sys, time
 from astrovader import AstroVaDEr, Config
-from astrovader.generate import generate_to_dataset
+from astrovader.sampling import generate_to_dataset
 cfg = Config.resolve("demo", overrides=["model.image_size=64", "model.encoder_filters=[4]",
     "model.encoder_kernels=[3]", "model.decoder_filters=[4]", "model.decoder_kernels=[3]",
     "model.latent_dim=20", "model.n_clusters=12", "train.device=" + sys.argv[3]])
 t0 = time.perf_counter()
-generate_to_dataset(AstroVaDEr(cfg), sys.argv[1], int(sys.argv[2]), batch_size=1024, progress=False)
+generate_to_dataset(AstroVaDEr(cfg).net, sys.argv[1], int(sys.argv[2]), batch_size=1024, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)
 """
 

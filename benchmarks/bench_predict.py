@@ -30,8 +30,9 @@ import torch
 
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, open_dataset, write_dataset
+from astrovader.inference import infer_batch
 from astrovader.model import AstroVaDErNet
-from astrovader.predict import infer_batch, predict_dataset
+from astrovader.predict import predict_dataset
 from astrovader.train import fast_bf16, resolve_device
 
 try:
@@ -128,11 +129,11 @@ def time_model_only(net: AstroVaDErNet, ds: Dataset, device: torch.device, batch
     n = min(len(ds), batch_size * max_batches)
     x = torch.from_numpy(ds.read(0, n)).to(device).float().div_(255.0)
     batches = list(x.split(batch_size))
-    infer_batch(net, batches[0], device)
+    infer_batch(net, batches[0])
     _sync(device)
     t0 = time.perf_counter()
     for b in batches:
-        infer_batch(net, b, device)
+        infer_batch(net, b)
     _sync(device)
     return n / (time.perf_counter() - t0)
 

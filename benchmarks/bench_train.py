@@ -21,17 +21,10 @@ import torch
 
 from astrovader.config import Config
 from astrovader.data.dataset import write_dataset
+from astrovader.feeding import BatchFeeder, random_flips, to_float
 from astrovader.model import AstroVaDErNet, vade_losses
-from astrovader.train import (
-    BatchFeeder,
-    EpochPlan,
-    _channels_last,
-    _make_step,
-    _use_bf16,
-    random_flips,
-    resolve_device,
-    to_float,
-)
+from astrovader.runtime import resolve_device, training_bf16, training_channels_last
+from astrovader.train import EpochPlan, _make_step
 
 try:
     from common import append_results, markdown_table
@@ -86,7 +79,7 @@ def baseline(cfg: Config, images: np.ndarray, steps: int, device: torch.device) 
 
 def optimised(cfg: Config, ds, steps: int, device: torch.device) -> tuple[float, float]:
     net = AstroVaDErNet(cfg).to(device)
-    cl = _channels_last(cfg, device)
+    cl = training_channels_last(cfg, device)
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -148,8 +141,8 @@ def main() -> None:
         base = baseline(cfg, images, args.steps, device)
         opt_rate, data_share = optimised(cfg, ds, args.steps, device)
     tricks = ["device-resident uint8", "device flips"]
-    tricks += ["channels-last"] if _channels_last(cfg, device) else []
-    tricks += ["bf16 autocast"] if _use_bf16(cfg, device) else []
+    tricks += ["channels-last"] if training_channels_last(cfg, device) else []
+    tricks += ["bf16 autocast"] if training_bf16(cfg, device) else []
     rows = [["baseline (DataLoader, host float32 flips, fp32)", base, 1.0, ""],
             [f"astrovader ({', '.join(tricks)})", opt_rate, opt_rate / base, f"{100 * data_share:.2f}%"]]
     table = markdown_table(["training loop", "images/s", "ratio", "data pipeline share"], rows)

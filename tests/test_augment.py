@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from astrovader.config import Config, ConfigError
-from astrovader.train import augment, random_affine, random_flips
+from astrovader.feeding import augment, random_affine, random_flips
 
 
 def _bar(n: int = 4, size: int = 32) -> torch.Tensor:

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from astrovader.config import Config
 from astrovader.data.dataset import write_dataset
-from astrovader.train import read_history, train
+from astrovader.runs import read_history
+from astrovader.train import train
 
 from .conftest import blob_images
 from .test_train import tiny_config

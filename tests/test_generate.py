@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from astrovader import AstroVaDEr, Config
-from astrovader import generate as gen
+from astrovader import AstroVaDEr, Config, explore, sampling
+from astrovader.analysis.explore_figures import generation_figures
 from astrovader.cli import main
 from astrovader.data.dataset import Dataset, DatasetError, write_dataset
 
@@ -65,7 +65,7 @@ def test_generate_cli_dataset_is_predictable_and_consistency_is_right(trained, t
     pred = pd.read_parquet(tmp_path / "p.parquet")
     drawn, assigned = cat["component"].to_numpy(), pred["cluster"].to_numpy()
     expected = {k: float((assigned[drawn == k] == k).mean()) for k in np.unique(drawn)}
-    table = gen.cluster_consistency(model, out)
+    table = sampling.cluster_consistency(model.net, out)
     assert dict(zip(table["component"], table["consistency"], strict=True)) == pytest.approx(expected)
     assert f"mean over components: {np.mean(list(expected.values())):.3f}" in printed
     rows = {int(m[1]): float(m[3]) for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)$", printed, re.M)}
@@ -75,19 +75,19 @@ def test_generate_cli_dataset_is_predictable_and_consistency_is_right(trained, t
 def test_consistency_from_assignments():
     drawn = np.array([0, 0, 0, 0, 2, 2, 2])
     assigned = np.array([0, 0, 1, 0, 2, 0, 1])
-    t = gen.consistency_from_assignments(drawn, assigned, 3)
+    t = sampling.consistency_from_assignments(drawn, assigned, 3)
     assert t["component"].tolist() == [0, 2]  # component 1 was never drawn: no row, not a 0
     assert t["n"].tolist() == [4, 3]
     np.testing.assert_allclose(t["consistency"], [0.75, 1 / 3])
-    assert "mean over components: 0.542" in gen.format_consistency(t)
+    assert "mean over components: 0.542" in sampling.format_consistency(t)
 
 
 def test_same_seed_same_images_and_other_seeds_differ(trained, tmp_path):
     _, _, model = trained
-    a = gen.generate_to_dataset(model, tmp_path / "a", 600, seed=5, batch_size=128, progress=False)
-    b = gen.generate_to_dataset(model, tmp_path / "b", 600, seed=5, batch_size=128, progress=False)
-    c = gen.generate_to_dataset(model, tmp_path / "c", 600, seed=6, batch_size=128, progress=False)
-    d = gen.generate_to_dataset(model, tmp_path / "d", 600, seed=5, batch_size=300, progress=False)
+    a = sampling.generate_to_dataset(model.net, tmp_path / "a", 600, seed=5, batch_size=128, progress=False)
+    b = sampling.generate_to_dataset(model.net, tmp_path / "b", 600, seed=5, batch_size=128, progress=False)
+    c = sampling.generate_to_dataset(model.net, tmp_path / "c", 600, seed=6, batch_size=128, progress=False)
+    d = sampling.generate_to_dataset(model.net, tmp_path / "d", 600, seed=5, batch_size=300, progress=False)
     ia, ca, _ = _read(a)
     ib, cb, _ = _read(b)
     np.testing.assert_array_equal(ia, ib)
@@ -102,12 +102,12 @@ def test_same_seed_same_images_and_other_seeds_differ(trained, tmp_path):
 def test_resume_after_interruption_gives_identical_bytes(trained, tmp_path):
     _, _, model = trained
     kw = dict(clusters=[0, 2], temperature=0.5, seed=3, batch_size=100, progress=False)
-    full = gen.generate_to_dataset(model, tmp_path / "full", 750, **kw)
-    part = gen.generate_to_dataset(model, tmp_path / "part", 750, **kw, stop_after_batches=3, commit_every=100)
+    full = sampling.generate_to_dataset(model.net, tmp_path / "full", 750, **kw)
+    part = sampling.generate_to_dataset(model.net, tmp_path / "part", 750, **kw, stop_after_batches=3, commit_every=100)
     ds = Dataset(part)
     assert len(ds) == 300 and not ds.complete
     with pytest.warns(UserWarning, match="original batch size"):  # a different batch size is overridden
-        gen.generate_to_dataset(model, part, 750, **{**kw, "batch_size": 64})
+        sampling.generate_to_dataset(model.net, part, 750, **{**kw, "batch_size": 64})
     i_full, c_full, _ = _read(full)
     i_part, c_part, ds = _read(part)
     assert ds.complete and len(ds) == 750
@@ -116,25 +116,25 @@ def test_resume_after_interruption_gives_identical_bytes(trained, tmp_path):
     assert c_full["component"].tolist() == [0, 2] * 375  # a cluster list is cycled
     # different settings are refused rather than mixed into the same dataset
     with pytest.raises(DatasetError, match="seed"):
-        gen.generate_to_dataset(model, part, 800, **{**kw, "seed": 4})
+        sampling.generate_to_dataset(model.net, part, 800, **{**kw, "seed": 4})
     # re-running a finished run is a no-op; a larger n extends it
-    gen.generate_to_dataset(model, part, 750, **kw)
+    sampling.generate_to_dataset(model.net, part, 750, **kw)
     assert len(Dataset(part)) == 750
 
 
 def test_uniform_weights_and_invalid_arguments(trained, tmp_path):
     _, _, model = trained
-    spec = gen.GenerationSpec(weights="uniform", seed=1)
-    comps, z = gen.sample_latents(gen._gmm_arrays(model), 0, 3000, spec)
+    spec = sampling.GenerationSpec(weights="uniform", seed=1)
+    comps, z = sampling.sample_latents(sampling._gmm_arrays(model.net), 0, 3000, spec)
     np.testing.assert_allclose(np.bincount(comps, minlength=3) / 3000, 1 / 3, atol=0.04)
     # a slice of the stream equals the same rows of a longer draw
-    c2, z2 = gen.sample_latents(gen._gmm_arrays(model), 700, 1300, spec)
+    c2, z2 = sampling.sample_latents(sampling._gmm_arrays(model.net), 700, 1300, spec)
     np.testing.assert_array_equal(c2, comps[700:1300])
     np.testing.assert_array_equal(z2, z[700:1300])
     with pytest.raises(ValueError, match="cluster must be in"):
-        gen.generate_to_dataset(model, tmp_path / "x", 10, clusters=[5], progress=False)
+        sampling.generate_to_dataset(model.net, tmp_path / "x", 10, clusters=[5], progress=False)
     with pytest.raises(ValueError, match="temperature"):
-        gen.generate_to_dataset(model, tmp_path / "x", 10, temperature=0, progress=False)
+        sampling.generate_to_dataset(model.net, tmp_path / "x", 10, temperature=0, progress=False)
 
 
 def test_png_and_fits_outputs(trained, tmp_path):
@@ -146,12 +146,13 @@ def test_png_and_fits_outputs(trained, tmp_path):
     assert im.shape == (4 * 17 - 1, 5 * 17 - 1)  # 4 rows x 5 columns of 16 px tiles with 1 px gaps
     assert main(["generate", str(tmp / "run"), str(tmp_path / "g.fits"), "--n", "50", "--seed", "2",
                  "--batch-size", "16", "--quiet"]) == 0
-    ref = gen.generate_to_dataset(model, tmp_path / "ref", 50, seed=2, batch_size=16, progress=False)
+    ref = sampling.generate_to_dataset(model.net, tmp_path / "ref", 50, seed=2, batch_size=16, progress=False)
     imgs, cat, _ = _read(ref)
     with fits.open(tmp_path / "g.fits") as hdul:
         cube = hdul[0].data
         assert cube.shape == (50, 16, 16) and cube.dtype.kind == "f"
-        np.testing.assert_allclose(cube, imgs[:, 0] / 255.0, atol=1e-6)
+        # FITS rows run bottom-up (as ds9 shows them); the dataset's run top-down
+        np.testing.assert_allclose(cube[:, ::-1], imgs[:, 0] / 255.0, atol=1e-6)
         table = hdul["CATALOG"].data
         np.testing.assert_array_equal(table["component"], cat["component"])
         np.testing.assert_allclose(table["z_3"], cat["z_3"])
@@ -167,7 +168,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
         import resource
         from astrovader import AstroVaDEr, Config
         from astrovader.data import dataset
-        from astrovader.generate import generate_to_dataset
+        from astrovader.sampling import generate_to_dataset
         cfg = Config.resolve("demo", overrides=["model.image_size=64", "model.encoder_filters=[4]",
             "model.encoder_kernels=[3]", "model.decoder_filters=[4]", "model.decoder_kernels=[3]",
             "model.latent_dim=4", "model.n_clusters=3", "train.device=cpu"])
@@ -177,7 +178,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
             commit(self)
             peaks.append((len(self), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         dataset.DatasetWriter.commit = recording_commit
-        generate_to_dataset(AstroVaDEr(cfg), {str(tmp_path / 'm')!r}, 18000, batch_size=500, commit_every=1000,
+        generate_to_dataset(AstroVaDEr(cfg).net, {str(tmp_path / 'm')!r}, 18000, batch_size=500, commit_every=1000,
                             progress=False)
         print(dict(peaks)[6000], dict(peaks)[18000])
     """)
@@ -196,7 +197,7 @@ def _brute_force(dist: np.ndarray, closed: bool) -> float:
     K = len(dist)
     perms = ([(0, *p) for p in itertools.permutations(range(1, K))] if closed
              else itertools.permutations(range(K)))
-    return min(gen.route_length(dist, p, closed) for p in perms)
+    return min(explore.route_length(dist, p, closed) for p in perms)
 
 
 @pytest.mark.parametrize("closed", [True, False])
@@ -205,22 +206,22 @@ def test_held_karp_is_optimal_against_brute_force(closed):
     for K in range(1, 8):
         for _ in range(3):
             pts = rng.normal(size=(K, 5))
-            route = gen.shortest_route(pts, closed=closed)
+            route = explore.shortest_route(pts, closed=closed)
             assert sorted(route) == list(range(K))
-            dist = gen._distances(pts)
-            assert gen.route_length(dist, route, closed) == pytest.approx(_brute_force(dist, closed))
+            dist = explore._distances(pts)
+            assert explore.route_length(dist, route, closed) == pytest.approx(_brute_force(dist, closed))
 
 
 def test_heuristic_route_above_twelve_points():
     rng = np.random.default_rng(1)
     pts = rng.uniform(size=(20, 2))
-    dist = gen._distances(pts)
-    route = gen.shortest_route(pts, closed=True)
+    dist = explore._distances(pts)
+    route = explore.shortest_route(pts, closed=True)
     assert sorted(route) == list(range(20))
     # 2-opt leaves no improving reversal, and beats the plain visiting order by a wide margin
-    assert gen.route_length(dist, gen._two_opt(dist, route, True), True) == pytest.approx(
-        gen.route_length(dist, route, True))
-    assert gen.route_length(dist, route, True) < 0.6 * gen.route_length(dist, list(range(20)), True)
+    assert explore.route_length(dist, explore._two_opt(dist, route, True), True) == pytest.approx(
+        explore.route_length(dist, route, True))
+    assert explore.route_length(dist, route, True) < 0.6 * explore.route_length(dist, list(range(20)), True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,9 +246,9 @@ def test_interpolate_and_traverse(trained):
 
 def test_deblend_picks_lowest_mse_member_of_next_component(trained):
     _, ds, model = trained
-    summary = gen.latent_summary(model, ds)
-    res = gen.deblend(model, summary, companion_component=None, steps=4, n_examples=2)
-    assigned = summary.assigned
+    summary = explore.latent_summary(model.net, ds)
+    res = explore.deblend(model.net, summary, ds, companion_component=None, steps=4, n_examples=2)
+    assigned = summary.labels
     means = [summary.recon_mse[assigned == k].mean() if (assigned == k).any() else -np.inf for k in range(3)]
     for r in res:
         assert r["component"] == int(np.argmax(means))
@@ -263,7 +264,7 @@ def test_deblend_picks_lowest_mse_member_of_next_component(trained):
         assert r["partner"] == members[np.argmin(mse)]
         assert r["strip"].shape == (5, 1, 16, 16)
     with pytest.raises(ValueError, match="companion component"):
-        gen.deblend(model, summary, companion_component=7)
+        explore.deblend(model.net, summary, ds, companion_component=7)
 
 
 def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
@@ -279,6 +280,6 @@ def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
         assert name + ".png" in printed
     gif = Image.open(out / "interpolation.gif")
     assert gif.n_frames == 3 * 4 + 1 - 1  # closed tour of 3 legs x 4 steps; the loop's end is the start
-    figs = gen.generation_figures(model, ds, tmp_path / "api", steps=3, n_per_cluster=2)
+    figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_cluster=2)
     assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png", "deblending.png"]
     assert all(isinstance(t, str) and t for t, _ in figs)

@@ -14,16 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from astrovader.config import Config
-from astrovader.train import (
-    CHECKPOINT,
-    TrainingDiverged,
-    fit_gmm_init,
-    learning_rate,
-    read_history,
-    reseed_empty_components,
-    schedule,
-    train,
-)
+from astrovader.gmm_init import fit_gmm_init, reseed_empty_components
+from astrovader.runs import CHECKPOINT, read_history
+from astrovader.train import TrainingDiverged, learning_rate, schedule, train
 
 
 def tiny_config(**over) -> Config:
@@ -165,7 +158,7 @@ def test_sigkill_and_resume_matches_uninterrupted(blob_dataset, tmp_path):
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_empty_component_is_reseeded_by_splitting_the_largest(monkeypatch, covariance):
-    import astrovader.train as tr
+    import astrovader.gmm_init as tr
     from astrovader.model import AstroVaDErNet
 
     # planted latent means: 4 tight blobs in 2 of 4 dimensions, 600 / 200 / 200 / 200 points

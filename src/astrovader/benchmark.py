@@ -36,7 +36,11 @@ import torch
 from astrovader.analysis.metrics import clustering_scores
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
+from astrovader.feeding import augment
+from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
+from astrovader.runtime import resolve_device, training_bf16, training_channels_last
+from astrovader.train import TrainingDiverged, learning_rate, train
 
 if TYPE_CHECKING:
     from astrovader.data.ingest import Crop
@@ -269,6 +273,16 @@ def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -
     return out
 
 
+def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20) -> np.ndarray:
+    """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    z = PCA(n_components=min(n_components, flat.shape[1], len(flat)), random_state=seed).fit_transform(flat)
+    return GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(z).predict(z)
+
+
 def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """Full-covariance GaussianMixture (k-means start) on a representation; returns hard labels."""
     from sklearn.mixture import GaussianMixture
@@ -278,11 +292,9 @@ def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
 
 
 def encode_all(net: AstroVaDErNet, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """Latent means, log-variances and GMM posteriors of all images (float32, no autocast: scores should not
-    depend on the CPU model)."""
-    from astrovader.predict import infer_images
-
-    return infer_images(net, images, next(net.parameters()).device, batch_size, bf16=False, reconstruct=False)
+    """Latent means, log-variances and GMM posteriors of all images, by the one inference path (float32 on CPUs,
+    so scores do not depend on the CPU model)."""
+    return infer(net, images, batch_size=batch_size, reconstruct=False).as_dict()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,8 +306,6 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
     Training stops after gamma-training (plus GMM init) and is resumed, which on CPU reproduces an
     uninterrupted run exactly; the extra score shows how much of the final accuracy the initialisation
     already had, the main question when tuning."""
-    from astrovader.train import TrainingDiverged, train
-
     if run_dir.exists():
         shutil.rmtree(run_dir)
     k = cfg.model.n_clusters
@@ -327,16 +337,15 @@ def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> Ast
     """The AstroVaDEr network trained without its mixture prior, with the same epochs, batch size, learning-
     rate schedule, augmentation and numerics as the s3VDC run: a plain autoencoder (loss = reconstruction, decoder
     fed mu) or a plain VAE (reconstruction + unit-Gaussian KL, beta = 1, decoder fed a sample)."""
-    from astrovader.train import _channels_last, _use_bf16, augment, learning_rate, resolve_device
 
     t = cfg.train
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
     net = AstroVaDErNet(cfg).to(device)
-    cl = _channels_last(cfg, device)
+    cl = training_channels_last(cfg, device)
     if cl:
         net = net.to(memory_format=torch.channels_last)
-    bf16 = _use_bf16(cfg, device)
+    bf16 = training_bf16(cfg, device)
     opt = torch.optim.Adam(net.network_parameters(), lr=t.lr)
     data = torch.from_numpy(images).to(device)
     g = torch.Generator(device=device).manual_seed(t.seed)

@@ -7,23 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
 
 from astrovader.analysis.metrics import clustering_scores
+from astrovader.benchmark import pca_gmm_baseline
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset
 from astrovader.estimator import AstroVaDEr
-from astrovader.train import CHECKPOINT, train
-
-
-def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20) -> np.ndarray:
-    """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture."""
-    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    z = PCA(n_components=min(n_components, flat.shape[1], len(flat)), random_state=seed).fit_transform(flat)
-    return GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(z).predict(z)
+from astrovader.runs import CHECKPOINT
+from astrovader.train import train
 
 
 def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, config: Config | None = None,

@@ -1,10 +1,9 @@
-"""Batched inference: latent means, log-variances, cluster probabilities and reconstruction errors for a
-whole dataset, streamed to a Parquet (or FITS) catalogue with bounded memory."""
+"""Prediction catalogues: latent means, log-variances, cluster probabilities and reconstruction errors for a
+whole dataset, streamed to a Parquet (or FITS) file with bounded memory, or to Parquet parts on Dask workers."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,71 +12,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
+from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
-
-
-def as_image_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Images as an (N, C, H, W) tensor, left as uint8 (0..255) or checked to be float in [0, 1].
-    (N, H, W) arrays get a channel axis."""
-    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
-    if t.ndim == 3:
-        t = t[:, None]
-    if t.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t
-    t = t.float()
-    if t.numel() and (t.min() < -1e-6 or t.max() > 1 + 1e-6):
-        raise ValueError("float images must be scaled to [0, 1] (or pass uint8 images)")
-    return t
-
-
-def as_float_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) images, (N, C, H, W) or (N, H, W), as a float32 tensor in [0, 1]."""
-    t = as_image_tensor(x)
-    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
-
-
-@torch.no_grad()
-def infer_batch(net: AstroVaDErNet, x: torch.Tensor, device: torch.device, bf16: bool = True,
-                reconstruct: bool = True) -> dict[str, torch.Tensor]:
-    """Everything the catalogue holds for one batch: uint8 images (moved as bytes and scaled on the device,
-    a quarter of the transfer) or float images already scaled to [0, 1]. ``reconstruct=False`` skips the
-    decoder (and ``recon_mse``) when only the embedding is wanted."""
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-        # bf16 only on CUDA here: catalogue values should not depend on the CPU model that made them.
-        mu, logvar = net.encode(x)
-        recon = net.decode(mu) if reconstruct else None
-    mu, logvar = mu.float(), logvar.float()
-    out = {"mu": mu, "logvar": logvar, "probs": net.gmm.posterior(mu)}
-    if recon is not None:
-        out["recon_mse"] = (recon.float() - x).pow(2).flatten(1).mean(1)
-    return out
-
-
-def infer_images(net: AstroVaDErNet, images: np.ndarray | torch.Tensor, device: torch.device,
-                 batch_size: int = 1024, bf16: bool = True, reconstruct: bool = True) -> dict[str, np.ndarray]:
-    """``infer_batch`` over an in-memory image array, concatenated as NumPy arrays. uint8 images stay uint8
-    until they reach the device."""
-    t = as_image_tensor(images)
-    net.eval()
-    outs = [{k: v.cpu().numpy() for k, v in infer_batch(net, t[s:s + batch_size], device, bf16, reconstruct).items()}
-            for s in range(0, len(t), batch_size)]
-    if not outs:
-        J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
-        empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K))}
-        return empty | ({"recon_mse": np.zeros(0)} if reconstruct else {})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-
-def _batches(ds: Dataset, batch_size: int, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
-    for s, block in ds.iter_chunks(rows=max(batch_size, 8192), start=start, stop=stop):
-        for b in range(0, len(block), batch_size):
-            yield s + b, block[b:b + batch_size]
+from astrovader.runs import load_network
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
@@ -97,15 +35,13 @@ def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
 
 
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
-                    device: torch.device | None = None, batch_size: int = 1024, start: int = 0,
+                    batch_size: int = 1024, start: int = 0,
                     stop: int | None = None, progress: bool = True) -> Path:
     """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
 
     Memory is bounded by one read block, whatever the dataset size. The file appears atomically."""
     ds = open_dataset(dataset)
     out = Path(out)
-    device = device or next(net.parameters()).device
-    net.eval()
     stop = len(ds) if stop is None else min(stop, len(ds))
     ids = ds.ids
     fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
@@ -116,14 +52,12 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
     parquet_path = out.with_name(f".{out.name}.tmp-{os.getpid()}.parquet")
     writer: pq.ParquetWriter | None = None
     try:
-        with tqdm(total=stop - start, desc="predicting", unit="img", disable=not progress) as bar:
-            for s, block in _batches(ds, batch_size, start, stop):
-                res = infer_batch(net, torch.from_numpy(block), device)
-                table = prediction_table(ids[s:s + len(block)], {k: v.cpu().numpy() for k, v in res.items()})
-                if writer is None:
-                    writer = pq.ParquetWriter(str(parquet_path), table.schema)
-                writer.write_table(table)
-                bar.update(len(block))
+        for rows, res in iter_inference(net, ds, start=start, stop=stop, batch_size=batch_size, progress=progress,
+                                        desc="predicting"):
+            table = prediction_table(ids[rows], res)
+            if writer is None:
+                writer = pq.ParquetWriter(str(parquet_path), table.schema)
+            writer.write_table(table)
         if writer is None:  # empty range: still write a valid, empty catalogue
             J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
             empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
@@ -159,9 +93,7 @@ def _worker_model(run_dir: str, device: str) -> AstroVaDErNet:
     """One model per worker process, loaded on first use and kept for every later chunk."""
     key = (run_dir, device)
     if key not in _WORKER_MODELS:
-        from astrovader.estimator import AstroVaDEr
-
-        _WORKER_MODELS[key] = AstroVaDEr.load(run_dir, device=device).net
+        _WORKER_MODELS[key] = load_network(run_dir, device)[1]
     return _WORKER_MODELS[key]
 
 
@@ -224,8 +156,6 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
             client.close()
             if cluster is not None:
                 cluster.close()
-    from astrovader.data.dataset import atomic_write_json
-
     atomic_write_json(out_dir / "_manifest.json", {"dataset": str(Path(ds.path).resolve()),
                                                    "run_dir": str(Path(run_dir).resolve()), "n": len(ds),
                                                    "chunk_rows": chunk_rows, "parts": len(parts)})

@@ -109,10 +109,10 @@ def plot_choose_k(result: ChooseKResult, out: str | Path, sweep: pd.DataFrame | 
     against the threshold, and the sweep's indices when given."""
     from matplotlib.ticker import MaxNLocator
 
-    from astrovader.analysis.figures import plt, save_figure
+    from astrovader.analysis.figures import save_figure, subplots
 
     n_panels = 2 + (0 if sweep is None or sweep.empty else 3)
-    fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
+    fig, axes = subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
     ax = axes[0, 0]
     dist = result.distribution()
     ks = np.arange(min(dist) - 1, max(dist) + 2)

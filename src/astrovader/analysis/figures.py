@@ -1,29 +1,30 @@
 """Figures for the report, each a function from arrays to a PNG file.
 
-Display conventions (chosen for astronomers reading cut-outs): grey colour map, ``origin="lower"``, nearest-
-neighbour pixels, and one linear stretch shared by an input and its reconstruction within a figure, so a
-fainter reconstruction *looks* fainter. Residuals (input - reconstruction) use a diverging map centred on
-zero with a symmetric range shared across the figure, so over- and under-prediction read as red and blue.
-Every function closes its figure: the report makes dozens and matplotlib would otherwise keep them all.
+Display conventions (chosen for astronomers reading cut-outs): grey colour map; row 0 of an image array at the
+top (``origin="upper"``, the package's orientation convention, so a cut-out is shown as the survey shows it and
+spiral arms wind the way they do on the sky); nearest-neighbour pixels; and one linear stretch shared by an input
+and its reconstruction within a figure, so a fainter reconstruction *looks* fainter. Residuals (input -
+reconstruction) use a diverging map centred on zero with a symmetric range shared across the figure, so over- and
+under-prediction read as red and blue. Figures are made without pyplot, so nothing here touches matplotlib's
+backend or keeps figures alive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-__all__ = ["plt", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
+__all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
            "plot_secondary", "plot_tsne", "plot_latent_histograms", "plot_label_counts", "plot_history",
            "cluster_colors"]
 
@@ -31,22 +32,29 @@ PHASE_COLORS = {"gamma": "#d9d9d9", "anneal": "#fde0c5", "static": "#c6dbef"}
 PHASE_NAMES = {"gamma": "gamma-training", "anneal": "annealing", "static": "static"}
 
 
-def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG and close it (the report makes many figures; open ones leak memory)."""
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = None,
+             **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, made without pyplot: no global figure registry to leak into and no backend to
+    choose, so importing or using this module never changes matplotlib's backend (notebooks keep theirs)."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig: Figure, out: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (the format follows the file name's suffix)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
     return out
 
 
 def cluster_colors(k: int) -> list:
     """Distinct colours for K components (tab10, then tab20, then a continuous map for larger K)."""
     if k <= 10:
-        return [plt.get_cmap("tab10")(i) for i in range(k)]
+        return [matplotlib.colormaps.get_cmap("tab10")(i) for i in range(k)]
     if k <= 20:
-        return [plt.get_cmap("tab20")(i) for i in range(k)]
-    return [plt.get_cmap("turbo")(i / max(k - 1, 1)) for i in range(k)]
+        return [matplotlib.colormaps.get_cmap("tab20")(i) for i in range(k)]
+    return [matplotlib.colormaps.get_cmap("turbo")(i / max(k - 1, 1)) for i in range(k)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,19 +69,19 @@ def display_range(images: np.ndarray, upper: float = 99.7) -> tuple[float, float
     return 0.0, hi if hi > 1e-6 else 1.0
 
 
-def _show(ax: plt.Axes, img: np.ndarray, vmin: float, vmax: float, cmap: str = "gray", norm=None) -> None:
+def _show(ax: Axes, img: np.ndarray, vmin: float, vmax: float, cmap: str = "gray", norm=None) -> None:
     """One (C, H, W) image: grey for one channel, RGB for three, the channel mean otherwise."""
     ax.set_xticks([])
     ax.set_yticks([])
     if img.shape[0] == 3 and norm is None:
         rgb = np.clip((img - vmin) / max(vmax - vmin, 1e-12), 0, 1).transpose(1, 2, 0)
-        ax.imshow(rgb, origin="lower", interpolation="nearest")
+        ax.imshow(rgb, origin="upper", interpolation="nearest")
         return
     plane = img[0] if img.shape[0] == 1 else img.mean(0)
     if norm is not None:
-        ax.imshow(plane, origin="lower", interpolation="nearest", cmap=cmap, norm=norm)
+        ax.imshow(plane, origin="upper", interpolation="nearest", cmap=cmap, norm=norm)
     else:
-        ax.imshow(plane, origin="lower", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.imshow(plane, origin="upper", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
 
 
 def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path, title: str,
@@ -85,7 +93,7 @@ def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path
     lim = float(np.percentile(np.abs(res), 99.7)) if res.size else 1.0
     lim = lim if lim > 1e-6 else 1e-3
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
-    fig, axes = plt.subplots(3, n, figsize=(1.25 * n + 1.2, 4.3), squeeze=False,
+    fig, axes = subplots(3, n, figsize=(1.25 * n + 1.2, 4.3), squeeze=False,
                              gridspec_kw={"wspace": 0.04, "hspace": 0.06})
     for i in range(n):
         _show(axes[0, i], inputs[i], vmin, vmax)
@@ -120,7 +128,7 @@ def _fmt(v) -> str:
 def plot_table(df: pd.DataFrame, out: str | Path, title: str) -> Path:
     """A DataFrame rendered as a PNG table (for slides and papers; the HTML report also has it as HTML)."""
     cells = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
-    fig, ax = plt.subplots(figsize=(max(1.05 * len(df.columns), 4), 0.32 * (len(df) + 2) + 0.4))
+    fig, ax = subplots(figsize=(max(1.05 * len(df.columns), 4), 0.32 * (len(df) + 2) + 0.4))
     ax.axis("off")
     tab = ax.table(cellText=cells, colLabels=[str(c) for c in df.columns], loc="center", cellLoc="right")
     tab.auto_set_font_size(False)
@@ -140,7 +148,7 @@ def plot_table(df: pd.DataFrame, out: str | Path, title: str) -> Path:
 def plot_overlap(matrix: np.ndarray, out: str | Path, counts: np.ndarray | None = None) -> Path:
     """Figure 5: row c is the mean probability vector of component c's members, with values written in."""
     k = len(matrix)
-    fig, ax = plt.subplots(figsize=(0.55 * k + 2.6, 0.5 * k + 1.8))
+    fig, ax = subplots(figsize=(0.55 * k + 2.6, 0.5 * k + 1.8))
     im = ax.imshow(np.nan_to_num(matrix, nan=0.0), cmap="viridis", vmin=0, vmax=1, origin="upper")
     for i in range(k):
         for j in range(k):
@@ -174,12 +182,12 @@ def _mosaic(images: np.ndarray, n_cols: int, vmin: float, vmax: float, gap: int 
     return out
 
 
-def _show_mosaic(ax: plt.Axes, mosaic: np.ndarray) -> None:
-    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+def _show_mosaic(ax: Axes, mosaic: np.ndarray) -> None:
+    cmap = matplotlib.colormaps.get_cmap("gray").with_extremes(bad="white")
     if mosaic.ndim == 3:
         mosaic = np.where(np.isnan(mosaic), 1.0, mosaic)
     ax.imshow(np.ma.masked_invalid(mosaic) if mosaic.ndim == 2 else mosaic, cmap=cmap, vmin=0, vmax=1,
-              origin="lower", interpolation="nearest")
+              origin="upper", interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ax.spines.values():
@@ -195,7 +203,7 @@ def plot_members(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], out
     present = [r[1] for r in rows if len(r[1])]
     vmin, vmax = display_range(np.concatenate(present) if present else np.zeros(0))
     n_rows = max(len(rows), 1)
-    fig, axes = plt.subplots(n_rows, 2, figsize=(1.6 * n_cols + 1.6, 0.95 * n_rows + 0.8), squeeze=False,
+    fig, axes = subplots(n_rows, 2, figsize=(1.6 * n_cols + 1.6, 0.95 * n_rows + 0.8), squeeze=False,
                              gridspec_kw={"wspace": 0.04, "hspace": 0.1})
     for r, (label, imgs, recs, probs) in enumerate(rows):
         _show_mosaic(axes[r, 0], _mosaic(imgs, n_cols, vmin, vmax))
@@ -204,7 +212,7 @@ def plot_members(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], out
         for j in range(min(len(imgs), n_cols)):
             if np.isfinite(probs[j]):
                 axes[r, 0].text(j * (w + 2) + 0.5, 0.5, f"{probs[j]:.2f}", fontsize=6, color="yellow",
-                                va="bottom", ha="left")
+                                va="top", ha="left")  # top-left corner of each stamp (row 0 is the top)
         axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
         if not len(imgs):
             axes[r, 0].text(0.02, 0.5, "no members", fontsize=8, transform=axes[r, 0].transAxes, va="center")
@@ -219,7 +227,7 @@ def plot_secondary(groups: list[tuple[str, np.ndarray]], out: str | Path, title:
     present = [g[1] for g in groups if len(g[1])]
     vmin, vmax = display_range(np.concatenate(present) if present else np.zeros(0))
     n_rows = max(len(groups), 1)
-    fig, axes = plt.subplots(n_rows, 1, figsize=(0.85 * n_cols + 1.6, 0.95 * n_rows + 0.7), squeeze=False,
+    fig, axes = subplots(n_rows, 1, figsize=(0.85 * n_cols + 1.6, 0.95 * n_rows + 0.7), squeeze=False,
                              gridspec_kw={"hspace": 0.1})
     for r, (label, imgs) in enumerate(groups):
         _show_mosaic(axes[r, 0], _mosaic(imgs, n_cols, vmin, vmax))
@@ -238,7 +246,7 @@ def plot_secondary(groups: list[tuple[str, np.ndarray]], out: str | Path, title:
 def plot_tsne(embedding: np.ndarray, labels: np.ndarray, k: int, out: str | Path, title: str) -> Path:
     """2-D t-SNE of latent means, one colour per most probable component."""
     colors = cluster_colors(k)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = subplots(figsize=(6.4, 5.6))
     for c in range(k):
         m = labels == c
         if m.any():
@@ -261,7 +269,7 @@ def plot_latent_histograms(latents: np.ndarray, labels: np.ndarray, k: int, out:
     n_cols = min(5, j)
     n_rows = int(np.ceil(j / n_cols))
     colors = cluster_colors(k)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.0 * n_rows + 0.6), squeeze=False)
+    fig, axes = subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.0 * n_rows + 0.6), squeeze=False)
     for d in range(n_rows * n_cols):
         ax = axes.flat[d]
         if d >= j:
@@ -300,10 +308,10 @@ def plot_label_counts(counts: pd.DataFrame, out: str | Path, title: str, normali
     if normalise:
         tot = data.sum(1, keepdims=True)
         data = np.divide(data, tot, out=np.zeros_like(data), where=tot > 0)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * k * max(m, 2) * 0.45 + 2.5), 3.8))
+    fig, ax = subplots(figsize=(max(5.0, 0.5 * k * max(m, 2) * 0.45 + 2.5), 3.8))
     width = 0.8 / max(m, 1)
     x = np.arange(k)
-    colors = plt.get_cmap("Set2")(np.arange(m) % 8)
+    colors = matplotlib.colormaps.get_cmap("Set2")(np.arange(m) % 8)
     for i, col in enumerate(counts.columns):
         ax.bar(x - 0.4 + width * (i + 0.5), data[:, i], width, color=colors[i], edgecolor="black", lw=0.4,
                label=str(col))
@@ -324,7 +332,7 @@ def plot_history(history: list[dict], out: str | Path) -> Path:
     epochs = df["epoch"].to_numpy(dtype=float) + 1 if len(df) else np.zeros(0)
     terms = [("total", "total loss"), ("recon", "reconstruction"), ("kl_unit", "unit-Gaussian KL"),
              ("kl_gmm", "GMM KL")]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharex=True)
+    fig, axes = subplots(2, 2, figsize=(10, 6.4), sharex=True)
     for ax, (key, name) in zip(axes.flat, terms, strict=True):
         seen_phases = set()
         if "phase" in df:

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
-import importlib.util
-import inspect
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis import figures as F
+from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.metrics import (
     GZ_DEFAULT_CUTS,
     calinski_harabasz,
@@ -40,6 +37,10 @@ from astrovader.analysis.metrics import (
     simplified_silhouette_samples,
 )
 from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.data.selection import select_rows
+from astrovader.inference import infer, reconstruct
+from astrovader.predict import prediction_table
+from astrovader.runs import CONFIG, HISTORY, load_network, read_history
 
 LABEL_COLUMNS = ("true_class", "gz1_label", "label")
 N_RANDOM_RECON = 10
@@ -49,58 +50,8 @@ TSNE_MAX = 3000
 
 
 # --------------------------------------------------------------------------------------------------
-# predictions, computed once
+# labels
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class Predictions:
-    """Everything the report needs per object, for rows ``rows`` of the dataset (in that order)."""
-
-    rows: np.ndarray
-    mu: np.ndarray
-    logvar: np.ndarray
-    probs: np.ndarray
-    recon_mse: np.ndarray
-    labels: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.labels = self.probs.argmax(1) if len(self.probs) else np.zeros(0, dtype=np.int64)
-
-
-def infer_rows(model: Any, ds: Dataset, rows: np.ndarray, batch_size: int = 2048,
-               progress: bool = False) -> Predictions:
-    """Run the encoder over dataset ``rows`` in chunks (bounded memory for any dataset size)."""
-    outs = []
-    it = range(0, len(rows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="inference", unit="batch", total=(len(rows) + batch_size - 1) // batch_size)
-    for s in it:
-        outs.append(model._infer(ds.take(rows[s:s + batch_size]), batch_size=min(batch_size, 1024)))
-    if not outs:
-        raise ValueError("no images selected: the dataset (or the chosen split) is empty")
-    cat = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-    return Predictions(rows, cat["mu"], cat["logvar"], cat["probs"], cat["recon_mse"])
-
-
-def select_rows(ds: Dataset, split: str | None, max_images: int | None, seed: int = 0) -> np.ndarray:
-    """Rows of the chosen split (all rows without one), randomly thinned to ``max_images``, kept in order."""
-    if split is not None:
-        if "split" not in ds.catalog.columns:
-            raise ValueError(f"{ds.path}: the catalogue has no 'split' column, so --split {split} cannot be used")
-        rows = ds.split_indices(split)
-        if len(rows) == 0:
-            values = sorted(ds.catalog["split"].astype(str).unique())
-            raise ValueError(f"{ds.path}: no rows with split == {split!r}; splits present: {', '.join(values)}")
-    else:
-        rows = np.arange(len(ds))
-    if max_images is not None and max_images < len(rows):
-        if max_images < 1:
-            raise ValueError("max_images must be >= 1")
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
-    return rows
-
-
 def detect_label_column(catalog: pd.DataFrame, label_column: str | None = None) -> str | None:
     """The class-label column: the one asked for (which must exist), else the first of LABEL_COLUMNS."""
     if label_column is not None:
@@ -217,17 +168,13 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     which secondary morphological labels are derived. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts."""
     import pyarrow.parquet as pq
 
-    from astrovader.estimator import AstroVaDEr
-    from astrovader.predict import prediction_table
-    from astrovader.train import read_history
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise ValueError(f"probability cuts must lie in [0, 1), got {cuts}")
-    model = AstroVaDEr.load(run_dir, device=device)
+    cfg, net = load_network(run_dir, device)
     ds = open_dataset(dataset)
-    K, J = model.config.model.n_clusters, model.config.model.latent_dim
+    K, J = cfg.model.n_clusters, cfg.model.latent_dim
     nm = tuple(sorted({int(c) for c in non_morphological}))
     if any(c < 0 or c >= K for c in nm):
         raise ValueError(f"--non-morphological components must be in 0..{K - 1}, got {list(nm)}")
@@ -239,11 +186,11 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
 
     rows = select_rows(ds, split, max_images, seed)
     _log(progress, f"inference on {len(rows):,} images")
-    pred = infer_rows(model, ds, rows, progress=progress)
+    if len(rows) == 0:
+        raise ValueError("no images selected: the dataset (or the chosen split) is empty")
+    pred = infer(net, ds, rows=rows, progress=progress)
     catalog = ds.catalog.iloc[rows].reset_index(drop=True)
-    pq.write_table(prediction_table(catalog["id"].to_numpy(), {
-        "mu": pred.mu, "logvar": pred.logvar, "probs": pred.probs, "recon_mse": pred.recon_mse}),
-        out_dir / "predictions.parquet")
+    pq.write_table(prediction_table(catalog["id"].to_numpy(), pred.as_dict()), out_dir / "predictions.parquet")
 
     def images(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float inputs and reconstructions of the objects at positions ``local`` of the prediction arrays."""
@@ -252,7 +199,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
             shape = (0, ds.channels, ds.image_size, ds.image_size)
             return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         raw = ds.take(pred.rows[local])
-        return raw.astype(np.float32) / 255.0, model.reconstruct(raw)
+        return raw.astype(np.float32) / 255.0, reconstruct(net, raw)
 
     page = _Page(out_dir)
     metrics: dict[str, Any] = {"run_dir": str(run_dir), "dataset": str(ds.path), "split": split or "all",
@@ -363,7 +310,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
                                 f"t-SNE of latent means ({len(sub):,} galaxies)"),
                     "t-SNE of the latent space", "Coloured by most probable component.")
     page.figure(F.plot_latent_histograms(pred.mu, pred.labels, K, figs / "latent_histograms.png",
-                                         model.net.gmm.means.detach().cpu().numpy()),
+                                         net.gmm.means.detach().cpu().numpy()),
                 "Latent histograms", "Grey: all galaxies; lines: members of each component.")
 
     # 6. labels ---------------------------------------------------------------------------------------------
@@ -411,7 +358,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
                         f"Galaxy Zoo: {fig_title}", "Counts per component.")
 
     # 7. training history -------------------------------------------------------------------------------------
-    if (run_dir / "history.csv").is_file():
+    if (run_dir / HISTORY).is_file():
         _log(progress, "training history")
         history = read_history(run_dir)
         page.section("history", "Training history (Figure 2)",
@@ -420,23 +367,18 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
             page.figure(F.plot_history(history, figs / "history.png"), "Loss terms per epoch")
 
     # 8. synthetic galaxies --------------------------------------------------------------------------------------
-    try:
-        # the generation module reuses our predictions when they cover the whole dataset in order
-        whole = len(rows) == len(ds)
-        gen_figs = _generation_figures(model, ds, out_dir / "generation",
-                                       out_dir / "predictions.parquet" if whole else None)
-    except Exception as exc:  # the generation module is optional; a failure there must not lose the report
-        _log(progress, f"synthetic galaxies skipped: {type(exc).__name__}: {exc}")
-        gen_figs = []
-    if gen_figs:
-        page.section("synthetic", "Synthetic galaxies")
-        for title, path in gen_figs:
-            page.figure(Path(path), title)
+    _log(progress, "synthetic galaxies and latent-space exploration")
+    whole = len(rows) == len(ds)  # our predictions can be reused when they cover the whole dataset in order
+    gen_figs = generation_figures(net, ds, out_dir / "generation",
+                                  predictions=out_dir / "predictions.parquet" if whole else None)
+    page.section("synthetic", "Synthetic galaxies")
+    for title, path in gen_figs:
+        page.figure(Path(path), title)
 
     # header: metrics and config ----------------------------------------------------------------------------------
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     page.section("config", "Run configuration")
-    cfg_path = run_dir / "config.toml"
+    cfg_path = run_dir / CONFIG
     page.raw(f"<pre>{html.escape(cfg_path.read_text() if cfg_path.is_file() else '(no config.toml)')}</pre>")
     mrows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt_metric(v)}</td></tr>" for k, v in metrics.items())
     header = (f'<p class="note">Run <code>{html.escape(str(run_dir))}</code> on dataset '
@@ -448,19 +390,3 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     out.write_text(page.render(f"AstroVaDEr report: {run_dir.name}", header), encoding="utf-8")
     _log(progress, f"wrote {out}")
     return out
-
-
-def _generation_figures(model: Any, ds: Dataset, out_dir: Path,
-                        predictions: Path | None = None) -> list[tuple[str, Path]]:
-    """Figures from ``astrovader.generate.generation_figures`` when that module exists (built separately)."""
-    if importlib.util.find_spec("astrovader.generate") is None:
-        return []
-    mod = importlib.import_module("astrovader.generate")
-    fn = getattr(mod, "generation_figures", None)
-    if fn is None:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {}
-    if predictions is not None and "predictions" in inspect.signature(fn).parameters:
-        kwargs["predictions"] = predictions
-    return [(str(t), Path(p)) for t, p in fn(model, ds, out_dir, **kwargs)]

@@ -68,18 +68,21 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
     import numpy as np
 
     from astrovader.analysis.choose_k import choose_k, plot_choose_k, sweep_k
-    from astrovader.analysis.report import infer_rows, select_rows
     from astrovader.data.dataset import open_dataset
-    from astrovader.estimator import AstroVaDEr
+    from astrovader.data.selection import select_rows
+    from astrovader.inference import infer
+    from astrovader.runs import load_network
 
     if args.repeats < 1 or args.batch < 2 or args.max_components < 1:
         raise CLIError("--repeats must be >= 1, --batch >= 2 and --max-components >= 1")
     if not 0 < args.threshold < 1:
         raise CLIError("--threshold must lie in (0, 1)")
-    model = AstroVaDEr.load(args.run_dir, device=args.device)
+    cfg, net = load_network(args.run_dir, args.device)
     ds = open_dataset(_dataset_arg(args.run_dir, args.dataset))
     rows = select_rows(ds, args.split, args.max_images, args.seed)
-    latents = infer_rows(model, ds, rows, progress=not args.quiet).mu
+    if len(rows) == 0:
+        raise CLIError("no images selected: the dataset (or the chosen split) is empty")
+    latents = infer(net, ds, rows=rows, reconstruct=False, progress=not args.quiet).mu
     res = choose_k(latents, max_components=args.max_components, repeats=args.repeats, batch=args.batch,
                    threshold=args.threshold, weight_concentration_prior=args.concentration, seed=args.seed,
                    covariance_type=args.covariance, progress=not args.quiet)
@@ -87,7 +90,7 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
           f"{min(args.batch, len(latents))} latent means:")
     for k, n in res.distribution().items():
         print(f"  K = {k:3d}: {n:3d} {'#' * n}")
-    print(f"consensus K = {res.consensus} (the model was trained with K = {model.config.model.n_clusters})")
+    print(f"consensus K = {res.consensus} (the model was trained with K = {cfg.model.n_clusters})")
     sweep = None
     if args.sweep:
         lo, hi = 2, max(args.max_components, 2)
@@ -106,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
                        "component overlap (Figure 5), members and secondary labels (Figures 6-8), t-SNE and "
                        "latent histograms, comparison with labels or Galaxy Zoo vote fractions (Figures 13-14), "
-                       "training history (Figure 2) and, when available, synthetic galaxies; written to "
+                       "training history (Figure 2) and synthetic galaxies; written to "
                        "OUT_DIR/report.html, a self-contained page that opens offline.")
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("dataset", help="dataset directory (the one trained on, or another with the same image size)")

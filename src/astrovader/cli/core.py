@@ -64,7 +64,8 @@ def _adopt_dataset_geometry(cfg, args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from astrovader.train import CONFIG, TrainingDiverged, train
+    from astrovader.runs import CONFIG
+    from astrovader.train import TrainingDiverged, train
 
     run_dir = Path(args.run_dir)
     if args.resume and (run_dir / CONFIG).exists() and not (args.config or args.preset):

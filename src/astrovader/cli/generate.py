@@ -19,8 +19,8 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from astrovader import generate as gen
-    from astrovader.estimator import AstroVaDEr
+    from astrovader import sampling
+    from astrovader.runs import load_network
 
     if args.n < 0:
         raise CLIError("--n must be >= 0")
@@ -28,45 +28,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size must be >= 1")
     if args.temperature <= 0:
         raise CLIError("--temperature must be > 0")
-    model = AstroVaDEr.load(args.run_dir, device=args.device)
-    K = model.config.model.n_clusters
+    cfg, net = load_network(args.run_dir, args.device)
+    K = cfg.model.n_clusters
     if args.cluster and any(not 0 <= c < K for c in args.cluster):
         raise CLIError(f"--cluster must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
     fmt = _format(args)
     kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
               batch_size=args.batch_size)
     if fmt == "png":
-        out = gen.generate_to_png(model, args.out, args.n, **kw)
+        out = sampling.generate_to_png(net, args.out, args.n, **kw)
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
         return 0
     if fmt == "fits":
-        out = gen.generate_to_fits(model, args.out, args.n, **kw, progress=not args.quiet)
+        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet)
         print(f"wrote {args.n} synthetic galaxies (float32 cube + CATALOG table) to {out}")
         return 0
-    out = gen.generate_to_dataset(model, args.out, args.n, **kw, progress=not args.quiet)
+    out = sampling.generate_to_dataset(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)
     from astrovader.data.dataset import Dataset
 
     n = len(Dataset(out))
-    J = model.config.model.latent_dim
+    J = cfg.model.latent_dim
     print(f"dataset {out} holds {n} synthetic galaxies (catalogue: id, component, z_0..z_{J - 1})")
     if not args.no_consistency and n:
-        table = gen.cluster_consistency(model, out, max_images=args.consistency_max, batch_size=args.batch_size,
+        table = sampling.cluster_consistency(net, out, max_images=args.consistency_max, batch_size=args.batch_size,
                                         progress=not args.quiet)
         used = int(table["n"].sum())
         print(f"cluster consistency (share of images assigned back to the component they were drawn from, "
               f"{used} images):")
-        print(gen.format_consistency(table))
+        print(sampling.format_consistency(table))
     return 0
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from astrovader.estimator import AstroVaDEr
-    from astrovader.generate import generation_figures
+    from astrovader.analysis.explore_figures import generation_figures
+    from astrovader.runs import load_network
 
     if args.steps < 2 or args.traverse_steps < 2:
         raise CLIError("--steps and --traverse-steps must be >= 2")
-    model = AstroVaDEr.load(args.run_dir, device=args.device)
-    figs = generation_figures(model, args.dataset, args.out_dir, predictions=args.predictions,
+    _, net = load_network(args.run_dir, args.device)
+    figs = generation_figures(net, args.dataset, args.out_dir, predictions=args.predictions,
                               n_per_cluster=args.n_per_cluster, steps=args.steps,
                               traverse_steps=args.traverse_steps, companion_component=args.companion,
                               closed=not args.open, temperature=args.temperature, seed=args.seed,

@@ -156,3 +156,21 @@ def apply_split(dataset: str | os.PathLike, *, fractions: tuple[float, float, fl
     order = {k: i for i, k in enumerate((*SPLITS, UNASSIGNED, EXCLUDED))}
     return dict(sorted(zip(values.tolist(), n.tolist(), strict=True), key=lambda kv: order.get(kv[0], 99)))
 
+
+
+def select_rows(ds: Dataset, split: str | None, max_images: int | None, seed: int = 0) -> np.ndarray:
+    """Rows of the chosen split (all rows without one), randomly thinned to ``max_images``, kept in order."""
+    if split is not None:
+        if "split" not in ds.catalog.columns:
+            raise ValueError(f"{ds.path}: the catalogue has no 'split' column, so --split {split} cannot be used")
+        rows = ds.split_indices(split)
+        if len(rows) == 0:
+            values = sorted(ds.catalog["split"].astype(str).unique())
+            raise ValueError(f"{ds.path}: no rows with split == {split!r}; splits present: {', '.join(values)}")
+    else:
+        rows = np.arange(len(ds))
+    if max_images is not None and max_images < len(rows):
+        if max_images < 1:
+            raise ValueError("max_images must be >= 1")
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
+    return rows

@@ -1,0 +1,161 @@
+"""Feeding training: which rows train and validate, uint8 batches on the device, and augmentation.
+
+Every random draw is made for the whole global batch and sliced per rank (``shard=(rank, world)``), so a
+data-parallel run sees exactly the batches, flips and shifts a single process would.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from astrovader.config import TrainConfig
+from astrovader.data.dataset import Dataset
+
+
+def to_float(x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    x = x_uint8.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Independent random horizontal and vertical flips per image, done on x's device in two ops.
+
+    ``x`` is this rank's slice of a global batch (``shard=(rank, world)``): the flip decisions are drawn for
+    the whole global batch and sliced, so they do not depend on how many ranks share it."""
+    n_global = x.shape[0] * shard[1]
+    h = shard_slice(torch.rand(n_global, device=x.device, generator=generator) < 0.5, shard)
+    v = shard_slice(torch.rand(n_global, device=x.device, generator=generator) < 0.5, shard)
+    x = torch.where(h[:, None, None, None], x.flip(-1), x)
+    return torch.where(v[:, None, None, None], x.flip(-2), x)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, max_rotate_deg: float, max_shift_px: float,
+                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Rotate each image by a uniform angle in +-max_rotate_deg and shift it by up to +-max_shift_px pixels
+    per axis, all images at once on x's device (one affine_grid + grid_sample). Pixels brought in from
+    outside the stamp repeat its border (sky for galaxies, background for digits), so no artificial black
+    edges appear. The draws are made for the global batch and sliced per rank, like ``random_flips``."""
+    n_global = x.shape[0] * shard[1]
+    u = shard_slice(torch.rand(n_global, 3, device=x.device, generator=generator), shard) * 2 - 1
+    angle = u[:, 0] * math.radians(max_rotate_deg)
+    shift = u[:, 1:] * (2 * max_shift_px / x.shape[-1])  # grid coordinates span 2 over the image width
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, t: TrainConfig,
+            shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """The training-time augmentation the config asks for: random flips, then a random rotation and shift."""
+    if t.flips:
+        x = random_flips(x, generator, shard)
+    if t.augment_rotate > 0 or t.augment_shift > 0:
+        x = random_affine(x, generator, t.augment_rotate, t.augment_shift, shard)
+    return x
+
+
+class BatchFeeder:
+    """Serves uint8 image batches on the training device without per-image Python work.
+
+    Small datasets (under ``max_resident_gb``) are copied to the device once and indexed there. Larger
+    ones are streamed: blocks of consecutive rows, in a random order, are read by a background thread,
+    pinned, moved to the device in one transfer and shuffled there.
+    """
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, device: torch.device, max_resident_gb: float,
+                 block_rows: int = 16384):
+        self.dataset, self.device = dataset, device
+        self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+        self.n = len(self.indices)
+        per_image = dataset.channels * dataset.image_size**2
+        self.resident = self.n * per_image <= max_resident_gb * 1e9
+        self.block_rows = block_rows
+        self.data: torch.Tensor | None = None
+        if self.resident:
+            self.data = torch.from_numpy(self._read(self.indices)).to(device)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx):  # contiguous: one slice
+            return self.dataset.read(int(idx[0]), int(idx[-1]) + 1)
+        return self.dataset.take(idx)
+
+    def batches(self, batch_size: int, generator: torch.Generator, shuffle: bool = True,
+                drop_last: bool = True, shard: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        """Global batches in a random order drawn from ``generator``. With ``shard=(rank, world)`` each
+        rank receives its contiguous slice of every global batch; all ranks must pass generators in the
+        same state, so that together they see exactly the batches a single process would."""
+        if self.resident:
+            assert self.data is not None
+            for pos in positions(self.n, batch_size, generator, shard, shuffle, drop_last):
+                yield self.data[pos]
+            return
+        for batch in self._streamed(batch_size, generator, shuffle, drop_last):
+            yield batch[shard_slice(torch.arange(len(batch), device=batch.device), shard)]
+
+    def _streamed(self, batch_size: int, generator: torch.Generator, shuffle: bool,
+                  drop_last: bool) -> Iterator[torch.Tensor]:
+        blocks = [self.indices[s:s + self.block_rows] for s in range(0, self.n, self.block_rows)]
+        order = (torch.randperm(len(blocks), generator=torch.Generator().manual_seed(
+            int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())))
+            .tolist() if shuffle else list(range(len(blocks))))
+        q: queue.Queue = queue.Queue(maxsize=2)
+
+        def reader() -> None:
+            for b in order:
+                arr = torch.from_numpy(self._read(blocks[b]))
+                q.put(arr.pin_memory() if self.device.type == "cuda" else arr)
+            q.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        carry: torch.Tensor | None = None
+        while (block := q.get()) is not None:
+            block = block.to(self.device, non_blocking=True)
+            if shuffle:
+                block = block[torch.randperm(len(block), device=self.device, generator=generator)]
+            if carry is not None:
+                block = torch.cat([carry, block])
+            full = len(block) - len(block) % batch_size
+            for s in range(0, full, batch_size):
+                yield block[s:s + batch_size]
+            carry = block[full:] if full < len(block) else None
+        if carry is not None and len(carry) and not (drop_last and self.n >= batch_size):
+            yield carry
+
+
+def positions(n: int, batch_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1),
+               shuffle: bool = True, drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Global batches of positions in range(n) (shuffled by ``generator``), this rank's slice of each."""
+    order = (torch.randperm(n, device=generator.device, generator=generator) if shuffle
+             else torch.arange(n, device=generator.device))
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for s in range(0, stop, batch_size):
+        yield shard_slice(order[s:s + batch_size], shard)
+
+
+def shard_slice(positions: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    rank, world = shard
+    if world == 1:
+        return positions
+    per = -(-len(positions) // world)
+    return positions[rank * per:(rank + 1) * per]
+
+
+def split_indices(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows: the dataset's ``split`` column if present, else a seeded fraction."""
+    if "split" in ds.catalog.columns:
+        train = ds.split_indices("train")
+        if len(train) == 0:
+            raise ValueError(f"{ds.path}: the catalogue's 'split' column has no 'train' rows")
+        return train, ds.split_indices("validation")
+    n = len(ds)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = int(round(n * cfg.validation_fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -1,0 +1,120 @@
+"""The run directory: its file names, and reading and writing weights, checkpoints, history and config.
+
+A run directory holds ``config.toml``, ``model.safetensors`` (network + mixture prior),
+``checkpoint.safetensors`` (weights, optimiser state, epoch and history; written atomically after every epoch),
+``history.csv`` and, for runs with an alignment phase, ``init_clusters.safetensors``. Weights are safetensors,
+never pickles.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from astrovader.config import Config
+from astrovader.data.dataset import atomic_write_bytes
+from astrovader.model import AstroVaDErNet
+from astrovader.runtime import resolve_device
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.toml"
+HISTORY = "history.csv"
+INIT_CLUSTERS = "init_clusters.safetensors"  # the initial clustering's labels, for a resumed alignment phase
+HISTORY_FIELDS = ("epoch", "phase", "beta", "kl_weight", "lr", "train_total", "train_recon", "train_kl_unit",
+                  "train_kl_gmm", "val_total", "val_recon", "val_kl_unit", "val_kl_gmm", "seconds",
+                  "reseeded")  # "d<c ...": component d re-seeded by splitting c at the end of that epoch
+DATASET_NOTE = "dataset.txt"  # the absolute path of the dataset the run was trained on
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(net: AstroVaDErNet, path: Path, metadata: dict[str, str] | None = None) -> None:
+    atomic_save_safetensors(net.state_dict(), path, {"format": "astrovader-weights", **(metadata or {})})
+
+
+def load_weights(net: AstroVaDErNet, path: Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config's architecture "
+                         f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+
+
+def save_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimizer, epoch: int,
+                     history: list[dict[str, Any]]) -> None:
+    tensors = {f"model/{k}": v for k, v in net.state_dict().items()}
+    opt_state = opt.state_dict()
+    for pid, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"optim/{pid}/{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    meta = {"format": "astrovader-checkpoint", "epoch": str(epoch),
+            "param_groups": json.dumps(opt_state["param_groups"]), "history": json.dumps(history)}
+    atomic_save_safetensors(tensors, run_dir / CHECKPOINT, meta)
+    save_weights(net, run_dir / WEIGHTS, {"epoch": str(epoch)})
+    write_history(run_dir / HISTORY, history)
+
+
+def load_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimizer,
+                     device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    from safetensors import safe_open
+
+    path = run_dir / CHECKPOINT
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta.get("format") != "astrovader-checkpoint":
+        raise ValueError(f"{path}: not an astrovader checkpoint")
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, pid, name = k.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v.to(device) if name != "step" else v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    with open(Path(run_dir) / HISTORY, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("phase", "reseeded") and v not in ("", None):
+                r[k] = int(v) if k == "epoch" else float(v)
+    return rows
+
+
+def load_network(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Config, AstroVaDErNet]:
+    """The config and trained network of a run directory, in eval mode on ``device`` (default "auto": a GPU when
+    there is one)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
+    cfg = Config.from_toml(run_dir / CONFIG)
+    dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
+    net = AstroVaDErNet(cfg)
+    load_weights(net, run_dir / WEIGHTS)
+    return cfg, net.to(dev).eval()

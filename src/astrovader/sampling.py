@@ -1,0 +1,377 @@
+"""Synthetic galaxies: the one sampler and its writers (dataset, PNG grid, FITS cube) and the cluster-consistency
+check of what it made (paper section 5.3).
+
+Images are made as in the paper: choose a component c (fixed, cycled through a list, or drawn from the mixture
+weights or uniformly), draw z ~ N(mu_c, T * var_c) and decode. The authors' script used half the fitted variance;
+``temperature`` (default 1, the fitted prior) exposes that choice.
+
+Reproducibility and resumption rest on one rule: the random numbers of image ``i`` come only from
+``(seed, i // RNG_BLOCK)``. The images therefore do not depend on the batch size, on where an interrupted run
+stopped, or on how many images were asked for, so re-running a killed ``generate`` continues from the committed
+count and yields exactly the bytes an uninterrupted run would have written. :func:`sample`,
+``AstroVaDEr.sample``, ``astrovader generate`` and the gallery all draw from this one stream.
+
+Arrays follow the package's orientation convention: row 0 is the top of the image. The FITS cube is written
+with FITS's own convention (row 0 at the bottom), so ds9 shows it the right way up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
+from astrovader.inference import FastDecoder, iter_inference
+from astrovader.model import AstroVaDErNet
+
+RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
+COMPONENT_DRAWS = ("mixture", "uniform")  # how a component is chosen when none is given
+DEFAULT_BATCH = 1024
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything that decides which images a generation run makes (besides the model weights).
+
+    Stored in the output dataset's ``dataset.json`` so a re-run can tell whether it is continuing the same
+    run (resume) or would silently mix two different ones (refused)."""
+
+    clusters: tuple[int, ...] | None = None
+    weights: str = "mixture"
+    temperature: float = 1.0
+    seed: int = 0
+
+    def validate(self, n_clusters: int) -> None:
+        if self.weights not in COMPONENT_DRAWS:
+            raise ValueError(f"weights must be one of {', '.join(COMPONENT_DRAWS)}, got {self.weights!r}")
+        if not (self.temperature > 0 and np.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.clusters is not None:
+            if len(self.clusters) == 0:
+                raise ValueError("clusters must name at least one component")
+            bad = [c for c in self.clusters if not 0 <= c < n_clusters]
+            if bad:
+                raise ValueError(f"cluster must be in 0..{n_clusters - 1}, got {bad}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clusters": None if self.clusters is None else list(self.clusters), "weights": self.weights,
+                "temperature": float(self.temperature), "seed": int(self.seed)}
+
+
+def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float, seed: int) -> GenerationSpec:
+    cl = None if clusters is None else tuple(int(c) for c in np.atleast_1d(np.asarray(clusters)))
+    return GenerationSpec(cl, weights, float(temperature), int(seed))
+
+
+def _gmm_arrays(net: AstroVaDErNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mixture weights, means and variances (K, J) -- or Cholesky factors (K, J, J) for a full-covariance
+    prior -- as float64 NumPy arrays (sampled on the host so that the latent vectors are identical on every
+    device and platform)."""
+    g = net.gmm
+    with torch.no_grad():
+        spread = g.variances if g.covariance == "diag" else g.scale_tril
+        return (g.weights.detach().double().cpu().numpy(), g.means.detach().double().cpu().numpy(),
+                spread.detach().double().cpu().numpy())
+
+
+def sample_latents(gmm: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, stop: int,
+                   spec: GenerationSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Components and latent vectors of images ``start:stop`` of the stream defined by ``spec``.
+
+    Block b = i // RNG_BLOCK draws RNG_BLOCK uniforms (component choice) and RNG_BLOCK x J normals from
+    ``default_rng([seed, b])``; a slice of the stream is the same whichever calls produce it."""
+    weights, means, variances = gmm
+    K, J = means.shape
+    if stop <= start:
+        return np.zeros(0, np.int16), np.zeros((0, J), np.float32)
+    b0, b1 = start // RNG_BLOCK, (stop - 1) // RNG_BLOCK
+    u = np.empty((b1 - b0 + 1) * RNG_BLOCK)
+    eps = np.empty((b1 - b0 + 1) * RNG_BLOCK * J).reshape(-1, J)
+    for k, b in enumerate(range(b0, b1 + 1)):
+        rng = np.random.default_rng([spec.seed, b])
+        u[k * RNG_BLOCK:(k + 1) * RNG_BLOCK] = rng.random(RNG_BLOCK)
+        eps[k * RNG_BLOCK:(k + 1) * RNG_BLOCK] = rng.standard_normal((RNG_BLOCK, J))
+    lo = start - b0 * RNG_BLOCK
+    u, eps = u[lo:lo + stop - start], eps[lo:lo + stop - start]
+    if spec.clusters is not None:  # cycled by global index: balanced counts, independent of batching
+        comps = np.asarray(spec.clusters, np.int64)[np.arange(start, stop) % len(spec.clusters)]
+    elif spec.weights == "uniform":
+        comps = np.minimum((u * K).astype(np.int64), K - 1)
+    else:
+        cdf = np.cumsum(weights)
+        comps = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), K - 1)
+    if variances.ndim == 2:
+        z = means[comps] + np.sqrt(spec.temperature * variances[comps]) * eps
+    else:  # full covariance: z = mu_c + sqrt(T) L_c eps
+        z = means[comps] + np.sqrt(spec.temperature) * np.einsum("nij,nj->ni", variances[comps], eps)
+    return comps.astype(np.int16), z.astype(np.float32)
+
+
+def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: int = 0,
+                   batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(first_index, uint8 images, components, z)`` for images ``start:n`` in batches, so that any
+    number of images can be made with memory bounded by one batch.
+
+    Batches lie on the fixed grid ``[k * batch_size, (k + 1) * batch_size)``; a ``start`` inside a batch
+    decodes the whole grid batch and drops the head. Every image is thus decoded in the same forward pass
+    (same inputs, same batch shape) however the run was interrupted, so the bytes match exactly: math
+    libraries pick kernels by batch shape, and a different shape may move a pixel by one grey level."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec.validate(net.cfg.model.n_clusters)
+    gmm = _gmm_arrays(net)
+    decode = FastDecoder(net)
+    for s0 in range(start - start % batch_size, n, batch_size):
+        comps, z = sample_latents(gmm, s0, min(s0 + batch_size, n), spec)
+        imgs = decode(z)
+        skip = max(start - s0, 0)
+        yield s0 + skip, imgs[skip:], comps[skip:], z[skip:]
+
+
+def sample(net: AstroVaDErNet, n: int, spec: GenerationSpec,
+           batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images ``0:n`` of the stream ``spec`` as one array: uint8 images (n, C, H, W), components (n,) and latent
+    vectors (n, J). Exactly what ``astrovader generate`` writes for the same settings."""
+    parts = list(iter_generated(net, n, spec, batch_size=batch_size))
+    m = net.cfg.model
+    if not parts:
+        return (np.zeros((0, m.channels, m.image_size, m.image_size), np.uint8), np.zeros(0, np.int16),
+                np.zeros((0, m.latent_dim), np.float32))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))  # type: ignore[return-value]
+
+
+def gallery(net: AstroVaDErNet, n_per_cluster: int = 8, clusters: Sequence[int] | None = None,
+            temperature: float = 1.0, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """``n_per_cluster`` samples of every component (or of ``clusters``): float images in [0, 1] of shape
+    (K, n, C, H, W), and the component list. The images are those of ``astrovader generate --cluster 0 1 ...
+    --n K*n --seed seed`` (components cycled), so the gallery shows what the generator writes."""
+    K = net.cfg.model.n_clusters
+    clusters = list(range(K)) if clusters is None else [int(c) for c in clusters]
+    imgs, _, _ = sample(net, n_per_cluster * len(clusters), _spec(clusters, "mixture", temperature, seed))
+    grid = imgs.reshape(n_per_cluster, len(clusters), *imgs.shape[1:]).swapaxes(0, 1)
+    return grid.astype(np.float32) / np.float32(255), clusters
+
+
+def _catalog_rows(first: int, comps: np.ndarray, z: np.ndarray) -> pd.DataFrame:
+    cols: dict[str, np.ndarray] = {"id": np.arange(first, first + len(comps), dtype=np.int64),
+                                   "component": comps.astype(np.int16)}
+    for j in range(z.shape[1]):
+        cols[f"z_{j}"] = z[:, j].astype(np.float32)
+    return pd.DataFrame(cols)
+
+
+def model_fingerprint(net: AstroVaDErNet) -> str:
+    """A short hash of the decoder and prior weights: resuming with a different model is refused."""
+    h = hashlib.sha256()
+    for name, t in sorted({**net.decoder.state_dict(prefix="decoder."),
+                           **net.gmm.state_dict(prefix="gmm.")}.items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+                        weights: str = "mixture", temperature: float = 1.0, seed: int = 0,
+                        batch_size: int = DEFAULT_BATCH, *, progress: bool = True,
+                        stop_after_batches: int | None = None, commit_every: int | None = None,
+                        run_dir: str | Path | None = None) -> Path:
+    """Stream ``n`` synthetic galaxies into a packed dataset at ``out``; returns ``out``.
+
+    The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the
+    latent vector decoded). Images are committed every ``commit_every`` images (default: about 64 MB of
+    pixels, at least one batch), so memory stays bounded for any ``n``. If ``out`` already holds a dataset
+    made by this function with the same model and settings, generation continues from its committed count
+    (a larger ``n`` extends it) with the run's original batch size, so the bytes equal an uninterrupted run's;
+    different settings are refused rather than mixed. ``stop_after_batches`` stops early, leaving the
+    dataset marked incomplete (for tests of resumption)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    m = net.cfg.model
+    device = next(net.parameters()).device
+    spec = _spec(clusters, weights, temperature, seed)
+    spec.validate(m.n_clusters)
+    out = Path(out)
+    gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
+                "device": device.type, "run_dir": str(run_dir) if run_dir else None}
+    done = 0
+    if is_dataset(out):
+        existing = Dataset(out)
+        prev = existing.meta.get("generated")
+        if prev is None:
+            raise DatasetError(f"{out}: a dataset not written by `astrovader generate`; choose a new output")
+        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "model") if prev.get(k) != gen_meta[k]]
+        if diffs:
+            detail = ", ".join(f"{k}: {prev.get(k)!r} there, {gen_meta[k]!r} now" for k in diffs)
+            raise DatasetError(f"{out}: holds a generation run with different settings ({detail}); "
+                               "re-run with the same settings to resume, or choose a new output")
+        done = len(existing)
+        if done >= n:
+            if not existing.complete:  # killed between the last commit and closing
+                DatasetWriter(out, m.image_size, m.channels, append=True).close()
+            return out
+        if prev.get("device") != device.type:
+            warnings.warn(f"{out}: begun on {prev.get('device')}, continued on {device.type}; pixels may "
+                          "differ by a grey level from an uninterrupted run (different arithmetic)", stacklevel=2)
+        first = int(prev.get("batch_size", batch_size))
+        if first != batch_size:
+            warnings.warn(f"{out}: resuming with the run's original batch size {first}, not {batch_size}, so "
+                          "the images are byte-identical to an uninterrupted run", stacklevel=2)
+            batch_size = gen_meta["batch_size"] = first
+    per_image = m.channels * m.image_size ** 2
+    commit_every = commit_every or max(batch_size, (64 << 20) // per_image)
+    writer = DatasetWriter(out, m.image_size, m.channels, append=is_dataset(out),
+                           meta={"source": "astrovader generate", "generated": gen_meta}, commit_every=commit_every)
+    stopped = False
+    try:
+        with tqdm(total=n, initial=done, desc="generating", unit="img", disable=not progress) as bar:
+            batches = iter_generated(net, n, spec, start=done, batch_size=batch_size)
+            for b, (s, imgs, comps, z) in enumerate(batches):
+                if stop_after_batches is not None and b >= stop_after_batches:
+                    stopped = True
+                    break
+                writer.add(imgs, _catalog_rows(s, comps, z))
+                bar.update(len(imgs))
+    except BaseException:
+        writer.commit()  # keep every whole batch made so far (Ctrl-C included); the dataset stays incomplete
+        raise
+    writer.close(complete=not stopped)
+    return out
+
+
+def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+                    weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                    *, ncols: int | None = None, max_images: int = 4096) -> Path:
+    """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look.
+    Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge PNG."""
+    if not 1 <= n <= max_images:
+        raise ValueError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
+    spec = _spec(clusters, weights, temperature, seed)
+    imgs = sample(net, n, spec, batch_size)[0]
+    return save_png_grid(imgs, out, ncols=ncols)
+
+
+def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                     *, progress: bool = True) -> Path:
+    """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
+    then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
+    every format holds the same images; rows are stored bottom first, as FITS viewers expect.
+    Written to a temporary name and renamed, so never half-written."""
+    from astropy.io import fits
+
+    if n < 1:
+        raise ValueError(f"a FITS cube needs at least one image, got n={n}")
+    m = net.cfg.model
+    spec = _spec(clusters, weights, temperature, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shape = (n, m.image_size, m.image_size) if m.channels == 1 else (n, m.channels, m.image_size, m.image_size)
+    header = fits.Header()
+    header["SIMPLE"] = True
+    header["BITPIX"] = -32
+    header["NAXIS"] = len(shape)
+    for i, size in enumerate(reversed(shape)):
+        header[f"NAXIS{i + 1}"] = size
+    header["EXTEND"] = True
+    header["ORIGIN"] = "astrovader generate"
+    for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("WEIGHTS", spec.weights),
+                     ("CLUSTERS", json.dumps(spec.as_dict()["clusters"]))):
+        header[key] = val
+    cat: list[pd.DataFrame] = []
+    try:
+        stream = fits.StreamingHDU(str(tmp), header)
+        with tqdm(total=n, desc="generating", unit="img", disable=not progress) as bar:
+            for s, imgs, comps, z in iter_generated(net, n, spec, batch_size=batch_size):
+                # FITS row 0 is the bottom of the image, ours the top: flip so ds9 shows it the right way up.
+                arr = imgs[..., ::-1, :].astype(">f4") / np.float32(255)
+                stream.write(arr.astype(">f4").reshape(len(imgs), *shape[1:]))
+                cat.append(_catalog_rows(s, comps, z))
+                bar.update(len(imgs))
+        stream.close()
+        frame = pd.concat(cat, ignore_index=True) if cat else _catalog_rows(0, np.zeros(0, np.int16),
+                                                                            np.zeros((0, m.latent_dim)))
+        table = fits.BinTableHDU.from_columns(
+            [fits.Column(name=c, format={"int64": "K", "int16": "I"}.get(str(frame[c].dtype), "E"),
+                         array=frame[c].to_numpy()) for c in frame.columns], name="CATALOG")
+        fits.append(str(tmp), table.data, table.header)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def consistency_from_assignments(drawn: np.ndarray, assigned: np.ndarray, n_clusters: int) -> pd.DataFrame:
+    """Per component drawn from: how many images, and the share the model assigns back to that component.
+
+    This is the generative counterpart of cluster purity: a component whose samples decode to images the
+    encoder places elsewhere does not describe a coherent population."""
+    drawn, assigned = np.asarray(drawn), np.asarray(assigned)
+    rows = []
+    for k in range(n_clusters):
+        sel = drawn == k
+        if sel.any():
+            rows.append({"component": k, "n": int(sel.sum()), "consistency": float((assigned[sel] == k).mean())})
+    return pd.DataFrame(rows, columns=["component", "n", "consistency"])
+
+
+@torch.no_grad()
+def cluster_consistency(net: AstroVaDErNet, dataset: str | Path | Dataset, *, max_images: int | None = 100_000,
+                        batch_size: int = DEFAULT_BATCH, progress: bool = False) -> pd.DataFrame:
+    """Predict the generated images of ``dataset`` with ``net`` (exactly as ``astrovader predict`` would)
+    and compare with the ``component`` column. Uses the first ``max_images`` (draws are independent, so a
+    prefix is an unbiased sample and a 10-million-image run need not be re-read)."""
+    ds = open_dataset(dataset)
+    if "component" not in ds.catalog.columns:
+        raise DatasetError(f"{ds.path}: no 'component' column; not a dataset from `astrovader generate`")
+    stop = len(ds) if max_images is None else min(len(ds), max_images)
+    assigned = np.empty(stop, np.int64)
+    for rows, res in iter_inference(net, ds, stop=stop, batch_size=batch_size, reconstruct=False,
+                                    progress=progress, desc="consistency"):
+        assigned[rows] = res["probs"].argmax(1)
+    return consistency_from_assignments(ds.catalog["component"].to_numpy()[:stop], assigned,
+                                        net.cfg.model.n_clusters)
+
+
+def format_consistency(table: pd.DataFrame) -> str:
+    """Human-readable consistency table plus the unweighted mean over components (each component counts
+    once, so a rare but incoherent component is not hidden by a common coherent one)."""
+    lines = ["component        n   assigned back"]
+    for r in table.itertuples():
+        lines.append(f"{r.component:>9} {r.n:>8}   {r.consistency:>8.3f}")
+    if len(table):
+        overall = float((table["consistency"] * table["n"]).sum() / table["n"].sum())
+        lines.append(f"mean over components: {table['consistency'].mean():.3f}   (over images: {overall:.3f})")
+    return "\n".join(lines)
+
+
+def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 1) -> Path:
+    """Tile uint8 (N, C, H, W) images into one PNG with ``gap`` white pixels between tiles (Pillow, so no
+    resampling: the pixels are the data)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    ncols = ncols or max(1, int(np.ceil(np.sqrt(n))))
+    nrows = max(1, -(-n // ncols))
+    canvas = np.full((nrows * (h + gap) - gap, ncols * (w + gap) - gap, 3 if c == 3 else 1), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncols)
+        tile = images[i].transpose(1, 2, 0) if c in (1, 3) else images[i].mean(0, keepdims=True).transpose(1, 2, 0)
+        canvas[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = tile
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas if c == 3 else canvas[..., 0]).save(out)
+    return out
