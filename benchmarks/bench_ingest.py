@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from astrovader.data.ingest import find_images, ingest_folder
+from astrovader.data.ingest import ingest_folder
+from astrovader.data.sources import find_images
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz1-sdss"
 

@@ -16,7 +16,6 @@ from astrovader.benchmark import (
     apply_overrides,
     format_summary,
     gz1_config,
-    mnist_config,
     scale_epochs,
     score,
     summarise,
@@ -38,7 +37,7 @@ def _one_thread():
 
 
 def test_mnist_config_is_the_documented_architecture():
-    cfg = mnist_config()
+    cfg = Config.preset("mnist")
     m = cfg.model
     assert (m.image_size, m.latent_dim, m.n_clusters, len(m.encoder_filters)) == (28, 10, 10, 2)
     assert cfg.loss.reconstruction == "bce" and cfg.train.flips is False
@@ -56,20 +55,20 @@ def test_gz1_config_is_the_measured_default():
 
 
 def test_scale_epochs_keeps_every_phase():
-    cfg = scale_epochs(mnist_config(), 0.01)
+    cfg = scale_epochs(Config.preset("mnist"), 0.01)
     t = cfg.train
     assert t.gamma_epochs == 1 and t.align_epochs == 1 and t.anneal_epochs == 1 and t.static_epochs == 1
     assert t.epochs == 1 + 1 + t.periods * 2
-    assert scale_epochs(mnist_config(), 1.0).train.epochs == mnist_config().train.epochs
+    assert scale_epochs(Config.preset("mnist"), 1.0).train.epochs == Config.preset("mnist").train.epochs
     with pytest.raises(ValueError):
-        scale_epochs(mnist_config(), 0)
+        scale_epochs(Config.preset("mnist"), 0)
 
 
 def test_overrides_apply_and_reject_bad_keys():
-    cfg = apply_overrides(mnist_config(), ["loss.gamma=0.01", "model.latent_dim=12"])
+    cfg = apply_overrides(Config.preset("mnist"), ["loss.gamma=0.01", "model.latent_dim=12"])
     assert cfg.loss.gamma == 0.01 and cfg.model.latent_dim == 12
     with pytest.raises(ConfigError, match="unknown config key"):
-        apply_overrides(mnist_config(), ["loss.nope=1"])
+        apply_overrides(Config.preset("mnist"), ["loss.nope=1"])
 
 
 def test_score_flags_empty_components_and_nan():

@@ -107,7 +107,7 @@ def test_galaxy10_reader_and_ingest(tmp_path: Path):
     ds = Dataset(tmp_path / "ds")
     assert len(ds) == 50 and ds.catalog["galaxy10_class"].tolist() == (np.arange(50) % 10).tolist()
     # no crop for galaxy10 by default: the image is the band mean resized
-    from astrovader.data.ingest import Crop, preprocess
+    from astrovader.data.stamps import Crop, preprocess
 
     assert np.array_equal(ds.read(7, 8)[0], preprocess(imgs[7], Crop(fraction=1.0), 32, False))
 

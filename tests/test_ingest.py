@@ -13,15 +13,9 @@ from PIL import Image
 
 from astrovader.cli import main as cli_main
 from astrovader.data.dataset import Dataset
-from astrovader.data.ingest import (
-    REPORT_NAME,
-    Crop,
-    ImageReadError,
-    decode_image,
-    ingest_folder,
-    parse_crop,
-    preprocess,
-)
+from astrovader.data.decode import ImageReadError, decode_image
+from astrovader.data.ingest import REPORT_NAME, ingest_folder
+from astrovader.data.stamps import Crop, parse_crop, preprocess
 
 
 def _gz1_subset(shared_data: Path, dest: Path, n: int) -> tuple[Path, pd.DataFrame]:

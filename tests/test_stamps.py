@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from astrovader.data.dataset import Dataset
-from astrovader.data.ingest import ImageReadError, ingest_folder, parse_crop, preprocess
-from astrovader.data.stamps import NoGalaxyError, galaxy_stamp, measure_galaxy
+from astrovader.data.decode import ImageReadError
+from astrovader.data.ingest import ingest_folder
+from astrovader.data.stamps import NoGalaxyError, galaxy_stamp, measure_galaxy, parse_crop, preprocess
 
 
 def _galaxy(n: int = 121, x0: float = 60.3, y0: float = 58.7, sigma: float = 8.0, q: float = 0.5,

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from astrovader.analysis.metrics import clustering_scores
-from astrovader.config import Config
+from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
 from astrovader.feeding import augment
 from astrovader.inference import infer
@@ -43,13 +43,12 @@ from astrovader.runtime import resolve_device, training_bf16, training_channels_
 from astrovader.train import TrainingDiverged, learning_rate, train
 
 if TYPE_CHECKING:
-    from astrovader.data.ingest import Crop
+    from astrovader.data.stamps import Crop
 
 BENCHMARKS = ("mnist", "gz1", "simulated")
 BASELINES = ("kmeans", "pca_gmm", "ae_gmm", "vae_gmm")
 METRICS = ("accuracy", "nmi", "ari", "purity")
 VADE_MNIST_ACCURACY = 0.9446  # Jiang et al. 2017, Table 2 (VaDE on MNIST, all 70,000 digits)
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository
 GZ1_CLASSES = {0: 0, 1: 1, 2: 1, 3: 2}  # gz1_class -> elliptical, spiral (cw + acw), edge-on; 4, 5 dropped
 GZ1_CLASS_NAMES = ("elliptical", "spiral", "edge_on")
 KNN_NEIGHBOURS = 5
@@ -58,68 +57,14 @@ KNN_NEIGHBOURS = 5
 # --------------------------------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------------------------------
-def mnist_config() -> Config:
-    """s3VDC-style settings for 28 px MNIST digits: 2 conv blocks (28 -> 14 -> 7), J = 10, K = 10, BCE
-    (digits are nearly binary), no flips (a flipped 2 or 7 is not a digit), no L2, and every test digit
-    in the GMM initialisation. gamma = 1 makes gamma-training a plain VAE: on 2,000 digits its GMM initialisation
-    and final accuracy beat the s3VDC default 5e-4 (0.554 vs 0.483, two seeds).
-
-    The final accuracy is set almost entirely by the clustering the prior starts from, so the prior is
-    initialised on a UMAP graph of the latent means (k-means + GMM on the means: ~0.73; UMAP: ~0.91) and
-    the alignment phase fits encoder and prior to those clusters before the VaDE phases. VaDE's own epochs
-    slowly trade accuracy for likelihood (seed 1: 0.916 after alignment, 0.901 after 5 + 5 epochs, 0.908 after
-    2 + 2), so they are kept short. Evidence: benchmarks/RESULTS.md."""
-    return Config.from_dict({
-        "model": {"image_size": 28, "encoder_filters": [32, 64], "encoder_kernels": [3, 3],
-                  "decoder_filters": [64, 32], "decoder_kernels": [3, 3], "latent_dim": 10, "n_clusters": 10},
-        "loss": {"reconstruction": "bce", "l2": 0.0, "gamma": 1.0},
-        "train": {"batch_size": 128, "gamma_epochs": 30, "gmm_init_batches": 100, "gmm_init_embedding": "umap",
-                  "gmm_init_neighbours": 30, "align_epochs": 10, "align_ce_weight": 100.0, "anneal_epochs": 3,
-                  "static_epochs": 2, "periods": 1, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
-                  "flips": False, "validation_fraction": 0.0},
-    })
-
-
-# Measured with `astrovader benchmark gz1 --seeds 3` (benchmarks/RESULTS.md, "GZ1: J = 10, and gamma-training
-# per K"). With the paper's J = 20, K = 3 split the galaxies by central concentration and found the edge-on
-# cluster in 1 of 3 seeds (NMI 0.092); J = 10 finds it in 3 of 3 (0.165 / purity 0.762; k-means 0.157 / 0.730).
-# At K = 12, J = 10 needs gamma-training as a plain VAE (gamma = 1; s3VDC's gamma lost NMI): 0.134 / 0.775 against
-# J = 20's 0.131 / 0.774, a gain within seed noise, with a diagonal prior. gamma = 1 at K = 3 loses the edge-on
-# cluster again.
-# K = 12 also needs full component covariances ("GZ1 at K = 12: full covariances"): the elongated, edge-on
-# galaxies lie along correlated latent directions that diagonal Gaussians cut across (our reading). In the 3-seed
-# benchmark it gives NMI 0.151 / purity 0.784 against the diagonal prior's 0.134 / 0.775 (k-means: 0.133 / 0.778).
-GZ1_LATENT_DIM = 10
-# What differs between the two tasks; any other K keeps the defaults (s3VDC's gamma 5e-4, VaDE's diagonal prior).
-GZ1_PER_K = {12: {"loss.gamma": 1.0, "model.covariance": "full"},
-             3: {"loss.gamma": 5e-4, "model.covariance": "diag"}}
-
-
 def gz1_config(n_clusters: int) -> Config:
-    """64 px grey SDSS galaxies: the demo preset's filters (16, 32, 16), J = ``GZ1_LATENT_DIM`` latents, and the
-    gamma-training weight and prior covariance of ``GZ1_PER_K`` for this K (all measured, see above), MSE loss and
-    random flips (morphology does not depend on orientation), on a CPU-sized schedule. (Filters (32, 64, 16) ran at
-    ~29 s per epoch on 2 cores, 4 networks per seed: too slow for a 3-seed run on a laptop.)"""
-    cfg = Config.from_dict({
-        "model": {"image_size": 64, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
-                  "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3],
-                  "latent_dim": GZ1_LATENT_DIM, "n_clusters": n_clusters},
-        "loss": {"l2": 1e-4},
-        "train": {"batch_size": 128, "gamma_epochs": 20, "gmm_init_batches": 100, "anneal_epochs": 5,
-                  "static_epochs": 5, "periods": 2, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
-                  "validation_fraction": 0.0},
-    })
-    for key, value in GZ1_PER_K.get(n_clusters, {}).items():
-        cfg.set(key, value)
+    """The measured real-galaxy preset for a GZ1 task: ``sdss64-k12`` at K = 12, else ``sdss64-k3`` with K set
+    (s3VDC's gamma and VaDE's diagonal prior)."""
+    if n_clusters == 12:
+        return Config.preset("sdss64-k12")
+    cfg = Config.preset("sdss64-k3")
+    cfg.model.n_clusters = n_clusters
     cfg.validate()
-    return cfg
-
-
-def simulated_config() -> Config:
-    """The demo preset (32 px, K = 3 for the three simulated classes), trained on every image."""
-    cfg = Config.preset("demo")
-    cfg.train.validation_fraction = 0.0
-    cfg.train.gmm_init_batches = 100
     return cfg
 
 
@@ -176,28 +121,20 @@ def mnist_tasks(data: Path, n: int | None, cache: Path) -> list[Task]:
 
     images, labels = load_mnist(data, "t10k")
     images, labels = _subset(images, labels, n)
-    return [Task("mnist", images, labels, mnist_config(), reference={"VaDE (published)": VADE_MNIST_ACCURACY})]
+    return [Task("mnist", images, labels, Config.preset("mnist"), reference={"VaDE (published)": VADE_MNIST_ACCURACY})]
 
 
-# How the 423 px fixed-scale GZ1 cut-outs become 64 px stamps. The galaxies differ in apparent size and
-# position angle, so each stamp is framed on its own galaxy: 3 x its measured R90 on a side (the paper's
-# cut-outs span 3.84 x petroR90) and turned so the major axis is horizontal (astrovader.data.stamps).
-# Evidence (benchmarks/RESULTS.md, 3 seeds): against a centre crop of 0.4 every method's K = 12 NMI rose
-# (astrovader 0.072 -> 0.109, k-means 0.065 -> 0.108, PCA + GMM 0.076 -> 0.134, AE + GMM 0.072 -> 0.107).
-# Each stamp is then scaled to the same mean grey level (flux_norm), so surface brightness no longer takes a
-# latent direction. 3 seeds (RESULTS.md): K = 12 NMI astrovader 0.109 -> 0.131, k-means 0.108 -> 0.133; K = 3
-# k-means finds an edge-on cluster (purity 0.730), astrovader (then at J = 20) in 1 of 3 seeds; J = 10
-# (GZ1_LATENT_DIM above) finds it in all 3.
-GZ1_CROP = "3xR90"
-GZ1_DEROTATE = True
-GZ1_FLUX_NORM = True
+# How the 423 px fixed-scale GZ1 cut-outs become 64 px stamps: the sdss64 presets' recipe (astrovader.config).
+GZ1_CROP = SDSS64_STAMPS["crop"]
+GZ1_DEROTATE = SDSS64_STAMPS["derotate"]
+GZ1_FLUX_NORM = SDSS64_STAMPS["flux_norm"]
 
 
 def gz1_stamps(crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTATE,
                flux_norm: bool = GZ1_FLUX_NORM) -> Crop:
     """The gz1 stamp recipe (``crop``, ``derotate`` and ``flux_norm`` as for ``astrovader ingest``) as one
     :class:`Crop`; a bad ``crop`` raises ValueError."""
-    from astrovader.data.ingest import FLUX_LEVEL, parse_crop
+    from astrovader.data.stamps import FLUX_LEVEL, parse_crop
 
     return parse_crop(crop, derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
 
@@ -247,7 +184,7 @@ def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
             simulate(out, n, size=32, seed=0, companion_fraction=cf, workers=1, progress=False)
         ds = Dataset(out)
         tasks.append(Task(f"simulated-cf{cf:g}", ds.load(), ds.catalog["true_class"].to_numpy(np.int64),
-                          simulated_config(), knn=True, dataset=out))
+                          Config.preset("simulated"), knn=True, dataset=out))
     return tasks
 
 
@@ -454,10 +391,17 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def resolve_data(name: str, data: str | Path | None) -> Path:
-    if data is not None:
-        return Path(data)
-    return SHARED_DATA / {"mnist": "mnist", "gz1": "gz1-sdss", "simulated": ""}[name]
+DATA_FOLDERS = {"mnist": "mnist", "gz1": "gz1-sdss"}  # the folder each real-data task expects (its README)
+
+
+def resolve_data(name: str, data: str | Path | None) -> Path | None:
+    """The data folder of a real-data task; the package ships no data, so ``data`` must be given."""
+    if name not in DATA_FOLDERS:
+        return None
+    if data is None:
+        raise ValueError(f"benchmark {name} needs --data DIR: a {DATA_FOLDERS[name]} folder (see "
+                         f"benchmarks/README or the data README)")
+    return Path(data)
 
 
 def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None, seeds: int = 5,

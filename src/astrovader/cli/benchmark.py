@@ -40,10 +40,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if unknown:
         raise CLIError(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}, all or none")
     if args.name != "simulated":
+        if args.data is None:
+            raise CLIError(f"{args.name} needs --data DIR (e.g. --data ../shared/data/"
+                           f"{'gz1-sdss' if args.name == 'gz1' else 'mnist'})")
         source = resolve_data(args.name, args.data)
-        if not source.is_dir():
-            hint = "" if args.data else " (the default location; pass --data DIR)"
-            raise CLIError(f"{args.name}: data directory {source} does not exist{hint}")
+        if source is None or not source.is_dir():
+            raise CLIError(f"{args.name}: data directory {args.data} does not exist")
     crop = GZ1_CROP if args.crop is None else args.crop
     derotate = GZ1_DEROTATE if args.derotate is None else args.derotate
     flux_norm = GZ1_FLUX_NORM if args.flux_norm is None else args.flux_norm
@@ -81,8 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Re-running with the same settings skips finished seeds.")
     p.add_argument("name", choices=("mnist", "gz1", "simulated"), help="which benchmark")
     p.add_argument("--data", metavar="DIR", default=None,
-                   help="mnist: folder with t10k IDX files; gz1: folder with labels.csv and images/ "
-                   "(default: ../shared/data/mnist or ../shared/data/gz1-sdss beside the repository)")
+                   help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
+                   "(required for both; not needed for simulated)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
     p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: benchmark-NAME)")
     p.add_argument("--epochs-scale", type=float, default=1.0, metavar="F",

@@ -9,8 +9,9 @@ from astrovader.cli import CLIError
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
-    p.add_argument("--preset", default=default_preset,
-                   help=f"named configuration: paper or demo (default: {default_preset or 'paper defaults'})")
+    p.add_argument("--preset", default=default_preset, metavar="NAME",
+                   help="named configuration, e.g. paper, demo, sdss64-k12, sdss64-k3, mnist (`astrovader presets` "
+                   f"lists them; default: {default_preset or 'the paper defaults'})")
     p.add_argument("--config", metavar="FILE", help="TOML config file applied on top of the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set train.seed=3 --set model.n_clusters=8 (repeatable)")
@@ -20,6 +21,15 @@ def _resolve_config(args: argparse.Namespace):
     from astrovader.config import Config
 
     return Config.resolve(args.preset, args.config, args.overrides)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from astrovader.config import PRESETS
+
+    width = max(len(name) for name in PRESETS) + 2
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}{preset.description}")
+    return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -158,6 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-rows", type=int, default=8192, help="images per Dask part (default 8192)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("presets", help="list the named configurations, one a line",
+                       description="Every preset usable with --preset (train, summary, ingest's stamp recipe), "
+                       "one a line: its name, then what it is and where its settings were measured.")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("summary", help="architecture table and parameter counts for a config")
     _add_config_args(p, "paper")

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from astrovader.cli import CLIError
 
-_PRESETS = {"sdss": {"crop": "192/256", "size": 128, "colour": False}}
-
 
 def _bounded(name: str, kind: type, minimum: float, what: str):
     """An argparse type: ``kind`` (int or float) not below ``minimum``, with an error naming the option."""
@@ -35,7 +33,9 @@ def _non_negative_float(name: str):
 
 # ------------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from astrovader.data.ingest import FLUX_LEVEL, SOURCES, ingest_folder
+    from astrovader.data.ingest import ingest_folder
+    from astrovader.data.sources import SOURCES
+    from astrovader.data.stamps import DEFAULT_SIZE, FLUX_LEVEL
 
     if args.source not in SOURCES:
         raise CLIError(f"--source must be one of {', '.join(SOURCES)}, got {args.source!r}")
@@ -46,26 +46,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                        "(gz2_filename_mapping.csv)")
     if args.crop is not None and args.crop_px is not None:
         raise CLIError("give either --crop (fraction) or --crop-px (pixels), not both")
-    crop = args.crop
-    size = args.size
-    colour = args.colour
-    if args.preset:
-        p = _PRESETS[args.preset]
-        crop = crop if crop is not None or args.crop_px is not None else p["crop"]
-        size = size or p["size"]
-    if crop is None and args.crop_px is None:
-        crop = "192/256" if args.source in ("folder",) else None
-        crop_px = 192 if args.source in ("kaggle", "gz2") else None  # 424 px frames at 0.02 petroR90 per px
-        if args.source == "galaxy10":
-            crop = "1"  # Galaxy10 images are already tight cut-outs
-    else:
-        crop_px = args.crop_px
+    crop, crop_px, size, colour = args.crop, args.crop_px, args.size, args.colour
+    derotate, flux_norm = args.derotate, args.flux_norm
+    if args.preset:  # the preset's stamp recipe, under any option given explicitly
+        from astrovader.config import ConfigError, get_preset
+
+        try:
+            stamps = get_preset(args.preset).stamps
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
+        if stamps is None:
+            raise CLIError(f"preset {args.preset!r} has no stamp recipe (it is not for survey images); "
+                           "see `astrovader presets`")
+        if crop is None and crop_px is None:
+            crop = stamps["crop"]
+        size = size or stamps["size"]
+        colour = colour or stamps["colour"]
+        derotate = derotate or stamps["derotate"]
+        flux_norm = flux_norm or stamps["flux_norm"]
     report = ingest_folder(args.src, args.out, labels=args.labels, id_column=args.id_column, crop=crop,
-                           crop_px=crop_px, size=size or 128, colour=colour,
+                           crop_px=crop_px, size=size or DEFAULT_SIZE, colour=colour,
                            workers=args.workers, append=args.append, progress=not args.quiet,
                            labels_only=args.labels_only, source=args.source, catalog=args.catalog,
                            mapping=args.mapping, log=lambda m: print(m, file=sys.stderr),
-                           derotate=args.derotate, flux_level=FLUX_LEVEL if args.flux_norm else None)
+                           derotate=derotate, flux_level=FLUX_LEVEL if flux_norm else None)
     print(report.summary())
     for issue in report.failures[:20]:
         print(f"  failed: {issue.file}: {issue.reason}")
@@ -126,8 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip images that have no labels row (default: ingest them with empty labels)")
     p.add_argument("--catalog", metavar="FILE", help="--source gz2: the gz2_hart16 catalogue (CSV or FITS)")
     p.add_argument("--mapping", metavar="CSV", help="--source gz2: gz2_filename_mapping.csv (objid, asset_id)")
-    p.add_argument("--preset", choices=tuple(_PRESETS), help="sdss: crop 192/256, grey, 128 px (the defaults "
-                   "for a plain folder)")
+    p.add_argument("--preset", metavar="NAME", help="use a preset's stamp recipe (crop, size, colour, derotate, "
+                   "flux-norm), e.g. sdss64-k12 or paper; options given explicitly win (`astrovader presets`)")
     p.add_argument("--crop", metavar="FRACTION", help="centre crop as a fraction of the shorter side, e.g. 0.75 or "
                    "192/256 (default: 192/256 for folders, 1 for galaxy10); or NxR90, e.g. 3xR90: a frame N times "
                    "each image's central galaxy's measured 90%%-light radius on a side, centred on it (for "

@@ -17,6 +17,10 @@ FWHM 1.2-1.6"), on a sky of 90-160 counts/px with Poisson noise, at SDSS's 0.396
 of stamps also hold a companion (half a small galaxy, half a foreground star) 45-80% of the way from the
 centre to the stamp edge (positions in pixels from the centre in the catalogue).
 
+Orientation: as everywhere in astrovader, row 0 of a stored stamp is its top. Catalogue offsets and companion
+positions are in pixels from the centre with x to the right and y **up** (towards row 0), and position angles are
+measured anticlockwise from the x axis, so they read as drawn in every figure.
+
 Stamp size: the pixel scale is always 0.396"/px, and galaxy sizes scale with ``size / 32`` (fluxes with its
 square, keeping surface brightness), so a galaxy fills a stamp of any size alike, as the paper's cut-outs
 scaled to 0.02 x petroR90 per pixel do. At 32 px the field is 12.7" across.
@@ -153,7 +157,8 @@ def _draw_one(task: _Task) -> tuple[np.ndarray, dict[str, Any]]:
     galsim.Convolve(scene, psf).drawImage(image=image)
     image += sky
     image.addNoise(galsim.PoissonNoise(rng=gs_rng))
-    return _stretch(image.array - sky), row
+    # GalSim's row 0 is the bottom of the image (y up); ours is the top: flip, so y and angles read as on the sky.
+    return _stretch(image.array[::-1] - sky), row
 
 
 def _draw_chunk(tasks: list[_Task]) -> list[tuple[np.ndarray, dict[str, Any]]]:
