@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from astrovader.benchmark import (
-    BASELINES,
-    METRICS,
-    apply_overrides,
-    format_summary,
-    gz1_config,
-    scale_epochs,
-    score,
-    summarise,
-    train_autoencoder,
-)
+from astrovader.baselines import BASELINES, METRICS, score, train_autoencoder
+from astrovader.benchmark import apply_overrides, format_summary, gz1_config, scale_epochs, summarise
 from astrovader.cli import main
 from astrovader.config import Config, ConfigError
 from astrovader.data.dataset import Dataset
@@ -107,7 +98,7 @@ def test_plain_autoencoder_and_vae_train_the_same_network():
 
 def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
     """The K = 12 and K = 3 gz1 tasks share one trained AE (and VAE) per seed instead of training it twice."""
-    import astrovader.benchmark as bm
+    import astrovader.baselines as bm
 
     from .conftest import blob_images
 

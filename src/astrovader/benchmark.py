@@ -1,15 +1,8 @@
 """End-to-end clustering benchmarks with baselines: can the clustering be trusted?
 
 ``run_benchmark("mnist" | "gz1" | "simulated", ...)`` trains AstroVaDEr over several seeds on images with
-known classes and scores every run the same way (Hungarian accuracy, NMI, ARI, purity), next to baselines
-trained on the very same images in the same run:
-
-* ``kmeans``: k-means on raw pixels (what any clustering must beat);
-* ``pca_gmm``: PCA(20) + GaussianMixture (the classical two-step pipeline);
-* ``ae_gmm``: the same convolutional network trained as a plain autoencoder (reconstruction only, decoder
-  fed the latent mean) for the same number of epochs, then a GaussianMixture on its latent means: the
-  two-step deep pipeline that VaDE's joint training has to beat to justify itself;
-* ``vae_gmm``: the same network as a plain VAE (reconstruction + unit-Gaussian KL, beta = 1) + GaussianMixture.
+known classes and scores every run the same way (Hungarian accuracy, NMI, ARI, purity), next to the baselines of
+:mod:`astrovader.baselines` trained on the very same images in the same run.
 
 A mean score alone hides the failures people actually hit, so every run also records the spread over seeds,
 the worst seed, whether anything went NaN, and how many mixture components ended up with no members.
@@ -25,7 +18,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,25 +25,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from astrovader.analysis.metrics import clustering_scores
+from astrovader.baselines import BASELINES, METRICS, Task, encode_all, knn_accuracy, run_baseline, score
 from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
-from astrovader.feeding import augment
-from astrovader.inference import infer
-from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
-from astrovader.runtime import resolve_device, training_bf16, training_channels_last
-from astrovader.train import TrainingDiverged, learning_rate, train
+from astrovader.train import TrainingDiverged, train
 
 if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
 
 BENCHMARKS = ("mnist", "gz1", "simulated")
-BASELINES = ("kmeans", "pca_gmm", "ae_gmm", "vae_gmm")
-METRICS = ("accuracy", "nmi", "ari", "purity")
 VADE_MNIST_ACCURACY = 0.9446  # Jiang et al. 2017, Table 2 (VaDE on MNIST, all 70,000 digits)
 GZ1_CLASSES = {0: 0, 1: 1, 2: 1, 3: 2}  # gz1_class -> elliptical, spiral (cw + acw), edge-on; 4, 5 dropped
 GZ1_CLASS_NAMES = ("elliptical", "spiral", "edge_on")
-KNN_NEIGHBOURS = 5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,20 +79,6 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
 # --------------------------------------------------------------------------------------------------
 # tasks: images with true classes
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class Task:
-    """One set of labelled images and the AstroVaDEr config to cluster them with."""
-
-    name: str  # e.g. "mnist", "gz1-k12", "simulated-cf0.2"
-    images: np.ndarray  # uint8 (N, C, H, W)
-    labels: np.ndarray  # int (N,)
-    config: Config
-    knn: bool = False  # also report 5-fold kNN accuracy of the representation
-    reference: dict[str, float] = field(default_factory=dict)  # published numbers shown beside ours
-    dataset: Path | None = None  # the images as a packed dataset (training reads it)
-    preprocessing: dict[str, Any] = field(default_factory=dict)  # recorded with each seed (e.g. the crop)
-
-
 def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random subset (the same for every seed, so seeds differ only in training)."""
     if n is None or n >= len(images):
@@ -191,47 +162,6 @@ def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
 # --------------------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------------------
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Mean 5-fold cross-validated kNN accuracy: how well the representation separates the classes at all,
-    independently of whether the clustering found them."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-
-    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return float(cross_val_score(KNeighborsClassifier(KNN_NEIGHBOURS), features, labels, cv=folds).mean())
-
-
-def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -> dict[str, Any]:
-    """The four metrics plus the health checks: members per component, empty components, non-finite values."""
-    members = np.bincount(pred, minlength=n_clusters)[:n_clusters] if len(pred) else np.zeros(n_clusters, int)
-    out: dict[str, Any] = clustering_scores(labels, pred)
-    out.update(members=members.tolist(), empty_components=int((members == 0).sum()), nan=not finite)
-    out["ok"] = bool(finite and out["empty_components"] == 0)
-    return out
-
-
-def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20) -> np.ndarray:
-    """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture."""
-    from sklearn.decomposition import PCA
-    from sklearn.mixture import GaussianMixture
-
-    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    z = PCA(n_components=min(n_components, flat.shape[1], len(flat)), random_state=seed).fit_transform(flat)
-    return GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(z).predict(z)
-
-
-def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """Full-covariance GaussianMixture (k-means start) on a representation; returns hard labels."""
-    from sklearn.mixture import GaussianMixture
-
-    gm = GaussianMixture(n_clusters, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=300)
-    return gm.fit(z).predict(z)
-
-
-def encode_all(net: AstroVaDErNet, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """Latent means, log-variances and GMM posteriors of all images, by the one inference path (float32 on CPUs,
-    so scores do not depend on the CPU model)."""
-    return infer(net, images, batch_size=batch_size, reconstruct=False).as_dict()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,105 +196,6 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
     except TrainingDiverged as exc:
         result.update({m: float("nan") for m in METRICS})
         result.update(nan=True, ok=False, empty_components=None, error=str(exc))
-    result["seconds"] = time.perf_counter() - t0
-    return result
-
-
-def train_autoencoder(cfg: Config, images: np.ndarray, variational: bool) -> AstroVaDErNet:
-    """The AstroVaDEr network trained without its mixture prior, with the same epochs, batch size, learning-
-    rate schedule, augmentation and numerics as the s3VDC run: a plain autoencoder (loss = reconstruction, decoder
-    fed mu) or a plain VAE (reconstruction + unit-Gaussian KL, beta = 1, decoder fed a sample)."""
-
-    t = cfg.train
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
-    net = AstroVaDErNet(cfg).to(device)
-    cl = training_channels_last(cfg, device)
-    if cl:
-        net = net.to(memory_format=torch.channels_last)
-    bf16 = training_bf16(cfg, device)
-    opt = torch.optim.Adam(net.network_parameters(), lr=t.lr)
-    data = torch.from_numpy(images).to(device)
-    g = torch.Generator(device=device).manual_seed(t.seed)
-    n = len(data)
-    stop = n - n % t.batch_size if n >= t.batch_size else n
-    for epoch in range(t.epochs):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(t, epoch)
-        net.train()
-        order = torch.randperm(n, device=device, generator=g)
-        for s in range(0, stop, t.batch_size):
-            x = data[order[s:s + t.batch_size]].float().div_(255.0)
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x = augment(x, g, t)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = net(x, sample=variational)
-            loss = reconstruction_loss(out["recon"].float(), x, cfg.loss.reconstruction)
-            if variational:
-                loss = loss + kl_unit(out["mu"].float(), out["logvar"].float())
-            loss = loss.mean()
-            if cfg.loss.l2 > 0:
-                loss = loss + cfg.loss.l2 * net.l2_penalty()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if not math.isfinite(float(loss.detach())):
-            raise FloatingPointError(f"non-finite loss in epoch {epoch}")
-    return net
-
-
-def _network_settings(cfg: Config) -> str:
-    """Everything that shapes a baseline network's training (the seed included): the config without the
-    mixture prior's shape (K, covariance) and without the loss weights only the mixture model uses."""
-    d = cfg.to_dict()
-    for key in ("n_clusters", "covariance"):  # the prior's; train_autoencoder never builds a loss on it
-        d["model"].pop(key)
-    for key in ("gamma", "gmm_kl_scale", "minmax_scale"):  # the s3VDC losses' weights, unused by train_autoencoder
-        d["loss"].pop(key)
-    return json.dumps(d, sort_keys=True)
-
-
-def run_baseline(method: str, task: Task, cfg: Config,
-                 features: dict[tuple[str, str, str | int], np.ndarray] | None = None) -> dict[str, Any]:
-    """Score one baseline. ``features`` caches the trained AE/VAE latents per (method, network settings, dataset),
-    so tasks on the same images whose configs differ only in the prior (K, covariance) or mixture-only loss
-    weights share one trained network per seed, as they would in practice (that training never sees the prior).
-    Another latent size trains its own."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-
-    seed, k = cfg.train.seed, cfg.model.n_clusters
-    t0 = time.perf_counter()
-    try:
-        if method in ("kmeans", "pca_gmm"):
-            flat = task.images.reshape(len(task.images), -1).astype(np.float32) / 255.0
-        if method == "kmeans":
-            feats = flat
-            pred = KMeans(k, n_init=10, random_state=seed).fit_predict(flat)
-        elif method == "pca_gmm":
-            feats = PCA(20, random_state=seed).fit_transform(flat)
-            pred = posthoc_gmm(feats, k, seed)
-        elif method in ("ae_gmm", "vae_gmm"):
-            key = (method, _network_settings(cfg), str(task.dataset) if task.dataset is not None else id(task.images))
-            if features is not None and key in features:
-                feats = features[key]
-            else:
-                net = train_autoencoder(cfg, task.images, variational=method == "vae_gmm")
-                feats = encode_all(net, task.images)["mu"]
-                if features is not None:
-                    features[key] = feats
-            pred = posthoc_gmm(feats.astype(np.float64), k, seed)
-        else:
-            raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
-        result = score(task.labels, pred, k, bool(np.isfinite(feats).all()))
-        if task.knn:
-            result["knn_accuracy"] = knn_accuracy(feats, task.labels, seed)
-    except (FloatingPointError, ValueError) as exc:
-        if "unknown baseline" in str(exc):
-            raise
-        result = {**{m: float("nan") for m in METRICS}, "nan": True, "ok": False, "empty_components": None,
-                  "error": str(exc)}
     result["seconds"] = time.perf_counter() - t0
     return result
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from astrovader.analysis.metrics import clustering_scores
-from astrovader.benchmark import pca_gmm_baseline
+from astrovader.baselines import pca_gmm_baseline
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset
 from astrovader.estimator import AstroVaDEr

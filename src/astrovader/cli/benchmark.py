@@ -10,8 +10,8 @@ from astrovader.cli import CLIError
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from astrovader.baselines import BASELINES
     from astrovader.benchmark import (
-        BASELINES,
         GZ1_CROP,
         GZ1_DEROTATE,
         GZ1_FLUX_NORM,
@@ -41,8 +41,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CLIError(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}, all or none")
     if args.name != "simulated":
         if args.data is None:
-            raise CLIError(f"{args.name} needs --data DIR (e.g. --data ../shared/data/"
-                           f"{'gz1-sdss' if args.name == 'gz1' else 'mnist'})")
+            raise CLIError(f"{args.name} needs --data DIR: the {'gz1-sdss' if args.name == 'gz1' else 'mnist'} "
+                           "folder of the data release (see the README)")
         source = resolve_data(args.name, args.data)
         if source is None or not source.is_dir():
             raise CLIError(f"{args.name}: data directory {args.data} does not exist")
