@@ -33,7 +33,7 @@ from astrovader.data.dataset import Dataset, open_dataset, write_dataset
 from astrovader.inference import infer_batch
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
-from astrovader.train import fast_bf16, resolve_device
+from astrovader.runtime import fast_bf16, resolve_device
 
 try:
     from common import append_results, markdown_table
@@ -114,11 +114,11 @@ def time_baseline(net: AstroVaDErNet, ds: Dataset, tmp: Path, device: torch.devi
 
 def time_optimised(net: AstroVaDErNet, ds: Dataset, tmp: Path, device: torch.device, batch_size: int) -> float:
     """Images/s of ``predict_dataset`` over the whole dataset, after a one-batch warm-up."""
-    predict_dataset(net, ds, tmp / "warm_opt.parquet", device=device, batch_size=batch_size, stop=batch_size,
+    predict_dataset(net, ds, tmp / "warm_opt.parquet", batch_size=batch_size, stop=batch_size,
                     progress=False)
     _sync(device)
     t0 = time.perf_counter()
-    predict_dataset(net, ds, tmp / "opt.parquet", device=device, batch_size=batch_size, progress=False)
+    predict_dataset(net, ds, tmp / "opt.parquet", batch_size=batch_size, progress=False)
     _sync(device)  # predict_dataset moves every batch to the host, so this is a formality
     return len(ds) / (time.perf_counter() - t0)
 

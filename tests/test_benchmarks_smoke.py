@@ -66,7 +66,7 @@ def test_predict_baseline_equals_predict_dataset(tmp_path):
     ds = bench_predict.make_dataset(tmp_path / "ds", cfg, 300)
     net = bench_predict.make_net(cfg, device)
     base = pd.read_parquet(bench_predict.baseline_predict(net, ds, tmp_path / "base.parquet", device, 64))
-    opt = pd.read_parquet(predict_dataset(net, ds, tmp_path / "opt.parquet", device=device, batch_size=64,
+    opt = pd.read_parquet(predict_dataset(net, ds, tmp_path / "opt.parquet", batch_size=64,
                                           progress=False))
     assert list(base.columns) == list(opt.columns)
     assert len(base) == len(opt) == 300

@@ -217,3 +217,21 @@ def test_split_from_paper_id_lists(shared_data: Path, tmp_path: Path):
     assert counts == {"train": 30, "validation": 5, "test": 10, "unassigned": 2}
     cat = Dataset(path).catalog
     assert cat.loc[cat["id"] == lists["validation"][0], "split"].item() == "validation"
+
+
+def test_api_and_cli_use_the_same_per_source_defaults(kaggle_dir: Path, tmp_path: Path):
+    """`ingest_folder(source="kaggle")` crops exactly as `astrovader ingest --source kaggle` does."""
+    ingest_folder(kaggle_dir, tmp_path / "api", source="kaggle", size=32, workers=1, progress=False)
+    assert cli_main(["ingest", "--source", "kaggle", str(kaggle_dir), str(tmp_path / "cli"), "--size", "32",
+                     "--workers", "1", "--quiet"]) == 0
+    api, cli = Dataset(tmp_path / "api"), Dataset(tmp_path / "cli")
+    assert api.meta["preprocessing"]["crop"] == cli.meta["preprocessing"]["crop"] == "192px"
+    np.testing.assert_array_equal(api.load(), cli.load())
+
+
+def test_ingest_preset_applies_the_presets_stamp_recipe(kaggle_dir: Path, tmp_path: Path):
+    assert cli_main(["ingest", "--source", "kaggle", str(kaggle_dir), str(tmp_path / "ds"), "--preset", "sdss64-k12",
+                     "--workers", "1", "--quiet"]) == 0
+    pre = Dataset(tmp_path / "ds").meta["preprocessing"]
+    assert (pre["crop"], pre["size"]) == ("3xR90+derotate+flux20", 64)
+    assert cli_main(["ingest", str(kaggle_dir), str(tmp_path / "x"), "--preset", "demo", "--quiet"]) == 2

@@ -40,3 +40,22 @@ def test_unknown_key_in_file(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\nepochz = 3\n")
     with pytest.raises(ConfigError, match="c.toml.*train.epochz"):
         Config.from_toml(tmp_path / "c.toml")
+
+
+def test_presets_are_one_registry_listed_by_the_cli(capsys):
+    from astrovader.cli import main
+    from astrovader.config import PRESETS
+
+    assert {"paper", "demo", "simulated", "sdss64-k12", "sdss64-k3", "mnist"} <= set(PRESETS)
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(PRESETS)  # one a line, its name first
+    assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)  # each with a description
+    for name in PRESETS:
+        Config.preset(name).validate()
+    k12, k3 = Config.preset("sdss64-k12"), Config.preset("sdss64-k3")
+    assert (k12.model.image_size, k12.model.n_clusters, k12.model.covariance) == (64, 12, "full")
+    assert (k3.model.n_clusters, k3.model.covariance) == (3, "diag")
+    assert PRESETS["sdss64-k12"].stamps["crop"] == "3xR90"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Config.preset("nope")

@@ -283,3 +283,24 @@ def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
     figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_cluster=2)
     assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png", "deblending.png"]
     assert all(isinstance(t, str) and t for t, _ in figs)
+
+
+# ------------------------------------------------------------------------------------------------
+# one sampler
+# ------------------------------------------------------------------------------------------------
+def test_api_sample_gallery_and_cli_generate_make_the_same_images(trained, tmp_path):
+    tmp, _, model = trained
+    assert main(["generate", str(tmp / "run"), str(tmp_path / "cli"), "--n", "40", "--seed", "7", "--quiet",
+                 "--no-consistency"]) == 0
+    written = Dataset(tmp_path / "cli")
+    imgs, comps = model.sample(40, seed=7)
+    np.testing.assert_array_equal(imgs, written.load() / np.float32(255))
+    np.testing.assert_array_equal(comps, written.catalog["component"].to_numpy())
+    # the gallery shows what `generate --cluster 0 1 2` writes, one row per component
+    assert main(["generate", str(tmp / "run"), str(tmp_path / "cyc"), "--n", "12", "--seed", "2", "--quiet",
+                 "--cluster", "0", "1", "2", "--no-consistency"]) == 0
+    grid, clusters = sampling.gallery(model.net, 4, seed=2)
+    cyc = Dataset(tmp_path / "cyc").load() / np.float32(255)
+    assert grid.shape == (3, 4, 1, 16, 16) and clusters == [0, 1, 2]
+    for k in range(3):
+        np.testing.assert_array_equal(grid[k], cyc[k::3])

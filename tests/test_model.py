@@ -15,7 +15,7 @@ from astrovader.model import (
     kl_gmm,
     kl_gmm_full,
     kl_unit,
-    minmax_gamma,
+    minmax_responsibilities,
     reconstruction_loss,
     vade_losses,
 )
@@ -49,7 +49,7 @@ def test_posterior_gamma_and_kl_match_reference(reference_cases):
         mu = torch.tensor(case["mu"], dtype=torch.float64)
         logvar = torch.tensor(case["logvar"], dtype=torch.float64)
         np.testing.assert_allclose(g.posterior(mu).detach().numpy(), case["posterior"], rtol=1e-9, atol=1e-12)
-        gamma = minmax_gamma(g.log_joint(mu), 50.0)
+        gamma = minmax_responsibilities(g.log_joint(mu), 50.0)
         np.testing.assert_allclose(gamma.detach().numpy(), case["gamma_minmax_50"], rtol=1e-9, atol=1e-12)
         kl = kl_gmm(mu, logvar, gamma, g.weights, g.means, g.variances)
         np.testing.assert_allclose(kl.detach().numpy(), case["kl_gmm_per_sample"], rtol=1e-9)
@@ -100,10 +100,10 @@ def test_bce_reconstruction_matches_formula():
     torch.testing.assert_close(reconstruction_loss(logits, x, "bce"), expect)
 
 
-def test_minmax_gamma_properties():
+def test_minmax_responsibilities_properties():
     torch.manual_seed(0)
     log_joint = torch.randn(16, 5, dtype=torch.float64) * 30
-    gamma = minmax_gamma(log_joint, 50.0)
+    gamma = minmax_responsibilities(log_joint, 50.0)
     torch.testing.assert_close(gamma.sum(1), torch.ones(16, dtype=torch.float64))
     assert (gamma > 0).all()
     # the most probable (sample, cluster) pair gets logit 0 and the least -50: ratio bounded by e^50
@@ -111,9 +111,9 @@ def test_minmax_gamma_properties():
     # same ranking within a row as the exact posterior
     assert torch.equal(gamma.argmax(1), torch.softmax(log_joint, 1).argmax(1))
     # invariant to adding a constant to the whole matrix
-    torch.testing.assert_close(minmax_gamma(log_joint + 1e4, 50.0), gamma)
+    torch.testing.assert_close(minmax_responsibilities(log_joint + 1e4, 50.0), gamma)
     # a constant matrix (max == min) gives uniform responsibilities, not NaN
-    flat = minmax_gamma(torch.zeros(4, 3), 50.0)
+    flat = minmax_responsibilities(torch.zeros(4, 3), 50.0)
     torch.testing.assert_close(flat, torch.full((4, 3), 1 / 3))
 
 
@@ -174,7 +174,7 @@ def test_full_covariance_prior_reduces_to_diag_and_matches_numpy():
         g.set_parameters(torch.tensor(pi), torch.tensor(mu_c), torch.tensor(var))
     t_mu = torch.tensor(mu)
     torch.testing.assert_close(f.log_joint(t_mu), d.log_joint(t_mu))
-    gamma = minmax_gamma(d.log_joint(t_mu))
+    gamma = minmax_responsibilities(d.log_joint(t_mu))
     torch.testing.assert_close(
         kl_gmm_full(t_mu, torch.tensor(logvar), gamma, f.weights, f.means, f.scale_tril),
         kl_gmm(t_mu, torch.tensor(logvar), gamma, d.weights, d.means, d.variances))
@@ -187,7 +187,7 @@ def test_full_covariance_prior_reduces_to_diag_and_matches_numpy():
     logdet = np.linalg.slogdet(cov)[1]
     log_joint = np.log(pi)[None] - 0.5 * (J * np.log(2 * np.pi) + logdet[None] + maha)
     np.testing.assert_allclose(f.log_joint(t_mu).detach().numpy(), log_joint, rtol=1e-10)
-    g = minmax_gamma(torch.tensor(log_joint)).numpy()
+    g = minmax_responsibilities(torch.tensor(log_joint)).numpy()
     trace = np.exp(logvar) @ np.diagonal(inv, axis1=1, axis2=2).T
     expect = (-0.5 * (1 + logvar).sum(1) + (g * np.log(g)).sum(1) - (g * np.log(pi)).sum(1)
               + 0.5 * (g * (logdet[None] + trace + maha)).sum(1))

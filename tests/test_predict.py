@@ -97,3 +97,20 @@ def test_cli_errors_are_clear(trained, tmp_path, capsys):
     assert "model.safetensors" in capsys.readouterr().err
     assert main(["summary", "--preset", "paper"]) == 0
     assert "870,889" in capsys.readouterr().out
+
+
+def test_predict_proba_on_a_dataset_streams_and_matches_the_array_path(trained, monkeypatch):
+    _, ds, model = trained
+    from astrovader.data import dataset as dataset_module
+    from astrovader.inference import READ_ROWS
+
+    whole = model.predict_proba(ds.load())
+
+    def refuse(self):
+        raise AssertionError("the whole dataset was loaded into memory")
+
+    monkeypatch.setattr(dataset_module.Dataset, "load", refuse)
+    monkeypatch.setattr("astrovader.inference.READ_ROWS", 64)  # several read blocks even for this small set
+    assert READ_ROWS >= 1024
+    np.testing.assert_array_equal(model.predict_proba(ds.path), whole)
+    np.testing.assert_array_equal(model.predict_proba(str(ds.path), batch_size=50), whole)

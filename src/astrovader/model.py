@@ -156,10 +156,10 @@ def _mahalanobis(L: Tensor, diff: Tensor, L_inv: Tensor | None = None) -> Tensor
     return torch.einsum("kij,bkj->bki", L_inv, diff).pow(2).sum(-1)
 
 
-def minmax_gamma(log_joint: Tensor, scale: float = 50.0) -> Tensor:
+def minmax_responsibilities(log_joint: Tensor, scale: float = 50.0) -> Tensor:
     """s3VDC's inverse min-max responsibilities: l = -log joint is min-max scaled over the whole
     (B, K) matrix to [0, 1], multiplied by -scale and soft-maxed over clusters. Bounded logits mean
-    gamma never underflows to an exact 0 that would make log(gamma) or the loss NaN."""
+    resp never underflows to an exact 0 that would make log(resp) or the loss NaN."""
     neg = -log_joint
     lo, hi = neg.min(), neg.max()
     scaled = (neg - lo) / (hi - lo).clamp_min(torch.finfo(neg.dtype).tiny)
@@ -171,32 +171,32 @@ def kl_unit(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
 
-def kl_gmm(mu: Tensor, logvar: Tensor, gamma: Tensor, weights: Tensor, means: Tensor,
+def kl_gmm(mu: Tensor, logvar: Tensor, resp: Tensor, weights: Tensor, means: Tensor,
            variances: Tensor) -> Tensor:
-    """Exact KL( q(z|x) q(c|x) || p(z|c) p(c) ) per sample, with q(c|x) = gamma (VaDE, Jiang et al. 2016).
+    """Exact KL( q(z|x) q(c|x) || p(z|c) p(c) ) per sample, with q(c|x) = resp (VaDE, Jiang et al. 2016).
 
     Without the constant J/2 log(2 pi) that the s3VDC/AstroVaDEr code adds (it changes no gradient)."""
     log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
     term_entropy = -0.5 * (1 + logvar).sum(1)
-    term_cat = (torch.special.xlogy(gamma, gamma) - gamma * log_w[None]).sum(1)
+    term_cat = (torch.special.xlogy(resp, resp) - resp * log_w[None]).sum(1)
     quad = (logvar.exp()[:, None, :] + (mu[:, None, :] - means[None]).pow(2)) / variances[None]
-    term_gauss = 0.5 * (gamma * (variances.log()[None] + quad).sum(-1)).sum(1)
+    term_gauss = 0.5 * (resp * (variances.log()[None] + quad).sum(-1)).sum(1)
     return term_entropy + term_cat + term_gauss
 
 
-def kl_gmm_full(mu: Tensor, logvar: Tensor, gamma: Tensor, weights: Tensor, means: Tensor,
+def kl_gmm_full(mu: Tensor, logvar: Tensor, resp: Tensor, weights: Tensor, means: Tensor,
                 scale_tril: Tensor) -> Tensor:
     """The same KL for full component covariances Sigma_c = L_c L_c^T: the Gaussian term becomes
     1/2 sum_c gamma_c (log|Sigma_c| + tr(Sigma_c^-1 diag(exp(logvar))) + (mu - mu_c)^T Sigma_c^-1 (mu - mu_c))."""
     log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
     term_entropy = -0.5 * (1 + logvar).sum(1)
-    term_cat = (torch.special.xlogy(gamma, gamma) - gamma * log_w[None]).sum(1)
+    term_cat = (torch.special.xlogy(resp, resp) - resp * log_w[None]).sum(1)
     L_inv = _tril_inverse(scale_tril)
     precision_diag = L_inv.pow(2).sum(-2)  # diag of Sigma^-1 = L^-T L^-1: column sums of squares
     logdet = 2 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
     trace = logvar.exp() @ precision_diag.T  # (B, K)
     maha = _mahalanobis(scale_tril, mu[:, None, :] - means[None], L_inv)
-    term_gauss = 0.5 * (gamma * (logdet[None] + trace + maha)).sum(1)
+    term_gauss = 0.5 * (resp * (logdet[None] + trace + maha)).sum(1)
     return term_entropy + term_cat + term_gauss
 
 
@@ -264,21 +264,21 @@ def _at_least_f32(t: Tensor) -> Tensor:
 
 
 def vade_losses(net: AstroVaDErNet, x: Tensor, out: dict[str, Tensor], loss_cfg: LossConfig,
-                gmm_phase: bool, gamma: Tensor | None = None) -> dict[str, Tensor]:
+                gmm_phase: bool, resp: Tensor | None = None) -> dict[str, Tensor]:
     """Per-sample loss terms (float32) for a batch. ``gmm_phase`` selects whether the GMM KL is computed
-    (annealing/static phases) or only the unit-Gaussian KL (gamma-training). ``gamma`` (B, K) replaces the
+    (annealing/static phases) or only the unit-Gaussian KL (gamma-training). ``resp`` (B, K) replaces the
     posterior q(c|x) in the GMM KL (the alignment phase feeds the initial clustering's labels)."""
     mu, logvar = _at_least_f32(out["mu"]), _at_least_f32(out["logvar"])
     recon = reconstruction_loss(_at_least_f32(out["recon"]), _at_least_f32(x), loss_cfg.reconstruction)
     terms = {"recon": recon, "kl_unit": kl_unit(mu, logvar)}
     if gmm_phase:
         gmm = net.gmm
-        if gamma is None:
-            gamma = minmax_gamma(gmm.log_joint(mu), loss_cfg.minmax_scale)
+        if resp is None:
+            resp = minmax_responsibilities(gmm.log_joint(mu), loss_cfg.minmax_scale)
         if gmm.covariance == "diag":
-            terms["kl_gmm"] = kl_gmm(mu, logvar, gamma, gmm.weights, gmm.means, gmm.variances)
+            terms["kl_gmm"] = kl_gmm(mu, logvar, resp, gmm.weights, gmm.means, gmm.variances)
         else:
-            terms["kl_gmm"] = kl_gmm_full(mu, logvar, gamma, gmm.weights, gmm.means, gmm.scale_tril)
+            terms["kl_gmm"] = kl_gmm_full(mu, logvar, resp, gmm.weights, gmm.means, gmm.scale_tril)
     else:
         terms["kl_gmm"] = torch.zeros_like(recon)
     return terms

@@ -294,8 +294,8 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
         eps = shard_slice(torch.randn(n_global, J, device=device, generator=g), shard) if sample else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = forward(x, sample=sample, eps=eps)
-        gamma = F.one_hot(labels, cfg.model.n_clusters).float() if labels is not None else None
-        terms = vade_losses(net, x, out, lo, gmm_phase, gamma)
+        resp = F.one_hot(labels, cfg.model.n_clusters).float() if labels is not None else None
+        terms = vade_losses(net, x, out, lo, gmm_phase, resp)
         per_sample = (terms["recon"] + plan.kl_unit_weight * terms["kl_unit"]
                       + plan.kl_gmm_weight * terms["kl_gmm"])
         if labels is not None and t.align_ce_weight > 0:

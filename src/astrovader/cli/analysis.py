@@ -45,7 +45,9 @@ def _dataset_arg(run_dir: str, dataset: str | None) -> str:
     """DATASET may be omitted: the run directory records the dataset it was trained on."""
     if dataset:
         return dataset
-    rec = Path(run_dir) / "dataset.txt"
+    from astrovader.runs import DATASET_NOTE
+
+    rec = Path(run_dir) / DATASET_NOTE
     if rec.is_file() and rec.read_text().strip():
         return rec.read_text().strip()
     raise CLIError(f"no DATASET given and {rec} does not record one")
