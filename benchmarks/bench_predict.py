@@ -33,7 +33,7 @@ from astrovader.data.dataset import Dataset, open_dataset, write_dataset
 from astrovader.inference import infer_batch
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
-from astrovader.runtime import fast_bf16, resolve_device
+from astrovader.runtime import inference_bf16, resolve_device
 
 try:
     from common import append_results, markdown_table
@@ -152,7 +152,7 @@ def run(cfg: Config, n: int, device: torch.device, batch_size: int = 1024) -> di
 
 def table(rates: dict[str, float], device: torch.device) -> str:
     base = rates["baseline"]
-    bf16 = device.type == "cuda" and fast_bf16(device)
+    bf16 = inference_bf16(device)
     rows = [["baseline (DataLoader, one image per read, fp32, pandas at the end)", rates["baseline"], 1.0],
             [f"astrovader predict_dataset (zarr blocks, batched{', bf16' if bf16 else ''}, streamed Parquet)",
              rates["astrovader"], rates["astrovader"] / base],

@@ -77,9 +77,8 @@ def _drawn(draw, tmp_path: Path) -> np.ndarray:
 def test_every_figure_helper_draws_row_zero_at_the_top(ingested, tmp_path):
     img = ingested["png"][None].astype(np.float32) / 255  # (C, H, W)
     drawers = {
-        "report images": lambda ax: figures._show(ax, img, 0.0, 1.0),
+        "every image panel": lambda ax: figures.show_image(ax, img, 0.0, 1.0),
         "report member mosaics": lambda ax: figures._show_mosaic(ax, figures._mosaic(img[None], 1, 0.0, 1.0)),
-        "exploration figures": lambda ax: explore_figures._show(ax, img, 1.0),
     }
     for name, draw in drawers.items():
         assert _top_left_is_bright(_drawn(draw, tmp_path)), name

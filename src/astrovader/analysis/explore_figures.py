@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 
-from astrovader.analysis.figures import save_figure, subplots
+from astrovader.analysis.figures import display_range, save_figure, show_image, subplots
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.explore import deblend, latent_summary, route_interpolation, traverse
 from astrovader.model import AstroVaDErNet
@@ -26,29 +25,9 @@ from astrovader.sampling import gallery
 # --------------------------------------------------------------------------------------------------
 # display helpers
 # --------------------------------------------------------------------------------------------------
-def _display_max(images: np.ndarray, upper: float = 99.7) -> float:
-    """One linear stretch 0..high percentile shared by a whole figure, so brightness differences between
-    panels stay visible and one bright pixel does not set the scale."""
-    if images.size == 0:
-        return 1.0
-    hi = float(np.percentile(images, upper))
-    return hi if hi > 1e-6 else 1.0
-
-
-def _panel(img: np.ndarray, vmax: float) -> np.ndarray:
-    """(C, H, W) float image -> (H, W) or (H, W, 3) in [0, 1] for display."""
-    x = np.clip(img / vmax, 0, 1)
-    if x.shape[0] == 3:
-        return x.transpose(1, 2, 0)
-    return x[0] if x.shape[0] == 1 else x.mean(0)
-
-
-def _show(ax: Axes, img: np.ndarray, vmax: float) -> None:
-    ax.imshow(_panel(img, vmax), cmap="gray", vmin=0, vmax=1, origin="upper", interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
+def _vmax(images: np.ndarray) -> float:
+    """The upper end of the one linear stretch a whole figure shares (its lower end is the sky, 0)."""
+    return display_range(images)[1]
 
 
 def _grid(nrows: int, ncols: int, cell: float = 0.85, hspace: float = 0.02):
@@ -77,11 +56,11 @@ def plot_gallery(images: np.ndarray, clusters: Sequence[int], out: str | Path, w
                  title: str = "Synthetic galaxies per component") -> Path:
     """One row per component, labelled with its number and mixture weight."""
     k, n = images.shape[:2]
-    vmax = _display_max(images)
+    vmax = _vmax(images)
     fig, axes = _grid(k, n)
     for r, c in enumerate(clusters):
         for i in range(n):
-            _show(axes[r, i], images[r, i], vmax)
+            show_image(axes[r, i], images[r, i], 0.0, vmax, frame=False)
         label = f"comp. {c}" + (f"\nπ={weights[c]:.2f}" if weights is not None else "")
         axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=10)
@@ -93,11 +72,11 @@ def plot_interpolation(route: dict[str, Any], out: str | Path,
     """One row per leg of the route; the first and last columns are the decoded anchor objects."""
     legs = route["legs"]
     ncols = legs[0][2].shape[0]
-    vmax = _display_max(np.concatenate([leg[2] for leg in legs]))
+    vmax = _vmax(np.concatenate([leg[2] for leg in legs]))
     fig, axes = _grid(len(legs), ncols)
     for r, (a, b, imgs) in enumerate(legs):
         for i in range(ncols):
-            _show(axes[r, i], imgs[i], vmax)
+            show_image(axes[r, i], imgs[i], 0.0, vmax, frame=False)
         axes[r, 0].set_ylabel(f"{a} → {b}", fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(f"{title} (components {' → '.join(map(str, route['components']))})", fontsize=9)
     return save_figure(fig, out)
@@ -111,7 +90,7 @@ def save_route_animation(route: dict[str, Any], gif: str | Path, strip: str | Pa
 
     legs = route["legs"]
     frames = np.concatenate([leg[2][:-1] for leg in legs] + [legs[-1][2][-1:]])
-    vmax = _display_max(frames)
+    vmax = _vmax(frames)
     h = frames.shape[-1]
     upscale = upscale or max(1, 128 // h)
     # A closed tour ends where it began: the looping GIF drops that repeated frame, the strip shows it.
@@ -132,11 +111,11 @@ def plot_traversal(images: np.ndarray, out: str | Path, latents: np.ndarray | No
                    title: str = "Latent traversal (others at their mean)") -> Path:
     """J rows x M columns; each row labelled with its variable and range."""
     J, M = images.shape[:2]
-    vmax = _display_max(images)
+    vmax = _vmax(images)
     fig, axes = _grid(J, M, cell=0.8)
     for j in range(J):
         for i in range(M):
-            _show(axes[j, i], images[j, i], vmax)
+            show_image(axes[j, i], images[j, i], 0.0, vmax, frame=False)
         label = f"$z_{{{j}}}$"
         if latents is not None:
             label += f"\n[{latents[:, j].min():.1f}, {latents[:, j].max():.1f}]"
@@ -154,12 +133,12 @@ def plot_deblend(results: list[dict[str, Any]], out: str | Path,
     ncols = results[0]["strip"].shape[0] + 2
     allimgs = np.concatenate([np.concatenate([r["strip"], r["galaxy_image"][None], r["partner_image"][None]])
                               for r in results])
-    vmax = _display_max(allimgs)
+    vmax = _vmax(allimgs)
     fig, axes = _grid(len(results), ncols, cell=0.9, hspace=0.08)
     for r, res in enumerate(results):
         panels = [res["galaxy_image"], *res["strip"], res["partner_image"]]
         for i, img in enumerate(panels):
-            _show(axes[r, i], img, vmax)
+            show_image(axes[r, i], img, 0.0, vmax, frame=False)
         axes[r, 0].set_title(f"input\nid {res['galaxy_id']}", fontsize=7)
         axes[r, 1].set_title(f"recon.\ncomp. {res['component']}", fontsize=7)
         axes[r, -2].set_title(f"recon.\ncomp. {res['partner_component']}", fontsize=7)

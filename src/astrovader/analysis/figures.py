@@ -69,10 +69,15 @@ def display_range(images: np.ndarray, upper: float = 99.7) -> tuple[float, float
     return 0.0, hi if hi > 1e-6 else 1.0
 
 
-def _show(ax: Axes, img: np.ndarray, vmin: float, vmax: float, cmap: str = "gray", norm=None) -> None:
-    """One (C, H, W) image: grey for one channel, RGB for three, the channel mean otherwise."""
+def show_image(ax: Axes, img: np.ndarray, vmin: float, vmax: float, cmap: str = "gray", norm=None,
+               frame: bool = True) -> None:
+    """Draw one (C, H, W) image, row 0 at the top: grey for one channel, RGB for three, the channel mean
+    otherwise, with the linear stretch vmin..vmax (or ``norm``), no ticks, and a thin frame unless ``frame`` is
+    false (tightly packed grids of galaxies read better without)."""
     ax.set_xticks([])
     ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(frame)
     if img.shape[0] == 3 and norm is None:
         rgb = np.clip((img - vmin) / max(vmax - vmin, 1e-12), 0, 1).transpose(1, 2, 0)
         ax.imshow(rgb, origin="upper", interpolation="nearest")
@@ -96,9 +101,9 @@ def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path
     fig, axes = subplots(3, n, figsize=(1.25 * n + 1.2, 4.3), squeeze=False,
                              gridspec_kw={"wspace": 0.04, "hspace": 0.06})
     for i in range(n):
-        _show(axes[0, i], inputs[i], vmin, vmax)
-        _show(axes[1, i], recons[i], vmin, vmax)
-        _show(axes[2, i], res[i][None], 0, 0, cmap="RdBu_r", norm=norm)
+        show_image(axes[0, i], inputs[i], vmin, vmax)
+        show_image(axes[1, i], recons[i], vmin, vmax)
+        show_image(axes[2, i], res[i][None], 0, 0, cmap="RdBu_r", norm=norm)
         if captions is not None:
             axes[2, i].set_xlabel(captions[i], fontsize=7)
     for r, name in enumerate(("input", "reconstruction", "residual")):
