@@ -25,6 +25,11 @@ class CLIError(Exception):
     """A user error: printed as one clear line, exit code 2."""
 
 
+# What a person can fix: bad input, a missing or existing file, a damaged dataset or run. These are printed as
+# one line naming the culprit (exit 2); anything else is a bug and keeps its traceback.
+USER_ERRORS = (CLIError, ValueError, OSError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from astrovader import __version__
 
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised galaxy morphology with a Gaussian-mixture VAE (AstroVaDEr, s3VDC training).",
     )
     parser.add_argument("--version", action="version", version=f"astrovader {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full Python traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -47,16 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"astrovader {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # Library errors are written to be read by people: show them without a traceback.
-        print(f"astrovader {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"astrovader {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message on one line; OS errors without one name their file and what went wrong."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m astrovader.cli

@@ -137,6 +137,20 @@ def write_catalog(path: str | os.PathLike, frame: pd.DataFrame) -> None:
         parts_dir.rmdir()
 
 
+def _check_ids(ids: pd.Series, where: Path) -> None:
+    """Every id present and unique: predictions and labels are joined on it."""
+    null = np.flatnonzero(ids.isna().to_numpy())
+    if len(null):
+        raise DatasetError(f"{where}: {len(null)} rows have no id (first at row {null[0]}); every image needs a "
+                           "unique id: fix the catalogue or re-ingest")
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        raise DatasetError(f"{where}: id {ids.iloc[rows[0]]!r} appears more than once (rows "
+                           f"{', '.join(map(str, rows[:4]))}{', ...' if len(rows) > 4 else ''}); ids must be "
+                           "unique: fix the catalogue or re-ingest")
+
+
 def is_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
@@ -150,17 +164,32 @@ class Dataset:
         if not meta_path.is_file():
             raise DatasetError(f"{self.path}: not an astrovader dataset (no {META}); build one with "
                                "`astrovader ingest` or `astrovader simulate`")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{meta_path}: not valid JSON ({exc}); restore the file or re-create the dataset "
+                               "with `astrovader ingest`") from None
+        if not isinstance(self.meta, dict):
+            raise DatasetError(f"{meta_path}: expected a JSON object, found {type(self.meta).__name__}")
         if self.meta.get("format") != FORMAT_NAME:
             raise DatasetError(f"{meta_path}: field 'format' is {self.meta.get('format')!r}, "
                                f"expected {FORMAT_NAME!r}")
         cat_path = self.path / CATALOG
-        self.catalog: pd.DataFrame = read_catalog_file(self.path)
+        try:
+            self.catalog: pd.DataFrame = read_catalog_file(self.path)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{cat_path}: unreadable catalogue ({' '.join(str(exc).split())})") from None
         if "id" not in self.catalog.columns:
             raise DatasetError(f"{cat_path}: catalogue has no 'id' column")
+        recorded = self.meta.get("n")
+        if self.complete and recorded is not None and len(self.catalog) != recorded:
+            missing = "is missing" if not cat_path.is_file() else f"has {len(self.catalog)} rows"
+            raise DatasetError(f"{cat_path}: {missing} but {META} records n={recorded} images; restore "
+                               f"{CATALOG} or re-create the dataset")
+        _check_ids(self.catalog["id"], cat_path)
         try:
             self.images = zarr.open_array(str(self.path / IMAGES), mode="r")
-        except Exception as exc:  # zarr raises several types for a missing/broken store
+        except Exception as exc:  # noqa: BLE001  # zarr raises several types for a missing/broken store
             raise DatasetError(f"{self.path / IMAGES}: cannot open image store ({exc})") from exc
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise DatasetError(f"{self.path / IMAGES}: expected uint8 (N, C, H, W), found "
@@ -199,10 +228,29 @@ class Dataset:
 
     # reading ------------------------------------------------------------------------------------
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Contiguous rows ``start:stop`` as a uint8 array (clipped to the committed length)."""
+        """Contiguous rows ``start:stop`` as a uint8 array (clipped to the committed length). A chunk file that
+        is missing or cannot be decoded raises a DatasetError naming it, rather than reading as zeros."""
         n = len(self)
         stop = n if stop is None else min(stop, n)
-        return np.asarray(self.images[start:stop])
+        if stop <= start:
+            return np.zeros((0, self.channels, self.image_size, self.image_size), np.uint8)
+        chunk = self.chunk_rows
+        for c in range(start // chunk, (stop - 1) // chunk + 1):
+            if not self.chunk_path(c).is_file():
+                raise DatasetError(f"{self.chunk_path(c)}: image chunk {c} (rows {c * chunk}..{(c + 1) * chunk - 1}) "
+                                   "is missing; restore it from a backup or re-create the dataset "
+                                   "(`astrovader check` lists every damaged chunk)")
+        try:
+            return np.asarray(self.images[start:stop])
+        except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for damaged bytes
+            first, last = start // chunk, (stop - 1) // chunk
+            raise DatasetError(f"{self.path / IMAGES}: cannot decode image chunk(s) {first}..{last} "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())}); the file is damaged: "
+                               "restore it or re-create the dataset (`astrovader check` names it)") from None
+
+    def chunk_path(self, index: int) -> Path:
+        """The file of image chunk ``index`` (zarr v3, '/'-separated keys, one chunk across C, H, W)."""
+        return self.path / IMAGES / "c" / str(index) / "0" / "0" / "0"
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows at arbitrary indices, returned in the order given."""
@@ -220,7 +268,7 @@ class Dataset:
         while pos < sorted_idx.size:
             c0 = (sorted_idx[pos] // chunk) * chunk
             end = np.searchsorted(sorted_idx, c0 + chunk, side="left")
-            block = np.asarray(self.images[c0:min(c0 + chunk, len(self))])
+            block = self.read(int(c0), min(int(c0) + chunk, len(self)))
             out[order[pos:end]] = block[sorted_idx[pos:end] - c0]
             pos = end
         return out
@@ -268,7 +316,7 @@ class DatasetWriter:
                     f"{existing.channels}x{existing.image_size}px images")
             self.meta = existing.meta
             self._catalog = existing.catalog
-            self.images = zarr.open_array(str(img_path), mode="r+")
+            self.images = zarr.open_array(str(img_path), mode="r+").with_config({"write_empty_chunks": True})
             if self.images.shape[0] > len(self._catalog):  # pixels of an interrupted, uncommitted write
                 self.images.resize((len(self._catalog), *self.images.shape[1:]))
         else:
@@ -277,7 +325,8 @@ class DatasetWriter:
             self.path.mkdir(parents=True, exist_ok=True)
             self.images = zarr.create_array(
                 store=str(img_path), shape=(0, self.channels, self.image_size, self.image_size),
-                chunks=(chunk_rows, self.channels, self.image_size, self.image_size), dtype="uint8")
+                chunks=(chunk_rows, self.channels, self.image_size, self.image_size), dtype="uint8",
+                config={"write_empty_chunks": True})  # every chunk has a file, so a missing one is damage
             self.meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})
         self._n_committed = len(self._catalog)
