@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,13 @@ class Config:
     def from_toml(cls, path: str | Path, base: Config | None = None) -> Config:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a TOML config file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (not UTF-8); a config is TOML text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         try:
@@ -182,6 +187,11 @@ class Config:
     # validation ---------------------------------------------------------------------------------
     def validate(self) -> None:
         m, lo, t = self.model, self.loss, self.train
+        for section in _SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                _need(not isinstance(value, float) or math.isfinite(value), f"{section}.{f.name}",
+                      f"must be a finite number, got {value}")
         blocks = len(m.encoder_filters)
         _need(blocks >= 1, "model.encoder_filters", "needs at least one block")
         for key in ("encoder_kernels", "decoder_filters", "decoder_kernels"):

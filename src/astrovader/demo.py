@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,14 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     from astrovader.data.simulate import CLASS_NAMES, simulate
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = config or Config.preset("demo")
     cfg.train.seed = seed
     cfg.model.n_clusters = len(CLASS_NAMES)
+    smallest = math.ceil(cfg.train.batch_size / (1 - cfg.train.validation_fraction))
+    if n < smallest:  # checked before anything is written, so a bad --n leaves no half-made demo behind
+        raise ValueError(f"the demo needs at least {smallest} galaxies (one training batch of "
+                         f"{cfg.train.batch_size} after the validation share), got --n {n}")
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data_dir = out / "data"
     if is_dataset(data_dir) and Dataset(data_dir).complete:
@@ -53,7 +58,7 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
 
     print(f"[3/3] predicting -> {out / 'predictions.parquet'}")
     model = AstroVaDEr.load(run_dir)
-    model.predict_catalog(ds, out / "predictions.parquet", progress=progress)
+    model.predict_catalog(ds, out / "predictions.parquet", progress=progress, overwrite=True)
     pred = pd.read_parquet(out / "predictions.parquet")
     truth = ds.catalog["true_class"].to_numpy()
     scores = clustering_scores(truth, pred["cluster"].to_numpy())

@@ -118,16 +118,18 @@ class AstroVaDEr:
         return self.transform(arr)[0]
 
     def predict_catalog(self, dataset: str | Path | Dataset, out: str | Path, batch_size: int = 1024,
-                        progress: bool = True) -> Path:
-        """Write the prediction catalogue of ``dataset`` to ``out`` (.parquet or .fits); see ``astrovader predict``."""
-        return predict_dataset(self.net, dataset, out, batch_size=batch_size, progress=progress)
+                        progress: bool = True, overwrite: bool = False) -> Path:
+        """Write the prediction catalogue of ``dataset`` to ``out`` (.parquet or .fits; an existing file only with
+        ``overwrite``); see ``astrovader predict``."""
+        return predict_dataset(self.net, dataset, out, batch_size=batch_size, progress=progress, overwrite=overwrite)
 
     # persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG)
-        save_weights(self.net, directory / WEIGHTS)
+        meta = {"epoch": str(self.history_[-1]["epoch"])} if self.history_ else None
+        save_weights(self.net, directory / WEIGHTS, meta)
         return directory
 
     @classmethod

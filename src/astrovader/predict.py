@@ -3,8 +3,11 @@ whole dataset, streamed to a Parquet (or FITS) file with bounded memory, or to P
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +18,7 @@ from tqdm.auto import tqdm
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import load_network
+from astrovader.runs import WEIGHTS, load_network
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
@@ -34,14 +37,31 @@ def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(cols)
 
 
+CATALOG_SUFFIXES = (".parquet", ".fits", ".fit", ".fits.gz")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output name that is not a catalogue, is a directory, or exists (without ``overwrite``)."""
+    if not out.name.lower().endswith(CATALOG_SUFFIXES):
+        raise ValueError(f"{out}: a prediction catalogue is .parquet or .fits; name the output accordingly")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; give a file name ending in .parquet or .fits")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it, or choose another name")
+
+
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                     batch_size: int = 1024, start: int = 0,
-                    stop: int | None = None, progress: bool = True) -> Path:
+                    stop: int | None = None, progress: bool = True, overwrite: bool = False,
+                    metadata: dict[str, str] | None = None) -> Path:
     """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
 
-    Memory is bounded by one read block, whatever the dataset size. The file appears atomically."""
-    ds = open_dataset(dataset)
+    Memory is bounded by one read block, whatever the dataset size. The file appears atomically; an existing
+    ``out`` is replaced only with ``overwrite``. ``metadata`` (str -> str) is stored in the Parquet schema (FITS:
+    header keys). A non-finite value never reaches the catalogue: it stops the run with the rows named."""
     out = Path(out)
+    check_output(out, overwrite)
+    ds = open_dataset(dataset)
     stop = len(ds) if stop is None else min(stop, len(ds))
     ids = ds.ids
     fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
@@ -54,7 +74,14 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
     try:
         for rows, res in iter_inference(net, ds, start=start, stop=stop, batch_size=batch_size, progress=progress,
                                         desc="predicting"):
+            bad = np.flatnonzero(~np.all([np.isfinite(v).reshape(len(rows), -1).all(1) for v in res.values()], 0))
+            if len(bad):
+                raise ValueError(f"{ds.path}: non-finite predictions for {len(bad)} images (first id "
+                                 f"{ids[rows[bad[0]]]!r}, row {rows[bad[0]]}); check those images and the run with "
+                                 "`astrovader check`")
             table = prediction_table(ids[rows], res)
+            if metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
             if writer is None:
                 writer = pq.ParquetWriter(str(parquet_path), table.schema)
             writer.write_table(table)
@@ -70,7 +97,10 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
             from astropy.table import Table
 
             tmp_fits = out.with_name(f".{out.name}.tmp-{os.getpid()}.fits")
-            Table.read(str(parquet_path), format="parquet").write(str(tmp_fits), format="fits", overwrite=True)
+            table = Table.read(str(parquet_path), format="parquet")
+            for key, value in (metadata or {}).items():
+                table.meta[key.upper()[:8]] = value
+            table.write(str(tmp_fits), format="fits", overwrite=True)
             os.replace(tmp_fits, out)
             parquet_path.unlink()
         else:
@@ -104,7 +134,8 @@ def _predict_part(part: tuple[int, int, int], run_dir: str, dataset: str, out_di
         torch.set_num_threads(1)  # one thread per Dask worker process: the workers are the parallelism
     net = _worker_model(run_dir, device)
     path = Path(out_dir) / f"part-{index:05d}.parquet"
-    predict_dataset(net, dataset, path, batch_size=images_per_batch, start=start, stop=stop, progress=False)
+    predict_dataset(net, dataset, path, batch_size=images_per_batch, start=start, stop=stop, progress=False,
+                    overwrite=True)
     return str(path)
 
 
@@ -112,22 +143,55 @@ def plan_parts(n: int, chunk_rows: int) -> list[tuple[int, int, int]]:
     return [(i, s, min(s + chunk_rows, n)) for i, s in enumerate(range(0, n, chunk_rows))]
 
 
+JOB = "_job.json"
+MANIFEST = "_manifest.json"
+
+
+def _job(run_dir: str | Path, ds: Dataset, chunk_rows: int) -> dict[str, Any]:
+    """What a partitioned catalogue is of: the weights (by content), the dataset and its size, the chunking."""
+    digest = hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
+    return {"weights_sha256": digest, "dataset": str(Path(ds.path).resolve()), "n": len(ds),
+            "chunk_rows": int(chunk_rows)}
+
+
+def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out_dir`` this job's: continue the same job, refuse another's parts, or clear them on request."""
+    job_file = out_dir / JOB
+    parts = sorted(out_dir.glob("part-*.parquet")) if out_dir.is_dir() else []
+    old = json.loads(job_file.read_text()) if job_file.is_file() else None
+    if old == job:
+        return
+    if (parts or old is not None) and not overwrite:
+        diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in job.items()
+                         if old.get(k) != v) if old else f"{len(parts)} parts of an unrecorded job"
+        raise FileExistsError(f"{out_dir}: holds predictions of another job ({diff}); pass --overwrite to "
+                              "replace them, or choose a new output directory")
+    for f in [*parts, job_file, out_dir / MANIFEST]:
+        f.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(job_file, job)
+
+
 def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, scheduler: str = "local",
                  chunk_rows: int = 8192, batch_size: int = 1024, device: str = "auto",
-                 progress: bool = True) -> Path:
+                 progress: bool = True, overwrite: bool = False) -> Path:
     """Predict a dataset in chunks on Dask workers, writing a partitioned Parquet catalogue.
 
     ``scheduler`` is ``local`` or ``local:N`` (a LocalCluster of N single-threaded worker processes on this
     machine) or the address of a running scheduler (e.g. one started by dask-jobqueue on a SLURM/PBS
     cluster). Each chunk becomes ``part-NNNNN.parquet`` written atomically; parts already present are skipped,
-    so a killed run is finished by running it again. Worker memory is bounded by the chunk size."""
+    so a killed run is finished by running it again. ``_job.json`` records what the parts belong to (the model's
+    weights, the dataset and the chunking): a folder holding parts of another job is refused, or emptied with
+    ``overwrite``. Worker memory is bounded by the chunk size."""
     from dask.distributed import Client, LocalCluster, as_completed
 
     ds = open_dataset(dataset)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
+    _claim(out_dir, _job(run_dir, ds, chunk_rows), overwrite)
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
     if progress:
@@ -156,7 +220,7 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
             client.close()
             if cluster is not None:
                 cluster.close()
-    atomic_write_json(out_dir / "_manifest.json", {"dataset": str(Path(ds.path).resolve()),
+    atomic_write_json(out_dir / MANIFEST, {"dataset": str(Path(ds.path).resolve()),
                                                    "run_dir": str(Path(run_dir).resolve()), "n": len(ds),
                                                    "chunk_rows": chunk_rows, "parts": len(parts)})
     return out_dir

@@ -12,11 +12,13 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
@@ -46,12 +48,31 @@ def save_weights(net: AstroVaDErNet, path: Path, metadata: dict[str, str] | None
     atomic_save_safetensors(net.state_dict(), path, {"format": "astrovader-weights", **(metadata or {})})
 
 
-def load_weights(net: AstroVaDErNet, path: Path) -> None:
-    state = load_file(str(path))
+class RunError(ValueError):
+    """A run directory that is missing, damaged, inconsistent or unfinished: the message names the file and fix."""
+
+
+def load_weights(net: AstroVaDErNet, path: Path) -> dict[str, str]:
+    """Load a weights file into ``net``, refusing unreadable, mismatched or non-finite weights; returns its
+    metadata (``epoch``: the last finished epoch, for files written by training)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; is this a run directory written by `astrovader train`?") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for truncated or garbled files
+        raise RunError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); the file is "
+                       "damaged: restore it, or resume training from checkpoint.safetensors") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{path}: tensor {bad[0]!r} holds NaN or infinite values ({len(bad)} tensors in all); "
+                       "the file is damaged: restore it or train again")
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config's architecture "
-                         f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+        raise RunError(f"{path}: weights do not match the config's architecture "
+                       f"(missing {missing[:4]}, unexpected {unexpected[:4]}); was {CONFIG} edited?")
+    return meta
 
 
 def save_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimizer, epoch: int,
@@ -107,14 +128,60 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_network(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Config, AstroVaDErNet]:
+@dataclass(frozen=True)
+class RunState:
+    """How far a run's saved model got: ``epoch`` is the last finished epoch (None when the weights do not say,
+    e.g. a model saved by ``AstroVaDEr.save``), out of ``epochs``; the mixture prior is fitted after the last
+    gamma-training epoch."""
+
+    epoch: int | None
+    epochs: int
+    gamma_epochs: int
+
+    @property
+    def mixture_initialised(self) -> bool:
+        return self.epoch is None or self.epoch >= self.gamma_epochs - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch is None or self.epoch >= self.epochs - 1
+
+    def describe(self) -> str:
+        if self.epoch is None:
+            return "saved model (training progress not recorded)"
+        state = "finished" if self.finished else "unfinished"
+        prior = "" if self.mixture_initialised else "; the mixture prior was never initialised"
+        return f"{state}: trained to epoch {self.epoch + 1} of {self.epochs}{prior}"
+
+
+def load_config(run_dir: str | Path) -> Config:
+    """A run's config, or a RunError naming the missing file."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG}; is this a run directory written by `astrovader train`?")
+    return Config.from_toml(path)
+
+
+def load_network(run_dir: str | Path, device: str | torch.device | None = None, *,
+                 allow_unfinished: bool = True) -> tuple[Config, AstroVaDErNet]:
     """The config and trained network of a run directory, in eval mode on ``device`` (default "auto": a GPU when
-    there is one)."""
+    there is one). Damaged weights raise a RunError; so does an unfinished run unless ``allow_unfinished``."""
+    cfg, net, state = load_run(run_dir, device)
+    if not allow_unfinished and not state.finished:
+        raise RunError(f"{run_dir}: the run is {state.describe()}; finish it with `astrovader train DATASET "
+                       f"{run_dir} --resume`, or pass --allow-unfinished to use it as it is")
+    return cfg, net
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Config, AstroVaDErNet,
+                                                                                     RunState]:
+    """:func:`load_network` plus the run's :class:`RunState`."""
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{run_dir}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
-    cfg = Config.from_toml(run_dir / CONFIG)
+        raise RunError(f"{run_dir}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
+    cfg = load_config(run_dir)
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     net = AstroVaDErNet(cfg)
-    load_weights(net, run_dir / WEIGHTS)
-    return cfg, net.to(dev).eval()
+    meta = load_weights(net, run_dir / WEIGHTS)
+    epoch = int(meta["epoch"]) if str(meta.get("epoch", "")).lstrip("-").isdigit() else None
+    return cfg, net.to(dev).eval(), RunState(epoch, cfg.train.epochs, cfg.train.gamma_epochs)

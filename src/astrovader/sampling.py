@@ -217,7 +217,10 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
             raise DatasetError(f"{out}: holds a generation run with different settings ({detail}); "
                                "re-run with the same settings to resume, or choose a new output")
         done = len(existing)
-        if done >= n:
+        if done > n:
+            raise DatasetError(f"{out}: already holds {done} generated images, more than the {n} asked for; choose "
+                               "a new output, ask for at least as many to extend it, or pass --overwrite")
+        if done == n:
             if not existing.complete:  # killed between the last commit and closing
                 DatasetWriter(out, m.image_size, m.channels, append=True).close()
             return out

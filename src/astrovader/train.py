@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from astrovader.config import Config, TrainConfig
-from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.data.dataset import Dataset, is_dataset, open_dataset
 from astrovader.feeding import BatchFeeder, augment, positions, shard_slice, split_indices, to_float
 from astrovader.gmm_init import alignment_set, initialise_gmm, reseed_empty_components
 from astrovader.model import AstroVaDErNet, vade_losses
@@ -40,9 +40,12 @@ from astrovader.runs import (
     CHECKPOINT,
     CONFIG,
     DATASET_NOTE,
+    HISTORY,
     INIT_CLUSTERS,
+    WEIGHTS,
     atomic_save_safetensors,
     load_checkpoint,
+    load_config,
     save_checkpoint,
 )
 from astrovader.runtime import (
@@ -117,12 +120,13 @@ class TrainResult:
 
 
 def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, stop_after_epoch: int | None = None,
+          overwrite: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or continue training) a model on ``dataset``, writing everything to ``run_dir``.
 
     ``stop_after_epoch`` ends the run early after that epoch, as a kill would (for tests and for
-    splitting a long run into sessions); the run can then be resumed.
+    splitting a long run into sessions); the run can then be resumed. A run directory that already holds a run
+    is continued only with ``resume`` (and the same settings) and replaced only with ``overwrite``.
 
     Under ``torchrun --nproc-per-node N`` the global batch ``train.batch_size`` is split over N ranks.
     Every rank draws the same global permutation, flips and reparameterisation noise and uses its slice,
@@ -156,17 +160,17 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
 
     history: list[dict[str, Any]] = []
     start = 0
+    _check_run_dir(run_dir, ds, resume, overwrite)
     if resume and (run_dir / CHECKPOINT).exists():
-        saved = Config.from_toml(run_dir / CONFIG)
-        if saved.model != cfg.model:
-            raise ValueError(f"{run_dir}: cannot resume with a different [model] section than the run's "
-                             f"{CONFIG}; resume with --config {run_dir / CONFIG}")
+        changed = _changed_settings(load_config(run_dir), cfg)
+        if changed:
+            raise ValueError(f"{run_dir}: cannot resume with settings that differ from the run's {CONFIG} "
+                             f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}): that would be "
+                             f"another run; resume with the run's own config (`--resume` alone) or train into a "
+                             "new run directory")
         start, history = load_checkpoint(run_dir, net, opt, device)
         start += 1
         history = history[:start]
-    elif (run_dir / CHECKPOINT).exists():
-        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume to continue it, "
-                              "or choose a new run directory")
     broadcast_parameters(net, dist_info)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,9 +226,10 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
             if not all(math.isfinite(v) for v in train_means):
                 raise TrainingDiverged(
                     f"non-finite loss in epoch {plan.epoch} ({plan.phase} phase): total={train_means[0]}, "
-                    f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; the last "
-                    f"good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}. Try a smaller train.lr "
-                    "or train.clip_value.")
+                    f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; "
+                    + (f"the last good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}"
+                       if plan.epoch > start else "no epoch of this run finished, so nothing new was saved")
+                    + ". Try a smaller train.lr or train.clip_value.")
             if val_feeder is not None or dist_info.world > 1:
                 v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
                 if v is not None:
@@ -265,6 +270,35 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
         if tb is not None:
             tb.close()
     return TrainResult(net, history, run_dir)
+
+
+# Settings that change where or how fast a run computes, not what it computes: a resumed run may change them.
+RUNTIME_KEYS = ("train.device", "train.bf16", "train.channels_last", "train.compile", "train.max_resident_gb",
+                "train.tensorboard")
+
+
+def _changed_settings(saved: Config, cfg: Config) -> list[str]:
+    """The ``section.key`` settings in which ``cfg`` differs from a run's saved config, runtime keys aside."""
+    a, b = saved.to_dict(), cfg.to_dict()
+    return [f"{sec}.{key}" for sec in a for key in a[sec]
+            if a[sec][key] != b[sec][key] and f"{sec}.{key}" not in RUNTIME_KEYS]
+
+
+def _check_run_dir(run_dir: Path, ds: Dataset, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a run into a dataset, or to replace or continue another run without being asked."""
+    if run_dir.resolve() == Path(ds.path).resolve() or is_dataset(run_dir):
+        raise ValueError(f"{run_dir}: is a dataset directory; give training its own run directory")
+    held = [name for name in (CHECKPOINT, WEIGHTS, CONFIG) if (run_dir / name).exists()]
+    if not held or (resume and (run_dir / CHECKPOINT).exists()):
+        return
+    if resume:
+        raise FileExistsError(f"{run_dir}: holds {', '.join(held)} but no {CHECKPOINT} to resume from; choose a "
+                              "new run directory, or pass --overwrite to train a new run there")
+    if not overwrite:
+        raise FileExistsError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                              "--overwrite to replace it, or choose a new run directory")
+    for name in (CHECKPOINT, WEIGHTS, CONFIG, HISTORY, INIT_CLUSTERS):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, device: torch.device,

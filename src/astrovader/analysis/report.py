@@ -159,7 +159,8 @@ def _fmt_metric(v: Any) -> str:
 def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str | Path, split: str | None = None,
                 cuts: Sequence[float] = (0.1, 0.5, 0.9), non_morphological: Sequence[int] = (),
                 label_column: str | None = None, max_images: int | None = None, progress: bool = True,
-                gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None) -> Path:
+                gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None,
+                allow_unfinished: bool = False) -> Path:
     """Write the section-5 analyses of a trained run on ``dataset`` to ``out_dir``; returns report.html.
 
     ``split`` restricts to catalogue rows with that ``split`` value (the paper reports on its test set);
@@ -172,7 +173,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise ValueError(f"probability cuts must lie in [0, 1), got {cuts}")
-    cfg, net = load_network(run_dir, device)
+    cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
     ds = open_dataset(dataset)
     K, J = cfg.model.n_clusters, cfg.model.latent_dim
     nm = tuple(sorted({int(c) for c in non_morphological}))

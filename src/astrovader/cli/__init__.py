@@ -30,6 +30,27 @@ class CLIError(Exception):
 USER_ERRORS = (CLIError, ValueError, OSError)
 
 
+def bounded(name: str, kind: type, minimum: float, what: str):
+    """An argparse type: ``kind`` (int or float) not below ``minimum``, with an error naming the option."""
+    def conv(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}") from None
+        if not v >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}")
+        return v
+    return conv
+
+
+def positive_int(name: str):
+    return bounded(name, int, 1, "a positive integer")
+
+
+def non_negative_float(name: str):
+    return bounded(name, float, 0.0, "a number >= 0")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from astrovader import __version__
 

@@ -61,7 +61,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = make_report(args.run_dir, args.dataset, args.out_dir, split=args.split,
                       cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
                       max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
-                      seed=args.seed, device=args.device)
+                      seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished)
     print(f"wrote {out} (open it in a browser; figures/ and tables/ beside it)")
     return 0
 
@@ -79,7 +79,7 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
         raise CLIError("--repeats must be >= 1, --batch >= 2 and --max-components >= 1")
     if not 0 < args.threshold < 1:
         raise CLIError("--threshold must lie in (0, 1)")
-    cfg, net = load_network(args.run_dir, args.device)
+    cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     ds = open_dataset(_dataset_arg(args.run_dir, args.dataset))
     rows = select_rows(ds, args.split, args.max_images, args.seed)
     if len(rows) == 0:
@@ -132,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="analyse a random subset of at most N images (default: all selected rows)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random selections (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training has not finished (default: refuse it)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_report)
 
@@ -158,5 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="figure path (default: RUN_DIR/choose_k.png)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training has not finished (default: refuse it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_choose_k)

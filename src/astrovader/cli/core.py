@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError
+from astrovader.cli import CLIError, positive_int
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -21,6 +21,17 @@ def _resolve_config(args: argparse.Namespace):
     from astrovader.config import Config
 
     return Config.resolve(args.preset, args.config, args.overrides)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from astrovader.health import check_path
+
+    code = 0
+    for path in args.paths:
+        health = check_path(path, progress=not args.quiet)
+        print(health.report())
+        code = code or (0 if health.ok else 1)
+    return code
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -88,8 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("--stop-after must be >= 0")
     _adopt_dataset_geometry(cfg, args)
     try:
-        res = train(cfg, args.dataset, run_dir, resume=args.resume, progress=not args.quiet,
-                    stop_after_epoch=args.stop_after)
+        res = train(cfg, args.dataset, run_dir, resume=args.resume, overwrite=args.overwrite,
+                    progress=not args.quiet, stop_after_epoch=args.stop_after)
     except TrainingDiverged as exc:
         raise CLIError(str(exc)) from None
     last = res.history[-1] if res.history else {}
@@ -99,7 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from astrovader.estimator import AstroVaDEr
+    from astrovader.predict import predict_dataset
+    from astrovader.runs import load_run
 
     if args.dask:
         from astrovader.predict import predict_dask
@@ -107,12 +119,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if Path(args.out).suffix.lower() in (".fits", ".fit"):
             raise CLIError("--dask writes a partitioned Parquet directory; give a directory name as OUT")
         out = predict_dask(args.run_dir, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
-                           batch_size=args.batch_size, device=args.device or "auto", progress=not args.quiet)
+                           batch_size=args.batch_size, device=args.device or "auto", progress=not args.quiet,
+                           overwrite=args.overwrite)
         print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
         return 0
 
-    model = AstroVaDEr.load(args.run_dir, device=args.device)
-    out = model.predict_catalog(args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    cfg, net, state = load_run(args.run_dir, args.device)
+    if not state.finished and not args.allow_unfinished:
+        raise CLIError(f"{args.run_dir}: the run is {state.describe()}; finish it with `astrovader train DATASET "
+                       f"{args.run_dir} --resume`, or pass --allow-unfinished to predict with it as it is")
+    metadata = {"runstate": state.describe()} if not state.finished else None
+    out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
+                          overwrite=args.overwrite, metadata=metadata)
+    if metadata:
+        print(f"warning: {args.run_dir}: {state.describe()} (recorded in {out}'s metadata)")
     import pyarrow.parquet as pq
 
     if out.suffix.lower() == ".parquet":
@@ -148,6 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory (config.toml, model.safetensors, history.csv, checkpoint)")
     _add_config_args(p, None)
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch (0-based); resume later with --resume")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -159,15 +180,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("dataset", help="dataset directory")
     p.add_argument("out", help="output catalogue (.parquet or .fits)")
-    p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1024,
+                   help="images per batch (default 1024)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="predict with a run whose training has not finished (recorded in the output's metadata)")
     p.add_argument("--dask", metavar="SCHEDULER", default=None,
                    help="predict in chunks on Dask workers: local, local:N (N worker processes here) or a "
                    "scheduler address such as tcp://host:8786; OUT becomes a directory of Parquet parts and a "
                    "re-run skips finished parts")
-    p.add_argument("--chunk-rows", type=int, default=8192, help="images per Dask part (default 8192)")
+    p.add_argument("--chunk-rows", type=positive_int("--chunk-rows"), default=8192,
+                   help="images per Dask part (default 8192)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("check", help="check that a dataset or run directory is whole and usable",
+                       description="A dataset: metadata, catalogue (ids present and unique, one row per image) and "
+                       "every image chunk (present and decodable). A run: config, weights (readable, finite), the "
+                       "mixture prior (initialised), how far training got, and the checkpoint against the config. "
+                       "Prints a short summary; exit 0 when healthy, 1 when something is wrong (each problem named "
+                       "with its fix). Example: astrovader check data/ run/")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="dataset or run directories")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("presets", help="list the named configurations, one a line",
                        description="Every preset usable with --preset (train, summary, ingest's stamp recipe), "

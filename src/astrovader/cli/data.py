@@ -7,28 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from astrovader.cli import CLIError
-
-
-def _bounded(name: str, kind: type, minimum: float, what: str):
-    """An argparse type: ``kind`` (int or float) not below ``minimum``, with an error naming the option."""
-    def conv(value: str):
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}")
-        return v
-    return conv
-
-
-def _positive_int(name: str):
-    return _bounded(name, int, 1, "a positive integer")
-
-
-def _non_negative_float(name: str):
-    return _bounded(name, float, 0.0, "a number >= 0")
+from astrovader.cli import CLIError, non_negative_float, positive_int
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,12 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flux-norm", action="store_true",
                    help="scale each stamp to mean grey level 20, so galaxies of one shape look alike whatever "
                         "their surface brightness (colours are kept)")
-    p.add_argument("--crop-px", type=_positive_int("--crop-px"), metavar="N",
+    p.add_argument("--crop-px", type=positive_int("--crop-px"), metavar="N",
                    help="centre crop of N x N pixels (default 192 for kaggle and gz2: their 424 px frames share "
                         "the paper's 0.02 x petroR90 pixel scale)")
-    p.add_argument("--size", type=_positive_int("--size"), metavar="PX", help="output side in pixels (default 128)")
+    p.add_argument("--size", type=positive_int("--size"), metavar="PX", help="output side in pixels (default 128)")
     p.add_argument("--colour", action="store_true", help="keep 3 colour bands instead of averaging to grey")
-    p.add_argument("--workers", type=_positive_int("--workers"), default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=positive_int("--workers"), default=os.cpu_count() or 1,
                    help="decoding processes (default: number of CPUs)")
     p.add_argument("--append", action="store_true", help="add to an existing complete dataset; inputs whose id is "
                    "already present are skipped as duplicates")
@@ -165,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--id-lists", metavar="DIR", help="folder of *Train*/*Valid*/*Test* .npy id lists (e.g. "
                    "astrovader-splits)")
     s.add_argument("--seed", type=int, default=0, help="random seed for --fractions/--paper-counts (default 0)")
-    s.add_argument("--batch-size", type=_positive_int("--batch-size"), default=100,
+    s.add_argument("--batch-size", type=positive_int("--batch-size"), default=100,
                    help="train count is rounded down to a multiple of this (default 100)")
     s.add_argument("--min-votes", type=int, default=None, metavar="N",
                    help="keep only galaxies with more than N votes on the first question (paper: 36; default: "
@@ -183,17 +162,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("out", metavar="OUT", help="output folder for <id>.jpg files and manifest.csv")
     d.add_argument("--url-template", metavar="URL", help="cut-out URL with {ra} {dec} {scale} {size} "
                    "placeholders (default: the SDSS DR7 cut-out service)")
-    d.add_argument("--workers", type=_positive_int("--workers"), default=4, help="concurrent requests (default 4)")
-    d.add_argument("--delay", type=_non_negative_float("--delay"), default=0.1,
+    d.add_argument("--workers", type=positive_int("--workers"), default=4, help="concurrent requests (default 4)")
+    d.add_argument("--delay", type=non_negative_float("--delay"), default=0.1,
                    help="minimum seconds between request starts, across all workers (default 0.1)")
     d.add_argument("--retries", type=int, default=4, help="retries per object after the first try (default 4)")
-    d.add_argument("--backoff", type=_non_negative_float("--backoff"), default=1.0,
+    d.add_argument("--backoff", type=non_negative_float("--backoff"), default=1.0,
                    help="first retry wait in seconds, doubled each retry (default 1)")
-    d.add_argument("--timeout", type=_non_negative_float("--timeout"), default=30.0,
+    d.add_argument("--timeout", type=non_negative_float("--timeout"), default=30.0,
                    help="per-request timeout in seconds (default 30)")
-    d.add_argument("--size", type=_positive_int("--size"), default=256, help="cut-out side in pixels (default 256)")
-    d.add_argument("--scale-factor", type=_non_negative_float("--scale-factor"), default=0.02,
+    d.add_argument("--size", type=positive_int("--size"), default=256, help="cut-out side in pixels (default 256)")
+    d.add_argument("--scale-factor", type=non_negative_float("--scale-factor"), default=0.02,
                    help="pixel scale = factor x petroR90_r arcsec (default 0.02)")
-    d.add_argument("--limit", type=_positive_int("--limit"), help="only the first N catalogue rows")
+    d.add_argument("--limit", type=positive_int("--limit"), help="only the first N catalogue rows")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_download)

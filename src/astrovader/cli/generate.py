@@ -18,6 +18,28 @@ def _format(args: argparse.Namespace) -> str:
     return {".png": "png", ".fits": "fits", ".fit": "fits"}.get(suffix, "dataset")
 
 
+def _clear_output(out: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse to replace what is at OUT unless --overwrite; never delete a dataset that generate did not write."""
+    if not out.exists():
+        return
+    if fmt in ("png", "fits"):
+        if out.is_dir():
+            raise CLIError(f"{out}: is a directory; give a file name ending in .{fmt}")
+        if not overwrite:
+            raise CLIError(f"{out}: already exists; pass --overwrite to replace it, or choose another name")
+        return
+    from astrovader.data.dataset import Dataset, is_dataset
+
+    if not out.is_dir():
+        raise CLIError(f"{out}: is a file; a dataset output is a directory (or name a .png / .fits file)")
+    if overwrite and is_dataset(out):
+        if "generated" not in Dataset(out).meta:
+            raise CLIError(f"{out}: a dataset not written by `astrovader generate`; --overwrite will not delete it")
+        import shutil
+
+        shutil.rmtree(out)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from astrovader import sampling
     from astrovader.runs import load_network
@@ -28,11 +50,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size must be >= 1")
     if args.temperature <= 0:
         raise CLIError("--temperature must be > 0")
-    cfg, net = load_network(args.run_dir, args.device)
+    cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     K = cfg.model.n_clusters
     if args.cluster and any(not 0 <= c < K for c in args.cluster):
         raise CLIError(f"--cluster must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
     fmt = _format(args)
+    _clear_output(Path(args.out), fmt, args.overwrite)
     kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
               batch_size=args.batch_size)
     if fmt == "png":
@@ -65,7 +88,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     if args.steps < 2 or args.traverse_steps < 2:
         raise CLIError("--steps and --traverse-steps must be >= 2")
-    _, net = load_network(args.run_dir, args.device)
+    _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     figs = generation_figures(net, args.dataset, args.out_dir, predictions=args.predictions,
                               n_per_cluster=args.n_per_cluster, steps=args.steps,
                               traverse_steps=args.traverse_steps, companion_component=args.companion,
@@ -101,6 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default from OUT's suffix, else dataset")
     p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training has not finished (default: refuse it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT (a dataset only if generate wrote it); without it a dataset is resumed")
     p.add_argument("--no-consistency", action="store_true", help="skip the cluster-consistency check")
     p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
                    help="check consistency on at most the first N images (default 100000)")
@@ -126,5 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training has not finished (default: refuse it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_explore)

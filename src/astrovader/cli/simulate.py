@@ -19,8 +19,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise CLIError("--n must be >= 1")
-    if args.size < 8:
-        raise CLIError("--size must be >= 8")
+    if args.size < 8 or args.size % 8:
+        raise CLIError(f"--size must be a multiple of 8 pixels (the networks halve an image three times), "
+                       f"got {args.size}")
     if args.workers is not None and args.workers < 1:
         raise CLIError("--workers must be >= 1")
     ds = simulate(args.out, n=args.n, size=args.size, seed=args.seed,

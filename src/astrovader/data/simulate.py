@@ -238,6 +238,11 @@ def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_f
              progress: bool = True) -> Dataset:
     """Simulate ``n`` galaxies straight into a packed dataset at ``out`` (bounded memory for any ``n``)."""
     out = Path(out)
+    if size < 8 or size % 8:
+        raise ValueError(f"stamp size must be a multiple of 8 pixels (the networks halve an image three times), "
+                         f"got {size}")
+    if n < 1:
+        raise ValueError(f"the number of galaxies must be >= 1, got {n}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists and is not an empty directory; "
                               "choose a new output directory")

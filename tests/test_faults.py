@@ -1,0 +1,239 @@
+"""Never a silent wrong result: a table of damaged inputs, unfinished runs, stale outputs and bad arguments.
+
+Each case damages a fresh copy of a small dataset and trained run, runs one command, and expects a one-line error
+naming the culprit with exit code 2 (never a traceback), or a correct result. ``astrovader check`` must find each
+damaged dataset or run (exit 1) and pass the healthy ones (exit 0). Nothing the user had may be lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from astrovader.cli import main
+from astrovader.data.dataset import write_dataset
+
+from .conftest import blob_images
+from .test_predict import TINY
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """A 16 px dataset of 300 images (chunks of 256 rows: two chunks) and a finished tiny run trained on it."""
+    tmp = tmp_path_factory.mktemp("faults")
+    imgs, labels = blob_images(300, size=16, seed=2)
+    write_dataset(tmp / "ds", imgs, pd.DataFrame({"id": np.arange(300), "true_class": labels}))
+    sets = [a for o in TINY for a in ("--set", o)]
+    assert main(["train", str(tmp / "ds"), str(tmp / "run"), "--preset", "demo", *sets, "--quiet"]) == 0
+    assert main(["train", str(tmp / "ds"), str(tmp / "gamma-only"), "--preset", "demo", *sets, "--quiet",
+                 "--stop-after", "0"]) == 0  # killed during gamma-training: the mixture was never initialised
+    return tmp
+
+
+@pytest.fixture
+def work(pristine, tmp_path) -> Path:
+    """A fresh copy to damage."""
+    for name in ("ds", "run", "gamma-only"):
+        shutil.copytree(pristine / name, tmp_path / name)
+    return tmp_path
+
+
+def _chunk(ds: Path, i: int) -> Path:
+    return ds / "images.zarr" / "c" / str(i) / "0" / "0" / "0"
+
+
+def _overwrite_tail(path: Path, n: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    data[-n:] = b"\xff" * n  # float32 0xffffffff is NaN
+    path.write_bytes(bytes(data))
+
+
+@dataclass
+class Case:
+    name: str
+    damage: Callable[[Path], None]
+    argv: Callable[[Path], list[str]]
+    needle: str  # must appear in the error message
+    check: str | None = None  # the path `astrovader check` must find damaged ("ds" or "run")
+
+
+def _none(w: Path) -> None:
+    pass
+
+
+def _dup_ids(w: Path) -> None:
+    cat = pd.read_parquet(w / "ds" / "catalog.parquet")
+    cat.loc[5, "id"] = cat.loc[4, "id"]
+    cat.to_parquet(w / "ds" / "catalog.parquet", index=False)
+
+
+def _truncate_chunk(w: Path) -> None:
+    c = _chunk(w / "ds", 1)
+    c.write_bytes(c.read_bytes()[:20])
+
+
+def _dataset_json(w: Path) -> None:
+    p = w / "ds" / "dataset.json"
+    p.write_text(p.read_text()[:-10])
+
+
+def _size32(w: Path) -> None:
+    imgs, _ = blob_images(20, size=32)
+    write_dataset(w / "big", imgs)
+
+
+def _other_dask_job(w: Path) -> None:
+    assert main(["predict", str(w / "run"), str(w / "ds"), str(w / "parts"), "--dask", "local:1",
+                 "--chunk-rows", "100", "--quiet"]) == 0
+
+
+def _existing(w: Path) -> None:
+    (w / "p.parquet").write_bytes(b"the user's own file")
+
+
+def _generated8(w: Path) -> None:
+    assert main(["generate", str(w / "run"), str(w / "gen"), "--n", "8", "--quiet", "--no-consistency"]) == 0
+
+
+def _model_no_checkpoint(w: Path) -> None:
+    (w / "run" / "checkpoint.safetensors").unlink()
+
+
+def _bad_configs(w: Path) -> None:
+    (w / "cfgdir").mkdir()
+    (w / "latin1.toml").write_bytes("[train]\nseed = 1 # caf\xe9\n".encode("latin-1"))
+
+
+PRED = ["predict", "{run}", "{ds}", "{out}/p.parquet", "--quiet"]
+TRAIN_SETS = [a for o in TINY for a in ("--set", o)]
+
+CASES = [
+    Case("catalogue deleted", lambda w: (w / "ds" / "catalog.parquet").unlink(),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "catalog.parquet", "ds"),
+    Case("image chunk deleted", lambda w: _chunk(w / "ds", 1).unlink(),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "chunk 1", "ds"),
+    Case("image chunk truncated", _truncate_chunk,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "cannot decode", "ds"),
+    Case("duplicate ids", _dup_ids,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "more than once", "ds"),
+    Case("dataset.json syntax error", _dataset_json,
+         lambda w: ["train", str(w / "ds"), str(w / "new"), "--preset", "demo", *TRAIN_SETS], "dataset.json", "ds"),
+    Case("run killed in gamma-training", _none,
+         lambda w: ["predict", str(w / "gamma-only"), str(w / "ds"), str(w / "p.parquet")], "never initialised"),
+    Case("resume with a changed schedule", _none,
+         lambda w: ["train", str(w / "ds"), str(w / "gamma-only"), "--resume", "--preset", "demo", *TRAIN_SETS,
+                    "--set", "train.periods=3"], "train.periods"),
+    Case("NaN bytes in the weights", lambda w: _overwrite_tail(w / "run" / "model.safetensors"),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "NaN", "run"),
+    Case("truncated weights", lambda w: (w / "run" / "model.safetensors").write_bytes(b"\x10\x00"),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "model.safetensors", "run"),
+    Case("train into a run with no checkpoint", _model_no_checkpoint,
+         lambda w: ["train", str(w / "ds"), str(w / "run"), "--preset", "demo", *TRAIN_SETS], "already holds"),
+    Case("train into the dataset", _none,
+         lambda w: ["train", str(w / "ds"), str(w / "ds"), "--preset", "demo", *TRAIN_SETS], "dataset directory"),
+    Case("model and dataset sizes differ", _size32,
+         lambda w: ["predict", str(w / "run"), str(w / "big"), str(w / "p.parquet")], "the model expects"),
+    Case("explore with sizes that differ", _size32,
+         lambda w: ["explore", str(w / "run"), str(w / "big"), str(w / "fig")], "the model expects"),
+    Case("dask parts of another job", _other_dask_job,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "parts"), "--dask", "local:1",
+                    "--chunk-rows", "64"], "another job"),
+    Case("predict over an existing file", _existing,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "already exists"),
+    Case("predict to a .csv name", _none,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.csv")], ".parquet or .fits"),
+    Case("predict into a directory", lambda w: (w / "outdir.parquet").mkdir(),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "outdir.parquet")], "is a directory"),
+    Case("generate fewer into a larger output", _generated8,
+         lambda w: ["generate", str(w / "run"), str(w / "gen"), "--n", "3"], "more than the 3"),
+    Case("negative batch size", _none,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet"), "--batch-size", "-3"],
+         "--batch-size"),
+    Case("zero batch size", _none,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet"), "--batch-size", "0"],
+         "--batch-size"),
+    Case("infinite learning rate", _none,
+         lambda w: ["train", str(w / "ds"), str(w / "new"), "--preset", "demo", *TRAIN_SETS, "--set", "train.lr=inf"],
+         "train.lr"),
+    Case("config is a directory", _bad_configs,
+         lambda w: ["train", str(w / "ds"), str(w / "new"), "--config", str(w / "cfgdir")], "is a directory"),
+    Case("config is not UTF-8", _bad_configs,
+         lambda w: ["train", str(w / "ds"), str(w / "new"), "--config", str(w / "latin1.toml")], "latin1.toml"),
+    Case("simulate an odd size", _none,
+         lambda w: ["simulate", str(w / "sim"), "--n", "10", "--size", "33"], "multiple of 8"),
+    Case("demo with no galaxies", _none, lambda w: ["demo", str(w / "demo"), "--n", "0"], "at least"),
+]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit code and stderr of one command (stdout stays readable through ``capsys.readouterr().out``)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    _run.out = captured.out  # type: ignore[attr-defined]
+    return code, captured.err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault_is_named_not_used(case: Case, work: Path, capsys):
+    case.damage(work)
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    code, err = _run(case.argv(work), capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert case.needle in err, err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, err
+    for p, mtime in before.items():  # no input or earlier output was touched
+        assert p.exists() and p.stat().st_mtime_ns == mtime, p
+    if case.check:
+        assert _run(["check", str(work / case.check), "--quiet"], capsys)[0] == 1
+    assert not (work / "demo").exists()
+
+
+def test_check_passes_healthy_dataset_and_run(pristine, capsys):
+    code, _ = _run(["check", str(pristine / "ds"), str(pristine / "run"), "--quiet"], capsys)
+    out = _run.out  # type: ignore[attr-defined]
+    assert code == 0
+    assert "dataset, healthy" in out and "run, healthy" in out and "2 of 2 image chunks" in out
+
+
+def test_check_finds_an_unfinished_run(pristine, capsys):
+    assert _run(["check", str(pristine / "gamma-only"), "--quiet"], capsys)[0] == 1
+
+
+def test_unfinished_run_predicts_only_when_allowed_and_says_so(work: Path, capsys):
+    out = work / "p.parquet"
+    assert main(["predict", str(work / "gamma-only"), str(work / "ds"), str(out), "--allow-unfinished",
+                 "--quiet"]) == 0
+    meta = pq.read_schema(out).metadata
+    assert b"never initialised" in meta[b"runstate"]
+
+
+def test_overwrite_replaces_an_existing_catalogue(work: Path):
+    _existing(work)
+    assert main(["predict", str(work / "run"), str(work / "ds"), str(work / "p.parquet"), "--overwrite",
+                 "--quiet"]) == 0
+    assert len(pd.read_parquet(work / "p.parquet")) == 300
+
+
+def test_debug_shows_the_traceback(work: Path):
+    with pytest.raises(FileExistsError):
+        main(["--debug", "train", str(work / "ds"), str(work / "run"), "--preset", "demo", *TRAIN_SETS])
+
+
+def test_errors_name_the_file_in_one_line(work: Path, capsys):
+    (work / "ds" / "dataset.json").write_text(json.dumps({"format": "something else"}))
+    code, err = _run(["predict", str(work / "run"), str(work / "ds"), str(work / "p.parquet")], capsys)
+    assert code == 2 and "dataset.json" in err and err.count("\n") == 1
