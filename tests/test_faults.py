@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +21,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from astropy.io import fits
+from PIL import Image
 
 from astrovader.cli import main
-from astrovader.data.dataset import write_dataset
+from astrovader.data.dataset import Dataset, write_dataset
 
 from .conftest import blob_images
 from .test_predict import TINY
@@ -75,6 +81,13 @@ def _dup_ids(w: Path) -> None:
     cat.to_parquet(w / "ds" / "catalog.parquet", index=False)
 
 
+def _null_id(w: Path) -> None:
+    cat = pd.read_parquet(w / "ds" / "catalog.parquet")
+    cat["id"] = cat["id"].astype("Int64")
+    cat.loc[7, "id"] = None
+    cat.to_parquet(w / "ds" / "catalog.parquet", index=False)
+
+
 def _truncate_chunk(w: Path) -> None:
     c = _chunk(w / "ds", 1)
     c.write_bytes(c.read_bytes()[:20])
@@ -124,6 +137,8 @@ CASES = [
          lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "cannot decode", "ds"),
     Case("duplicate ids", _dup_ids,
          lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "more than once", "ds"),
+    Case("missing id", _null_id,
+         lambda w: ["report", str(w / "run"), str(w / "ds"), str(w / "rep")], "have no id", "ds"),
     Case("dataset.json syntax error", _dataset_json,
          lambda w: ["train", str(w / "ds"), str(w / "new"), "--preset", "demo", *TRAIN_SETS], "dataset.json", "ds"),
     Case("run killed in gamma-training", _none,
@@ -237,3 +252,118 @@ def test_errors_name_the_file_in_one_line(work: Path, capsys):
     (work / "ds" / "dataset.json").write_text(json.dumps({"format": "something else"}))
     code, err = _run(["predict", str(work / "run"), str(work / "ds"), str(work / "p.parquet")], capsys)
     assert code == 2 and "dataset.json" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# ingest and download
+# ------------------------------------------------------------------------------------------------
+def _png(path: Path, value: int = 120) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path)
+
+
+def test_ids_are_the_names_as_given_unless_all_are_canonical_integers(tmp_path):
+    for name in ("012345", "+12345", "12345"):
+        _png(tmp_path / "src" / f"{name}.png")
+    assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "ds"), "--size", "16", "--workers", "1",
+                 "--quiet"]) == 0
+    assert sorted(Dataset(tmp_path / "ds").ids.tolist()) == ["+12345", "012345", "12345"]
+    for name in ("7", "12", "300"):
+        _png(tmp_path / "ints" / f"{name}.png")
+    assert main(["ingest", str(tmp_path / "ints"), str(tmp_path / "di"), "--size", "16", "--workers", "1",
+                 "--quiet"]) == 0
+    assert sorted(Dataset(tmp_path / "di").ids.tolist()) == [7, 12, 300]
+
+
+def test_killed_ingest_with_text_ids_resumes_and_appends(tmp_path, monkeypatch):
+    import astrovader.data.ingest as ing
+
+    for i in range(80):
+        _png(tmp_path / "src" / f"gal-{i:03d}.png", i)
+    real, calls = ing.preprocess, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ing, "preprocess", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ing.ingest_folder(tmp_path / "src", tmp_path / "ds", size=16, workers=1, progress=False, commit_every=16)
+    monkeypatch.setattr(ing, "preprocess", real)
+    assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "ds"), "--size", "16", "--workers", "1",
+                 "--quiet"]) == 0
+    ds = Dataset(tmp_path / "ds")
+    assert ds.complete and sorted(ds.ids.tolist()) == [f"gal-{i:03d}" for i in range(80)]
+    _png(tmp_path / "more" / "gal-999.png")
+    assert main(["ingest", str(tmp_path / "more"), str(tmp_path / "ds"), "--size", "16", "--workers", "1",
+                 "--append", "--quiet"]) == 0
+    assert len(Dataset(tmp_path / "ds")) == 81
+
+
+def test_fits_infinities_are_saturated_not_black(tmp_path):
+    data = np.tile(np.linspace(0, 100, 32, dtype=np.float32), (32, 1))
+    data[10:14, 10:14] = np.inf
+    data[0, 0] = np.nan
+    (tmp_path / "src").mkdir()
+    fits.PrimaryHDU(data).writeto(tmp_path / "src" / "1.fits")
+    assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "ds"), "--size", "32", "--crop", "1",
+                 "--workers", "1", "--quiet"]) == 0
+    img = Dataset(tmp_path / "ds").load()[0, 0]
+    # FITS rows run bottom-up: FITS rows 10..13 are our rows 18..21
+    assert img[18:22, 10:14].min() == 255 and img[31, 0] == 0
+
+
+def test_an_ingest_where_every_input_fails_is_an_error(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        (tmp_path / "src" / f"{i}.png").write_bytes(b"not a png")
+    code, err = _run(["ingest", str(tmp_path / "src"), str(tmp_path / "ds"), "--quiet"], capsys)
+    assert code == 2 and "none of the 3 images" in err and "ingest_report.csv" in err
+
+
+def test_labels_relative_to_the_parent_folder_are_explained(tmp_path, capsys):
+    for i in range(3):
+        _png(tmp_path / "gz" / "images" / f"{i}.png")
+    pd.DataFrame({"file": [f"images/{i}.png" for i in range(3)], "label": [0, 1, 0]}).to_csv(
+        tmp_path / "gz" / "labels.csv", index=False)
+    code, err = _run(["ingest", str(tmp_path / "gz" / "images"), str(tmp_path / "ds"), "--labels",
+                      str(tmp_path / "gz" / "labels.csv"), "--quiet"], capsys)
+    assert code == 2 and "relative to the folder" in err and str(tmp_path / "gz") in err
+
+
+def test_ingest_workers_end_with_a_killed_parent(tmp_path):
+    (tmp_path / "src").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):  # large noisy frames: measuring each galaxy frame keeps the workers busy for seconds
+        Image.fromarray(rng.integers(0, 255, (400, 400), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.png")
+    script = ("from astrovader.data.ingest import ingest_folder\n"
+              f"ingest_folder({str(tmp_path / 'src')!r}, {str(tmp_path / 'ds')!r}, size=16, workers=2, "
+              "progress=False, crop='3xR90')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    children: list[int] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.2)
+        path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = [int(c) for c in path.read_text().split()] if path.exists() else []
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert children, "the ingest started no worker processes"
+    time.sleep(3)
+
+    def alive(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        return status.exists() and "\nState:\tZ" not in status.read_text()
+
+    assert not [c for c in children if alive(c)]
+
+
+def test_download_names_a_bad_cell(tmp_path, capsys):
+    pd.DataFrame({"id": [1, 2], "ra": [10.0, 11.0], "dec": ["1.5", "abc"], "petro_r90": [5.0, 6.0]}).to_csv(
+        tmp_path / "cat.csv", index=False)
+    code, err = _run(["download", str(tmp_path / "cat.csv"), str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and "row 3" in err and "column dec" in err and "'abc'" in err

@@ -6,7 +6,8 @@ rows are flipped on reading; a FITS file and a PNG of the same picture give the 
 
 FITS images hold floating-point fluxes with no natural 8-bit mapping. They are scaled with a fixed, documented
 stretch (:func:`fits_stretch`): clip to the 0.5th..99.5th percentile of the finite pixels, then
-``asinh(10 x) / asinh(10)``, which keeps faint outskirts visible without saturating the core; NaNs become 0.
+``asinh(10 x) / asinh(10)``, which keeps faint outskirts visible without saturating the core; NaNs and -inf
+become 0 and +inf (saturated pixels) 255.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def fits_stretch(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5,
     lo, hi = np.percentile(vals, [low_pct, high_pct])
     if not hi > lo:
         hi = lo + 1.0  # flat image: map everything to black rather than dividing by zero
-    x = np.clip((np.where(finite, data, lo) - lo) / (hi - lo), 0.0, 1.0)
+    # NaN (no data) is sky, 0; +inf (a saturated pixel) is the brightest level and -inf the faintest.
+    filled = np.where(np.isposinf(data), hi, np.where(finite, data, lo))
+    x = np.clip((filled - lo) / (hi - lo), 0.0, 1.0)
     return (np.arcsinh(a * x) / np.arcsinh(a) * 255.0).astype(np.float32)
 
 

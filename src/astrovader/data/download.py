@@ -175,6 +175,14 @@ def _load_targets(catalog: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("id", "ra", "dec", "petro_r90") if c not in frame.columns]
     if missing:
         raise ValueError(f"{name}: missing column(s) {missing} (need id, ra, dec, petro_r90 or petroR90_r)")
+    for col in ("ra", "dec", "petro_r90"):  # a text cell (e.g. dec=abc) is named by row and column, not cast blindly
+        numbers = pd.to_numeric(frame[col], errors="coerce")
+        text = numbers.isna() & frame[col].notna()
+        if text.any():
+            row = int(np.flatnonzero(text.to_numpy())[0])
+            raise ValueError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}), column {col}: "
+                             f"{frame[col].iloc[row]!r} is not a number; fix that cell")
+        frame = frame.assign(**{col: numbers})
     bad = ~(np.isfinite(frame["ra"].astype(float)) & np.isfinite(frame["dec"].astype(float))
             & (frame["petro_r90"].astype(float) > 0))
     if bad.any():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from astrovader.data.dataset import Dataset, DatasetWriter, atomic_write_bytes, is_dataset
 from astrovader.data.decode import IMAGE_EXTENSIONS, ImageReadError, decode_image, read_h5_rows
@@ -132,6 +133,22 @@ def _run_batches(batches: Iterator[list[Item]], crop: Crop, size: int, colour: b
             fut.cancel()
 
 
+def _die_with_parent(parent: int) -> None:
+    """In a worker: end when the ingest that started it ends, even if it is killed (SIGKILL leaves no chance to
+    shut the pool down). Linux only (prctl PR_SET_PDEATHSIG); elsewhere the pool's own shutdown does it."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            return
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+
 def _make_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes, forked where possible: importing ``astrovader`` pulls in torch (seconds per
     worker), which a forked child inherits for free. Workers are started at once, before the writer or
@@ -139,7 +156,8 @@ def _make_pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
     pool.submit(int).result()  # starts all workers now (fork pools spawn every worker on first submit)
     return pool
 
@@ -221,7 +239,7 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
                              "mixing preprocessing in one dataset is refused")
         sample = next((it.id for it in items if it.id is not None), None)
         if len(existing) and sample is not None:
-            old_int = bool(np.issubdtype(existing.catalog["id"].dtype, np.integer))
+            old_int = bool(pd.api.types.is_integer_dtype(existing.catalog["id"].dtype))
             new_int = isinstance(sample, int)
             if old_int != new_int:
                 raise ValueError(f"{out}: existing ids are {'integers' if old_int else 'strings'} but the new "
@@ -287,6 +305,10 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
                 bar.close()
             report.seconds = time.perf_counter() - t0
             write_report(out / REPORT_NAME, report.issues)
+        if len(w) == 0 and report.n_failed:
+            first = next(i for i in report.issues if i.status == "failed")
+            raise ValueError(f"{src}: none of the {report.n_failed} images could be read (first: {first.file}: "
+                             f"{first.reason}); every reason is in {out / REPORT_NAME}")
         report.n_total = len(w)
     report.seconds = time.perf_counter() - t0
     if not report.balanced:  # pragma: no cover - a bug, not a data problem

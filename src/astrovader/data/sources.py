@@ -21,7 +21,9 @@ from astrovader.data.decode import IMAGE_EXTENSIONS
 from astrovader.data.stamps import Crop
 
 SOURCES = ("folder", "kaggle", "gz2", "galaxy10")
-_INT_RE = re.compile(r"^[+-]?\d+$")
+# Canonical integers only: "012345", "+12345" and "12345" are three different names, so ids become integers only
+# when every one is written the way Python would write that integer (otherwise all ids stay strings, as given).
+_INT_RE = re.compile(r"^(0|-?[1-9]\d*)$")
 # The crop each source's cut-outs need when none is given; used by the API and the CLI alike.
 SOURCE_CROPS = {
     "folder": Crop(fraction=0.75),  # the paper's SDSS cut-outs: the central 192 of 256 px
@@ -75,7 +77,8 @@ class IngestIssue:
 
 
 def _coerce_ids(values: Iterable[Any]) -> list[Any]:
-    """Ids as Python ints when every value is an integer literal (exactly, no float detour), else strings."""
+    """Ids as Python ints when every value is a canonical integer literal (exactly, no float detour), else the
+    strings exactly as given (file stems or the label column)."""
     vals = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip() for v in values]
     if vals and all(_INT_RE.match(v) for v in vals):
         ints = [int(v) for v in vals]
@@ -157,6 +160,12 @@ def match_folder_labels(files: list[Path], src: Path, labels: pd.DataFrame | Non
                 used.add(row)
                 items.append(Item(rel, str(p), label_ids[row] if label_ids is not None else sid,
                                   LabelRef(records, row)))
+        prefix = src.name + "/"
+        if not used and any(k.startswith(prefix) and k[len(prefix):] in set(rels) for k in by_file):
+            example = next(k for k in by_file if k.startswith(prefix))
+            raise ValueError(f"{labels_name}: its 'file' column names paths like {example!r}, relative to the folder "
+                             f"above {src}; give that folder ({src.parent}) as the image folder, or remove the "
+                             f"'{prefix}' prefix from the column")
         for f, row in by_file.items():
             if row not in used:
                 issues.append(IngestIssue(f, "missing_image", f"{labels_name} row {row + 2} names a file that "
