@@ -233,7 +233,7 @@ def test_unfinished_run_predicts_only_when_allowed_and_says_so(work: Path, capsy
     assert main(["predict", str(work / "gamma-only"), str(work / "ds"), str(out), "--allow-unfinished",
                  "--quiet"]) == 0
     meta = pq.read_schema(out).metadata
-    assert b"never initialised" in meta[b"runstate"]
+    assert b"never initialised" in meta[b"RUNSTATE"]
 
 
 def test_overwrite_replaces_an_existing_catalogue(work: Path):

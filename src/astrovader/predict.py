@@ -3,7 +3,6 @@ whole dataset, streamed to a Parquet (or FITS) file with bounded memory, or to P
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import WEIGHTS, load_network
+from astrovader.runs import load_network, weights_sha256
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
@@ -98,6 +97,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
 
             tmp_fits = out.with_name(f".{out.name}.tmp-{os.getpid()}.fits")
             table = Table.read(str(parquet_path), format="parquet")
+            table.meta["EXTNAME"] = "PREDICTIONS"
             for key, value in (metadata or {}).items():
                 table.meta[key.upper()[:8]] = value
             table.write(str(tmp_fits), format="fits", overwrite=True)
@@ -149,8 +149,7 @@ MANIFEST = "_manifest.json"
 
 def _job(run_dir: str | Path, ds: Dataset, chunk_rows: int) -> dict[str, Any]:
     """What a partitioned catalogue is of: the weights (by content), the dataset and its size, the chunking."""
-    digest = hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
-    return {"weights_sha256": digest, "dataset": str(Path(ds.path).resolve()), "n": len(ds),
+    return {"weights_sha256": weights_sha256(run_dir), "dataset": str(Path(ds.path).resolve()), "n": len(ds),
             "chunk_rows": int(chunk_rows)}
 
 

@@ -9,10 +9,12 @@ never pickles.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,26 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
     meta = load_weights(net, run_dir / WEIGHTS)
     epoch = int(meta["epoch"]) if str(meta.get("epoch", "")).lstrip("-").isdigit() else None
     return cfg, net.to(dev).eval(), RunState(epoch, cfg.train.epochs, cfg.train.gamma_epochs)
+
+
+def weights_sha256(run_dir: str | Path) -> str:
+    """A short content hash of a run's weights file: which model made an output, whatever its path."""
+    return hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
+
+
+def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> dict[str, str]:
+    """What made an output, as FITS-style keys (<= 8 characters), used both as FITS header cards and as Parquet
+    schema metadata: package version, UTC date, run directory and weights hash, K, J and the command line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("astrovader")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        package = "unknown"
+    out = {"ASTROVER": package, "DATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+           "RUNDIR": str(Path(run_dir).resolve()), "WEIGHTS": weights_sha256(run_dir),
+           "NCOMP": str(cfg.model.n_clusters), "NLATENT": str(cfg.model.latent_dim),
+           "IMGSIZE": str(cfg.model.image_size)}
+    if command:
+        out["COMMAND"] = command
+    return out

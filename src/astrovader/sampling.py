@@ -18,7 +18,6 @@ with FITS's own convention (row 0 at the bottom), so ds9 shows it the right way 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
+from astrovader.runs import provenance
 
 RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
 COMPONENT_DRAWS = ("mixture", "uniform")  # how a component is chosen when none is given
@@ -267,7 +267,7 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
 
 def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                     *, progress: bool = True) -> Path:
+                     *, progress: bool = True, run_dir: str | Path | None = None) -> Path:
     """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
     then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
     every format holds the same images; rows are stored bottom first, as FITS viewers expect.
@@ -290,8 +290,12 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
         header[f"NAXIS{i + 1}"] = size
     header["EXTEND"] = True
     header["ORIGIN"] = "astrovader generate"
-    for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("WEIGHTS", spec.weights),
-                     ("CLUSTERS", json.dumps(spec.as_dict()["clusters"]))):
+    header["BUNIT"] = ("", "dimensionless: dataset pixel values / 255 (asinh-stretched)")
+    header["MODEL"] = (model_fingerprint(net), "hash of the decoder and mixture prior weights")
+    for key, val in (provenance(run_dir, net.cfg) if run_dir else {}).items():
+        header[key] = val
+    for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("DRAW", spec.weights),
+                     ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)))):
         header[key] = val
     cat: list[pd.DataFrame] = []
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 _COMMAND_MODULES = (
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "astrovader " + shlex.join(sys.argv[1:] if argv is None else argv)  # for provenance
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

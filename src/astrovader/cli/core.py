@@ -111,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from astrovader.predict import predict_dataset
-    from astrovader.runs import load_run
+    from astrovader.runs import load_run, provenance
 
     if args.dask:
         from astrovader.predict import predict_dask
@@ -128,10 +128,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not state.finished and not args.allow_unfinished:
         raise CLIError(f"{args.run_dir}: the run is {state.describe()}; finish it with `astrovader train DATASET "
                        f"{args.run_dir} --resume`, or pass --allow-unfinished to predict with it as it is")
-    metadata = {"runstate": state.describe()} if not state.finished else None
+    metadata = provenance(args.run_dir, cfg, args.command_line)
+    if not state.finished:
+        metadata["RUNSTATE"] = state.describe()
     out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
                           overwrite=args.overwrite, metadata=metadata)
-    if metadata:
+    if not state.finished:
         print(f"warning: {args.run_dir}: {state.describe()} (recorded in {out}'s metadata)")
     import pyarrow.parquet as pq
 

@@ -79,9 +79,12 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from astrovader.data.download import DEFAULT_URL_TEMPLATE, download_cutouts
+    from astrovader.data.download import SERVICES, download_cutouts
 
-    report = download_cutouts(args.catalog, args.out, url_template=args.url_template or DEFAULT_URL_TEMPLATE,
+    if args.url_template and args.service:
+        raise CLIError("give either --service or --url-template, not both")
+    template = args.url_template or SERVICES[args.service or "dr17"]
+    report = download_cutouts(args.catalog, args.out, url_template=template,
                               workers=args.workers, delay=args.delay, retries=args.retries, backoff=args.backoff,
                               timeout=args.timeout, size=args.size, scale_factor=args.scale_factor,
                               limit=args.limit, progress=not args.quiet)
@@ -160,8 +163,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("catalog", metavar="CATALOG", help="CSV/Parquet/FITS with id (or objid/dr7objid), ra, dec and "
                    "petro_r90 (or petroR90_r)")
     d.add_argument("out", metavar="OUT", help="output folder for <id>.jpg files and manifest.csv")
-    d.add_argument("--url-template", metavar="URL", help="cut-out URL with {ra} {dec} {scale} {size} "
-                   "placeholders (default: the SDSS DR7 cut-out service)")
+    d.add_argument("--service", choices=("dr17", "dr7"), default=None,
+                   help="cut-out service: dr17, SkyServer's current REST service (default), or dr7, the retired "
+                   "CasJobs service the paper used")
+    d.add_argument("--url-template", metavar="URL", help="any other cut-out URL, with {ra} {dec} {scale} {size} "
+                   "placeholders")
     d.add_argument("--workers", type=positive_int("--workers"), default=4, help="concurrent requests (default 4)")
     d.add_argument("--delay", type=non_negative_float("--delay"), default=0.1,
                    help="minimum seconds between request starts, across all workers (default 0.1)")

@@ -63,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
         return 0
     if fmt == "fits":
-        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet)
+        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)
         print(f"wrote {args.n} synthetic galaxies (float32 cube + CATALOG table) to {out}")
         return 0
     out = sampling.generate_to_dataset(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)

@@ -34,8 +34,16 @@ import pandas as pd
 
 from astrovader.data.dataset import atomic_write_bytes
 
-DEFAULT_URL_TEMPLATE = ("http://casjobs.sdss.org/ImgCutoutDR7/getjpeg.aspx?"
-                        "ra={ra}&dec={dec}&scale={scale}&width={size}&height={size}")
+# Cut-out services, all taking ra, dec (degrees), scale (arcsec per pixel), width and height (pixels). SkyServer's
+# REST service (DR17) is the current one; the retired DR7 CasJobs service the paper used is kept by name.
+SERVICES = {
+    "dr17": ("https://skyserver.sdss.org/dr17/SkyServerWS/ImgCutout/getjpeg?"
+             "ra={ra}&dec={dec}&scale={scale}&width={size}&height={size}"),
+    "dr7": ("http://casjobs.sdss.org/ImgCutoutDR7/getjpeg.aspx?"
+            "ra={ra}&dec={dec}&scale={scale}&width={size}&height={size}"),
+}
+DEFAULT_SERVICE = "dr17"
+DEFAULT_URL_TEMPLATE = SERVICES[DEFAULT_SERVICE]
 MANIFEST = "manifest.csv"
 USER_AGENT = "astrovader-downloader/0.1 (galaxy cut-outs for research)"
 
