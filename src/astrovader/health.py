@@ -110,8 +110,8 @@ def _checkpoint_problems(path: Path, epochs: int, weights_epoch: int | None) -> 
     try:
         with safe_open(str(ckpt), framework="pt") as fh:
             meta = fh.metadata() or {}
-            nonfinite = [k for k in fh.keys() if fh.get_tensor(k).is_floating_point()
-                         and not bool(fh.get_tensor(k).isfinite().all())]
+            nonfinite = [k for k in fh.keys()
+                         if (t := fh.get_tensor(k)).is_floating_point() and not bool(t.isfinite().all())]
     except Exception as exc:  # noqa: BLE001 - safetensors' own error type for damaged files
         return [f"{ckpt}: unreadable ({' '.join(str(exc).split())}); training cannot resume from it"]
     problems = []

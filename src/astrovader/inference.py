@@ -51,15 +51,24 @@ def _device_of(net: AstroVaDErNet) -> torch.device:
     return next(net.parameters()).device
 
 
+def _scaled_on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images on ``device`` as float in [0, 1]: uint8 travels as bytes and is scaled there."""
+    x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _no_images(net: AstroVaDErNet) -> np.ndarray:
+    m = net.cfg.model
+    return np.zeros((0, m.channels, m.image_size, m.image_size), np.float32)
+
+
 @torch.no_grad()
 def infer_batch(net: AstroVaDErNet, x: torch.Tensor, reconstruct: bool = True) -> dict[str, torch.Tensor]:
     """Everything the catalogue holds for one batch of uint8 images, or float images already scaled to [0, 1]:
     ``mu``, ``logvar``, ``probs`` (exact posterior q(c|x)) and, unless ``reconstruct=False`` (which skips the
     decoder), ``recon_mse`` (mean squared error of the decoded latent mean, pixels in [0, 1])."""
     device = _device_of(net)
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
+    x = _scaled_on(x, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
         mu, logvar = net.encode(x)
         recon = net.decode(mu) if reconstruct else None
@@ -181,8 +190,7 @@ def decode(net: AstroVaDErNet, z: np.ndarray | torch.Tensor, batch_size: int = 1
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
             out = net.decode(zt[s:s + batch_size].to(device))
         outs.append(out.float().clamp(0, 1).cpu())
-    m = net.cfg.model
-    return torch.cat(outs).numpy() if outs else np.zeros((0, m.channels, m.image_size, m.image_size), np.float32)
+    return torch.cat(outs).numpy() if outs else _no_images(net)
 
 
 @torch.no_grad()
@@ -190,20 +198,18 @@ def reconstruct(net: AstroVaDErNet, images: ImageSource, rows: np.ndarray | None
                 batch_size: int = 512) -> np.ndarray:
     """Decoded latent means of images (a dataset's ``rows``, or an array) as float images in [0, 1]."""
     device = _device_of(net)
-    n, blocks = _blocks(images, rows, 0, None, max(batch_size, READ_ROWS))
+    _, blocks = _blocks(images, rows, 0, None, max(batch_size, READ_ROWS))
     net.eval()
     outs = []
     for _, block in blocks:
         x = block if torch.is_tensor(block) else torch.from_numpy(np.ascontiguousarray(block))
         check_geometry(net, tuple(x.shape[1:]), "the input")
         for b in range(0, len(x), batch_size):
-            xb = x[b:b + batch_size].to(device)
-            xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+            xb = _scaled_on(x[b:b + batch_size], device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
                 out = net.decode(net.encode(xb)[0])
             outs.append(out.float().clamp(0, 1).cpu())
-    m = net.cfg.model
-    return torch.cat(outs).numpy() if outs else np.zeros((0, m.channels, m.image_size, m.image_size), np.float32)
+    return torch.cat(outs).numpy() if outs else _no_images(net)
 
 
 class FastDecoder:

@@ -49,6 +49,10 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it, or choose another name")
 
 
+def _with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}) if metadata else table
+
+
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                     batch_size: int = 1024, start: int = 0,
                     stop: int | None = None, progress: bool = True, overwrite: bool = False,
@@ -79,16 +83,14 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                                  f"{ids[rows[bad[0]]]!r}, row {rows[bad[0]]}); check those images and the run with "
                                  "`astrovader check`")
             table = prediction_table(ids[rows], res)
-            if metadata:
-                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
             if writer is None:
-                writer = pq.ParquetWriter(str(parquet_path), table.schema)
+                writer = pq.ParquetWriter(str(parquet_path), _with_metadata(table, metadata).schema)
             writer.write_table(table)
         if writer is None:  # empty range: still write a valid, empty catalogue
             J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
             empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
                      "recon_mse": np.zeros(0)}
-            pq.write_table(prediction_table(ids[:0], empty), str(parquet_path))
+            pq.write_table(_with_metadata(prediction_table(ids[:0], empty), metadata), str(parquet_path))
         else:
             writer.close()
             writer = None

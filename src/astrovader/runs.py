@@ -148,6 +148,12 @@ class RunState:
     def finished(self) -> bool:
         return self.epoch is None or self.epoch >= self.epochs - 1
 
+    def require_finished(self, run_dir: str | Path) -> None:
+        """Refuse an unfinished run, with the fix (resume it, or accept it with --allow-unfinished)."""
+        if not self.finished:
+            raise RunError(f"{run_dir}: the run is {self.describe()}; finish it with `astrovader train DATASET "
+                           f"{run_dir} --resume`, or pass --allow-unfinished to use it as it is")
+
     def describe(self) -> str:
         if self.epoch is None:
             return "saved model (training progress not recorded)"
@@ -169,9 +175,8 @@ def load_network(run_dir: str | Path, device: str | torch.device | None = None, 
     """The config and trained network of a run directory, in eval mode on ``device`` (default "auto": a GPU when
     there is one). Damaged weights raise a RunError; so does an unfinished run unless ``allow_unfinished``."""
     cfg, net, state = load_run(run_dir, device)
-    if not allow_unfinished and not state.finished:
-        raise RunError(f"{run_dir}: the run is {state.describe()}; finish it with `astrovader train DATASET "
-                       f"{run_dir} --resume`, or pass --allow-unfinished to use it as it is")
+    if not allow_unfinished:
+        state.require_finished(run_dir)
     return cfg, net
 
 

@@ -113,6 +113,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from astrovader.predict import predict_dataset
     from astrovader.runs import load_run, provenance
 
+    cfg, net, state = load_run(args.run_dir, args.device)
+    if not args.allow_unfinished:
+        state.require_finished(args.run_dir)
     if args.dask:
         from astrovader.predict import predict_dask
 
@@ -124,10 +127,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
         return 0
 
-    cfg, net, state = load_run(args.run_dir, args.device)
-    if not state.finished and not args.allow_unfinished:
-        raise CLIError(f"{args.run_dir}: the run is {state.describe()}; finish it with `astrovader train DATASET "
-                       f"{args.run_dir} --resume`, or pass --allow-unfinished to predict with it as it is")
     metadata = provenance(args.run_dir, cfg, args.command_line)
     if not state.finished:
         metadata["RUNSTATE"] = state.describe()
