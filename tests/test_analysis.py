@@ -59,11 +59,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """report.html of the tiny run (non-morphological component 2), built once per session."""
     if "report" not in _CACHE:
+        from astrovader.analysis.describe import DescribeSettings
         from astrovader.analysis.report import make_report
 
         run, ds = tiny_run(tmp_path_factory)
         out = tmp_path_factory.mktemp("report")
-        _CACHE["report"] = make_report(run, ds, out, non_morphological=(2,), progress=False)
+        _CACHE["report"] = make_report(run, ds, out, non_morphological=(2,), progress=False,
+                                       describe=DescribeSettings(n_detailed=8, max_members=40))
     return _CACHE["report"]  # type: ignore[return-value]
 
 
@@ -185,15 +187,28 @@ def test_make_report_writes_everything(tmp_path_factory):
         assert (out / "tables" / name).is_file(), name
     stats = pd.read_csv(out / "tables" / "cluster_stats.csv")
     assert list(stats.columns) == ["component", "n_max", "n_p>0.1", "n_p>0.5", "n_p>0.9", "silhouette"]
-    assert stats["n_max"].iloc[-1] == 240 and stats["n_max"].iloc[:-1].sum() == 240
+    # the dataset has a split column with test rows: the report uses them, and says so at the top
+    assert stats["n_max"].iloc[-1] == 60 and stats["n_max"].iloc[:-1].sum() == 60
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_objects"] == 240 and metrics["label_column"] == "true_class"
+    assert metrics["n_objects"] == 60 and metrics["split"] == "test" and metrics["label_column"] == "true_class"
     assert 0 <= metrics["label_accuracy"] <= 1 and "calinski_harabasz" in metrics
+    assert metrics["provenance"]["NCOMP"] == "3" and len(metrics["provenance"]["WEIGHTS"]) == 16
     pred = pd.read_parquet(out / "predictions.parquet")
-    assert len(pred) == 240 and pred["id"].iloc[0] == 5000
+    assert len(pred) == 60 and pred["id"].iloc[0] == 5000 and "component" in pred.columns
     text = report.read_text()
     assert text.count("data:image/png;base64,") >= 15
-    assert "Cluster statistics" in text and "[model]" in text and 'src="http' not in text
+    assert "Component statistics" in text and "[model]" in text and 'src="http' not in text
+    banner = text[text.index('class="banner"'):][:300]
+    assert "test" in banner and "held out from training" in banner and "60 galaxies" in banner
+    # metric names in words, what a good value is, the version and the next commands
+    assert "normalised mutual information" in text and "1 is perfect" in text and "astrovader 0." in text
+    assert "astrovader describe" in text and "astrovader predict" in text
+    # every component is described with numbers and a sentence
+    desc = pd.read_csv(out / "tables" / "components.csv")
+    used = desc["n_members"] > 0
+    assert list(desc["component"]) == [0, 1, 2] and used.any() and desc.loc[used, "r50"].notna().all()
+    assert desc["sentence"].str.len().min() > 20 and desc["n_members"].sum() == 60
+    assert text.count("<b>Component ") == 3
 
 
 def test_report_cli_split_and_errors(tmp_path_factory, tmp_path, capsys):
@@ -207,6 +222,22 @@ def test_report_cli_split_and_errors(tmp_path_factory, tmp_path, capsys):
     assert main(["report", str(run), str(ds), str(tmp_path / "r"), "--label-column", "nosuch", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "nosuch" in err and "0..2" in err
+
+
+def test_report_without_a_split_says_all_rows_prominently(tmp_path_factory, tmp_path):
+    from astrovader.analysis.describe import DescribeSettings
+    from astrovader.analysis.report import make_report
+    from astrovader.data.dataset import Dataset, write_dataset
+
+    run, ds = tiny_run(tmp_path_factory)
+    src = Dataset(ds)
+    nosplit = write_dataset(tmp_path / "nosplit", src.load()[:80], src.catalog.iloc[:80].drop(columns="split"))
+    quick = DescribeSettings(n_core=10, max_members=20, n_detailed=2)
+    page = make_report(run, nosplit, tmp_path / "r", progress=False, describe=quick, vector=("svg",)).read_text()
+    banner = page[page.index('class="banner"'):][:400]
+    assert "all rows" in banner and "no split column" in banner and "trained on" in banner
+    assert "astrovader split" in page  # the first next step: hold out test galaxies
+    assert (tmp_path / "r" / "figures" / "overlap.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_choose_k_cli(tmp_path_factory, tmp_path, capsys):

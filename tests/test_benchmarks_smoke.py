@@ -71,7 +71,7 @@ def test_predict_baseline_equals_predict_dataset(tmp_path):
     assert list(base.columns) == list(opt.columns)
     assert len(base) == len(opt) == 300
     np.testing.assert_array_equal(base["id"].to_numpy(), opt["id"].to_numpy())
-    np.testing.assert_array_equal(base["cluster"].to_numpy(), opt["cluster"].to_numpy())
+    np.testing.assert_array_equal(base["component"].to_numpy(), opt["component"].to_numpy())
     for col in base.columns:
         np.testing.assert_allclose(base[col].to_numpy(np.float64), opt[col].to_numpy(np.float64), rtol=1e-5,
                                    atol=1e-6, err_msg=col)

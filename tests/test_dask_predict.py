@@ -67,4 +67,4 @@ def test_dask_local_matches_single_process_and_resumes(big):
     probs = [c for c in single.columns if c.startswith("p_")]
     np.testing.assert_allclose(dask_cat[probs].to_numpy(), single[probs].to_numpy(), atol=1e-5)
     np.testing.assert_allclose(dask_cat["z_0"], single["z_0"], atol=1e-4)
-    assert (dask_cat["cluster"].to_numpy() == single["cluster"].to_numpy()).mean() > 0.999
+    assert (dask_cat["component"].to_numpy() == single["component"].to_numpy()).mean() > 0.999

@@ -16,6 +16,6 @@ def test_demo_beats_pca_gmm_baseline(tmp_path):
     # every simulated galaxy has exactly one prediction row, and every component is used
     pred = pd.read_parquet(tmp_path / "demo" / "predictions.parquet")
     assert len(pred) == summary["n_images"] == 8000 and pred["id"].is_unique
-    assert set(pred["cluster"]) == {0, 1, 2}
+    assert set(pred["component"]) == {0, 1, 2}
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["astrovader"]["accuracy"] == vade["accuracy"]

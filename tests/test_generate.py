@@ -63,7 +63,7 @@ def test_generate_cli_dataset_is_predictable_and_consistency_is_right(trained, t
     # `astrovader predict` reads it, and the consistency printed is what its catalogue says
     assert main(["predict", str(tmp / "run"), str(out), str(tmp_path / "p.parquet"), "--quiet"]) == 0
     pred = pd.read_parquet(tmp_path / "p.parquet")
-    drawn, assigned = cat["component"].to_numpy(), pred["cluster"].to_numpy()
+    drawn, assigned = cat["component"].to_numpy(), pred["component"].to_numpy()
     expected = {k: float((assigned[drawn == k] == k).mean()) for k in np.unique(drawn)}
     table = sampling.cluster_consistency(model.net, out)
     assert dict(zip(table["component"], table["consistency"], strict=True)) == pytest.approx(expected)
@@ -143,7 +143,11 @@ def test_png_and_fits_outputs(trained, tmp_path):
 
     assert main(["generate", str(tmp / "run"), str(tmp_path / "g.png"), "--n", "20", "--seed", "2"]) == 0
     im = np.asarray(Image.open(tmp_path / "g.png"))
-    assert im.shape == (4 * 17 - 1, 5 * 17 - 1)  # 4 rows x 5 columns of 16 px tiles with 1 px gaps
+    # 4 rows x 5 columns of 16 px tiles enlarged 6 x (96 px), a 14 px caption under each, 2 px gaps
+    assert im.shape == (4 * (96 + 14 + 2) - 2, 5 * (96 + 2) - 2)
+    tile = im[:96, :96]
+    assert (tile[::6, ::6] == tile[5::6, 5::6]).all()  # whole pixels repeated, never interpolated
+    assert (im[97:110, :96] < 128).any()  # a caption was drawn
     assert main(["generate", str(tmp / "run"), str(tmp_path / "g.fits"), "--n", "50", "--seed", "2",
                  "--batch-size", "16", "--quiet"]) == 0
     ref = sampling.generate_to_dataset(model.net, tmp_path / "ref", 50, seed=2, batch_size=16, progress=False)
@@ -244,27 +248,30 @@ def test_interpolate_and_traverse(trained):
         np.testing.assert_allclose(trav[j, -1], model.decode(z[None])[0], atol=1e-5)
 
 
-def test_deblend_picks_lowest_mse_member_of_next_component(trained):
+def test_deblend_picks_the_most_similar_galaxy_outside_the_companion(trained):
     _, ds, model = trained
     summary = explore.latent_summary(model.net, ds)
-    res = explore.deblend(model.net, summary, ds, companion_component=None, steps=4, n_examples=2)
-    assigned = summary.labels
-    means = [summary.recon_mse[assigned == k].mean() if (assigned == k).any() else -np.inf for k in range(3)]
+    imgs = ds.load().astype(np.float32) / 255
+    H = imgs.shape[-1]
+    mask = np.zeros((H, H), bool)
+    mask[:, H // 2:] = True  # pretend the right half holds a companion: only the left half is compared
+    res = explore.deblend(model.net, summary, ds, [0], steps=4, n_examples=2, companion_mask=lambda im: mask)
+    members = np.flatnonzero(summary.labels == 0)
+    expected = members[np.argsort(-summary.probs[members, 0], kind="stable")][:2]
+    assert [r["galaxy"] for r in res] == list(expected)
     for r in res:
-        assert r["component"] == int(np.argmax(means))
         g = r["galaxy"]
-        others = [k for k in np.argsort(-summary.probs[g]) if k != r["component"] and (assigned == k).any()]
-        if others:  # the most probable other component that has members
-            assert r["partner_component"] == others[0]
-            members = np.flatnonzero(assigned == others[0])
-        else:  # the tiny model put everything in one component: any other galaxy
-            members = np.flatnonzero(np.arange(len(assigned)) != g)
-        imgs = ds.load().astype(np.float32) / 255
-        mse = ((imgs[members] - imgs[g]) ** 2).reshape(len(members), -1).mean(1)
-        assert r["partner"] == members[np.argmin(mse)]
+        mse = ((imgs[:, :, :, :H // 2] - imgs[g, :, :, :H // 2]) ** 2).reshape(len(imgs), -1).mean(1)
+        mse[g] = np.inf
+        assert r["partner"] == int(np.argmin(mse)) and r["component"] == 0
         assert r["strip"].shape == (5, 1, 16, 16)
-    with pytest.raises(ValueError, match="companion component"):
-        explore.deblend(model.net, summary, ds, companion_component=7)
+    # a companion-free test rejects candidates: the nearest accepted one is taken
+    first = res[0]["partner"]
+    again = explore.deblend(model.net, summary, ds, [0], galaxies=[res[0]["galaxy"]], companion_mask=lambda im: mask,
+                            companion_free=lambda x: np.arange(len(x)) > 0)[0]
+    assert again["partner"] != first
+    with pytest.raises(ValueError, match="companion components"):
+        explore.deblend(model.net, summary, ds, [7])
 
 
 def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
@@ -272,7 +279,7 @@ def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
     assert main(["predict", str(tmp / "run"), str(ds.path), str(tmp_path / "p.parquet"), "--quiet"]) == 0
     out = tmp_path / "fig"
     assert main(["explore", str(tmp / "run"), str(ds.path), str(out), "--steps", "4", "--quiet",
-                 "--predictions", str(tmp_path / "p.parquet")]) == 0
+                 "--predictions", str(tmp_path / "p.parquet"), "--companion", "0"]) == 0
     printed = capsys.readouterr().out
     for name in ("gallery", "interpolation", "traversal", "deblending", "interpolation_strip"):
         img = np.asarray(Image.open(out / f"{name}.png").convert("L"))
@@ -280,8 +287,11 @@ def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
         assert name + ".png" in printed
     gif = Image.open(out / "interpolation.gif")
     assert gif.n_frames == 3 * 4 + 1 - 1  # closed tour of 3 legs x 4 steps; the loop's end is the start
-    figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_cluster=2)
+    figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_cluster=2, companion_components=[1])
     assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png", "deblending.png"]
+    # blobs have no companions: no component is flagged, and no deblending figure pretends otherwise
+    figs = generation_figures(model.net, ds, tmp_path / "api2", steps=3, n_per_cluster=2)
+    assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png"]
     assert all(isinstance(t, str) and t for t, _ in figs)
 
 

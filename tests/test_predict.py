@@ -37,12 +37,12 @@ def test_predict_catalogue_columns_and_values(trained, tmp_path):
     cat = pd.read_parquet(tmp_path / "p.parquet")
     J, K = 4, 3
     expected = (["id"] + [f"z_{j}" for j in range(J)] + [f"logvar_{j}" for j in range(J)]
-                + [f"p_{k}" for k in range(K)] + ["cluster", "max_prob", "recon_mse"])
+                + [f"p_{k}" for k in range(K)] + ["component", "max_prob", "recon_mse"])
     assert list(cat.columns) == expected
     assert cat["id"].tolist() == list(range(1000, 1300))
     probs = cat[[f"p_{k}" for k in range(K)]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
-    assert (cat["cluster"].to_numpy() == probs.argmax(1)).all()
+    assert (cat["component"].to_numpy() == probs.argmax(1)).all()
     np.testing.assert_allclose(cat["max_prob"], probs.max(1))
     # the catalogue agrees with the Python API
     np.testing.assert_allclose(probs, model.predict_proba(ds.load()), atol=1e-5)

@@ -69,14 +69,19 @@ def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -
     return out
 
 
-def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20) -> np.ndarray:
-    """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture."""
+def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20,
+                     apply_to: np.ndarray | None = None) -> np.ndarray:
+    """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture, fitted on
+    ``images`` (uint8) and returning the labels of ``apply_to`` (default: of ``images`` themselves)."""
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
-    flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    z = PCA(n_components=min(n_components, flat.shape[1], len(flat)), random_state=seed).fit_transform(flat)
-    return GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(z).predict(z)
+    def flat(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1).astype(np.float32) / 255.0
+
+    pca = PCA(n_components=min(n_components, flat(images).shape[1], len(images)), random_state=seed)
+    gmm = GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(pca.fit_transform(flat(images)))
+    return gmm.predict(pca.transform(flat(images if apply_to is None else apply_to)))
 
 
 def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -14,14 +13,18 @@ from astrovader.analysis.metrics import clustering_scores
 from astrovader.baselines import pca_gmm_baseline
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset
+from astrovader.data.selection import apply_split
 from astrovader.estimator import AstroVaDEr
 from astrovader.runs import CHECKPOINT
 from astrovader.train import train
 
+DEMO_SPLIT = (0.75, 0.10, 0.15)  # train, validation, test
+
 
 def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, config: Config | None = None,
              companion_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
-    """Simulate ``n`` galaxies (3 classes), train the ``demo`` preset, write predictions and score them.
+    """Simulate ``n`` galaxies (3 classes), split them 75/10/15 into train/validation/test, train the ``demo``
+    preset, write predictions and score them on the held-out test galaxies.
 
     Everything goes under ``out``; re-running after an interruption reuses the data and resumes training."""
     from astrovader.data.simulate import CLASS_NAMES, simulate
@@ -30,10 +33,10 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     cfg = config or Config.preset("demo")
     cfg.train.seed = seed
     cfg.model.n_clusters = len(CLASS_NAMES)
-    smallest = math.ceil(cfg.train.batch_size / (1 - cfg.train.validation_fraction))
+    smallest = math.ceil(cfg.train.batch_size / DEMO_SPLIT[0])
     if n < smallest:  # checked before anything is written, so a bad --n leaves no half-made demo behind
         raise ValueError(f"the demo needs at least {smallest} galaxies (one training batch of "
-                         f"{cfg.train.batch_size} after the validation share), got --n {n}")
+                         f"{cfg.train.batch_size} after the validation and test shares), got --n {n}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data_dir = out / "data"
@@ -48,6 +51,9 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
             shutil.rmtree(data_dir)  # an interrupted simulation: start it again, it is deterministic
         ds = simulate(data_dir, n=n, size=cfg.model.image_size, seed=seed,
                       companion_fraction=companion_fraction, progress=progress)
+    if "split" not in ds.catalog.columns:  # held out from training, so the scores below are on unseen galaxies
+        apply_split(data_dir, fractions=DEMO_SPLIT, seed=seed, batch_size=cfg.train.batch_size)
+        ds = Dataset(data_dir)
     t_sim = time.perf_counter() - t0
 
     run_dir = out / "run"
@@ -60,24 +66,37 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     model = AstroVaDEr.load(run_dir)
     model.predict_catalog(ds, out / "predictions.parquet", progress=progress, overwrite=True)
     pred = pd.read_parquet(out / "predictions.parquet")
-    truth = ds.catalog["true_class"].to_numpy()
-    scores = clustering_scores(truth, pred["cluster"].to_numpy())
-    base = clustering_scores(truth, pca_gmm_baseline(ds.load(), cfg.model.n_clusters, seed))
+    test, train_rows = ds.split_indices("test"), ds.split_indices("train")
+    truth = ds.catalog["true_class"].to_numpy()[test]
+    scores = clustering_scores(truth, pred["component"].to_numpy()[test])
+    images = ds.load()
+    base = clustering_scores(truth, pca_gmm_baseline(images[train_rows], cfg.model.n_clusters, seed,
+                                                     apply_to=images[test]))
     summary = {
-        "n_images": len(ds), "n_clusters": cfg.model.n_clusters, "epochs": len(result.history),
-        "astrovader": scores, "pca_gmm_baseline": base,
+        "n_images": len(ds), "n_test": len(test), "n_clusters": cfg.model.n_clusters, "epochs": len(result.history),
+        "scored_on": "test split (held out from training)", "astrovader": scores, "pca_gmm_baseline": base,
         "seconds": {"simulate": t_sim, "train": t_train, "total": time.perf_counter() - t0},
-        "cluster_sizes": pred["cluster"].value_counts().sort_index().to_dict(),
+        "component_sizes": pred["component"].value_counts().sort_index().to_dict(),
     }
     atomic_write_json(out / "metrics.json", summary)
     print()
-    print(f"Clustering of {len(ds)} simulated galaxies into K = {cfg.model.n_clusters} components "
-          "(Hungarian-matched to the true classes):")
+    print(f"Clustering of the {len(test):,} held-out test galaxies (the model and the baseline were fitted on the "
+          f"{len(train_rows):,} training galaxies) into K = {cfg.model.n_clusters} components, "
+          "Hungarian-matched to the true classes:")
     print(f"  {'method':<22}{'accuracy':>10}{'NMI':>8}{'ARI':>8}{'purity':>8}")
     for name, s in (("astrovader (VaDE)", scores), ("PCA(20) + GMM", base)):
         print(f"  {name:<22}{s['accuracy']:>10.3f}{s['nmi']:>8.3f}{s['ari']:>8.3f}{s['purity']:>8.3f}")
+    print("  (accuracy, purity: share of galaxies in their component's majority class; NMI, ARI: agreement with "
+          "the true classes, 1 is perfect, 0 chance)")
     print(f"Total time {summary['seconds']['total']:.0f} s; outputs in {out}/ (metrics.json, predictions.parquet, "
           "run/, data/)")
-    print(json.dumps({"accuracy": scores["accuracy"], "nmi": scores["nmi"],
-                      "baseline_accuracy": base["accuracy"]}))
+    print("\nNext:")
+    for cmd, what in ((f"astrovader describe {out}/run {out}/data {out}/components.csv --split test",
+                       "what each component is, in numbers and words"),
+                      (f"astrovader report {out}/run {out}/data {out}/report --split test",
+                       "the paper's analyses as one HTML page"),
+                      (f"astrovader explore {out}/run {out}/data {out}/figures",
+                       "synthetic galaxies, interpolation, traversal, deblending"),
+                      (f"astrovader generate {out}/run {out}/synthetic.png --n 64 --seed 0", "a grid of new galaxies")):
+        print(f"  {cmd}\n      {what}")
     return summary

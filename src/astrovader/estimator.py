@@ -3,22 +3,32 @@ the sampler and exploration::
 
     from astrovader import AstroVaDEr, Config
     model = AstroVaDEr(Config.preset("demo")).fit("galaxies/")   # a dataset directory
-    p = model.predict_proba(images)                               # (N, K) cluster probabilities
-    imgs, comps = model.sample(16, cluster=2, seed=0)             # synthetic galaxies
+    p = model.predict_proba(images)                               # (N, K) component probabilities
+    p = model.predict_proba(fluxes, flux=True)                    # calibrated fluxes: the ingest's stretch first
+    imgs, comps = model.sample(16, component=2, seed=0)             # synthetic galaxies
+    model.weights_, model.means_, model.covariances_              # the mixture prior, as in sklearn.mixture
     model.save("run/"); model = AstroVaDEr.load("run/")
+
+Parameters follow scikit-learn's conventions: ``get_params`` / ``set_params`` (``config`` and ``device``, or any
+setting as ``model__n_clusters=5``, ``train__epochs=50``), ``fit_predict``, and fitted attributes ending in
+``_``, so the estimator works with ``sklearn.base.clone``.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, write_dataset
+from astrovader.data.decode import fits_stretch
 from astrovader.explore import interpolate, traverse
 from astrovader.inference import as_float_images, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
@@ -35,9 +45,11 @@ class AstroVaDEr:
     """A convolutional VaDE with a Gaussian-mixture prior, trained with the s3VDC schedule."""
 
     def __init__(self, config: Config | str | None = None, *, device: str | None = None):
-        if isinstance(config, str):
-            config = Config.preset(config)
-        self.config = config or Config()
+        self._build(config, device)
+
+    def _build(self, config: Config | str | None, device: str | None) -> None:
+        self._config_arg, self._device_arg = config, device
+        self.config = Config.preset(config) if isinstance(config, str) else copy.deepcopy(config or Config())
         if device is not None:
             self.config.train.device = device
         self.config.validate()
@@ -45,6 +57,75 @@ class AstroVaDEr:
         self.net = AstroVaDErNet(self.config).to(self.device)
         self.history_: list[dict] = []
         self.run_dir_: Path | None = None
+        self.fitted_ = False
+
+    # scikit-learn's estimator protocol ----------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters: ``config`` (a Config or preset name) and ``device``."""
+        return {"config": self._config_arg, "device": self._device_arg}
+
+    def set_params(self, **params: Any) -> AstroVaDEr:
+        """Set ``config`` / ``device``, or single settings as ``section__key=value`` (``model__n_clusters=5``).
+        The network is rebuilt untrained, as scikit-learn expects of a re-parameterised estimator."""
+        config, device = params.pop("config", self._config_arg), params.pop("device", self._device_arg)
+        if params:
+            base = Config.preset(config) if isinstance(config, str) else copy.deepcopy(config or Config())
+            for key, value in params.items():
+                section, sep, name = key.partition("__")
+                part = getattr(base, section, None) if sep else None
+                if part is None or not is_dataclass(part) or name not in {f.name for f in fields(part)}:
+                    raise ValueError(f"unknown parameter {key!r}: use config, device or SECTION__KEY such as "
+                                     "model__n_clusters or train__epochs")
+                setattr(getattr(base, section), name, value)
+            config = base
+        self._build(config, device)
+        self.config.validate()
+        return self
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        state = f"fitted, run_dir='{self.run_dir_}'" if self.fitted_ else "not fitted"
+        return (f"AstroVaDEr(n_components={m.n_clusters}, latent_dim={m.latent_dim}, image_size={m.image_size}, "
+                f"channels={m.channels}, covariance_type='{m.covariance}', device='{self.device}'; {state})")
+
+    @property
+    def n_components(self) -> int:
+        """K, the number of mixture components."""
+        return self.config.model.n_clusters
+
+    @property
+    def covariance_type(self) -> str:
+        return self.config.model.covariance
+
+    def _check_fitted(self) -> None:
+        if not self.fitted_:
+            raise AttributeError("this AstroVaDEr is not fitted yet: call fit(...) or AstroVaDEr.load(RUN_DIR)")
+
+    @property
+    def weights_(self) -> np.ndarray:
+        """Mixture weights, shape (K,)."""
+        self._check_fitted()
+        return self.net.gmm.weights.detach().double().cpu().numpy()
+
+    @property
+    def means_(self) -> np.ndarray:
+        """Component means in latent space, shape (K, J)."""
+        self._check_fitted()
+        return self.net.gmm.means.detach().double().cpu().numpy()
+
+    @property
+    def covariances_(self) -> np.ndarray:
+        """Component covariances: (K, J) variances for ``covariance_type='diag'``, (K, J, J) for ``'full'``, as
+        in ``sklearn.mixture.GaussianMixture``."""
+        self._check_fitted()
+        if self.covariance_type == "full":
+            L = self.net.gmm.scale_tril.detach().double().cpu()
+            return (L @ L.transpose(-1, -2)).numpy()
+        return self.net.gmm.variances.detach().double().cpu().numpy()
+
+    def fit_predict(self, dataset: ImagesLike, run_dir: str | Path | None = None, **fit_kwargs: Any) -> np.ndarray:
+        """``fit`` then ``predict`` on the same images: the most probable component of each, shape (N,)."""
+        return self.fit(dataset, run_dir, **fit_kwargs).predict(dataset)
 
     # fitting --------------------------------------------------------------------------------------
     def fit(self, dataset: ImagesLike, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -61,20 +142,40 @@ class AstroVaDEr:
         result = train(self.config, dataset, run_dir, resume=resume, progress=progress)
         self.net, self.history_, self.run_dir_ = result.net, result.history, run_dir
         self.device = next(self.net.parameters()).device
+        self.fitted_ = True
         return self
 
     # inference (streamed: a dataset directory is never loaded whole) ------------------------------
-    def transform(self, x: ImagesLike, batch_size: int = 1024) -> np.ndarray:
-        """Latent means, shape (N, J)."""
-        return infer(self.net, x, batch_size=batch_size, reconstruct=False).mu
+    def _images(self, x: ImagesLike, flux: bool) -> ImagesLike:
+        """``x`` as the network reads it; ``flux=True`` takes float fluxes (N, C, H, W) or (N, H, W), row 0 at
+        the top, and applies the ingest's FITS stretch to each image (0.5-99.5 percentile clip, asinh)."""
+        if not flux:
+            return x
+        if isinstance(x, Dataset | str | Path):
+            raise ValueError("flux=True takes arrays of fluxes; a dataset directory is already stretched")
+        arr = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
+        arr = arr[:, None] if arr.ndim == 3 else arr
+        m = self.config.model
+        if arr.ndim != 4 or arr.shape[1:] != (m.channels, m.image_size, m.image_size):
+            raise ValueError(f"flux images must have shape (N, {m.channels}, {m.image_size}, {m.image_size}) for "
+                             f"this model, got {arr.shape}; cut and resample them as astrovader ingest does")
+        out = np.empty(arr.shape, np.uint8)
+        for i, img in enumerate(arr):
+            out[i] = np.rint(fits_stretch(img.transpose(1, 2, 0))).astype(np.uint8).transpose(2, 0, 1)
+        return out
 
-    def predict_proba(self, x: ImagesLike, batch_size: int = 1024) -> np.ndarray:
-        """Exact posterior cluster probabilities q(c|x), shape (N, K)."""
-        return infer(self.net, x, batch_size=batch_size, reconstruct=False).probs
+    def transform(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
+        """Latent means, shape (N, J). ``x``: uint8 or [0, 1] images, a dataset directory, or with ``flux=True``
+        calibrated fluxes that get the ingest's stretch first."""
+        return infer(self.net, self._images(x, flux), batch_size=batch_size, reconstruct=False).mu
 
-    def predict(self, x: ImagesLike, batch_size: int = 1024) -> np.ndarray:
-        """Most probable component of each image, shape (N,)."""
-        return self.predict_proba(x, batch_size).argmax(1)
+    def predict_proba(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
+        """Exact posterior component probabilities q(c|x), shape (N, K) (``x`` as for ``transform``)."""
+        return infer(self.net, self._images(x, flux), batch_size=batch_size, reconstruct=False).probs
+
+    def predict(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
+        """Most probable component of each image, shape (N,) (``x`` as for ``transform``)."""
+        return self.predict_proba(x, batch_size, flux=flux).argmax(1)
 
     def reconstruct(self, x: ImagesLike, batch_size: int = 512) -> np.ndarray:
         """Decoded latent means as float images in [0, 1], shape (N, C, H, W)."""
@@ -84,15 +185,18 @@ class AstroVaDEr:
         """Images in [0, 1] for latent vectors z, shape (N, J) -> (N, C, H, W)."""
         return decode(self.net, z)
 
-    def sample(self, n: int, cluster: int | Sequence[int] | None = None, *, temperature: float = 1.0,
-               seed: int | None = None, weights: str = "mixture") -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n: int, component: int | Sequence[int] | None = None, *, temperature: float = 1.0,
+               seed: int | None = None, weights: str = "mixture",
+               cluster: int | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic galaxies: c drawn from the mixture weights (``weights="uniform"``: uniformly), or fixed /
-        cycled through ``cluster``; z ~ N(mu_c, temperature * var_c), decoded. Returns (images in [0, 1] of shape
-        (n, C, H, W), components (n,)). For a given ``seed`` these are exactly the images
-        ``astrovader generate RUN OUT --n n --seed seed`` writes (as uint8 / 255); ``seed=None`` draws one."""
+        cycled through ``component`` (``cluster`` is its old name); z ~ N(mu_c, temperature * var_c), decoded.
+        Returns (images in [0, 1] of shape (n, C, H, W), components (n,)).
+        For a given ``seed`` these are exactly the images ``astrovader generate RUN OUT --n n --seed seed``
+        writes (as uint8 / 255); ``seed=None`` draws one."""
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
-        clusters = None if cluster is None else tuple(int(c) for c in np.atleast_1d(cluster))
+        chosen = component if component is not None else cluster
+        clusters = None if chosen is None else tuple(int(c) for c in np.atleast_1d(chosen))
         imgs, comps, _ = sample(self.net, n, GenerationSpec(clusters, weights, float(temperature), int(seed)),
                                 DEFAULT_BATCH)
         return imgs.astype(np.float32) / np.float32(255), comps.astype(np.int64)
@@ -139,6 +243,7 @@ class AstroVaDEr:
         cfg.train.device = device or "auto"
         model = cls.__new__(cls)
         model.config, model.net, model.device = cfg, net, next(net.parameters()).device
-        model.run_dir_ = directory
+        model._config_arg, model._device_arg = cfg, device
+        model.run_dir_, model.fitted_ = directory, True
         model.history_ = read_history(directory) if (directory / HISTORY).is_file() else []
         return model

@@ -9,7 +9,7 @@ an ``astrovader predict`` catalogue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,61 +193,88 @@ def traverse(net: AstroVaDErNet, latents: np.ndarray, steps: int = 9) -> np.ndar
 # --------------------------------------------------------------------------------------------------
 # deblending (Figure 12)
 # --------------------------------------------------------------------------------------------------
-def _nearest_by_pixels(ds: Dataset, target: np.ndarray, rows: np.ndarray, exclude: int) -> tuple[int, float]:
-    """Row among ``rows`` whose image has the lowest pixel MSE to ``target`` (uint8), read in chunks."""
-    best, best_mse = -1, np.inf
+def _twin_candidates(dataset: Dataset, rows: np.ndarray, target: np.ndarray, keep: np.ndarray, exclude: int,
+                     n: int) -> np.ndarray:
+    """The ``n`` rows among ``rows`` whose images are closest to ``target`` (uint8 (C, H, W)) in mean squared
+    difference over the pixels where ``keep`` (H, W) is true, nearest first; read in chunks of 4096."""
+    w = np.broadcast_to(keep, target.shape).astype(np.float32).ravel()
+    t = target.astype(np.float32).ravel() / 255.0
+    best_d, best_r = np.empty(0), np.empty(0, np.int64)
     rows = np.sort(rows[rows != exclude])
-    t = target.astype(np.float32) / 255.0
     for s in range(0, len(rows), 4096):
         idx = rows[s:s + 4096]
-        imgs = ds.take(idx).astype(np.float32) / 255.0
-        mse = ((imgs - t[None]) ** 2).reshape(len(idx), -1).mean(1)
-        i = int(np.argmin(mse))
-        if mse[i] < best_mse:
-            best, best_mse = int(idx[i]), float(mse[i])
-    return best, best_mse
+        imgs = dataset.take(idx).reshape(len(idx), -1).astype(np.float32) / 255.0
+        d = (((imgs - t) ** 2) * w).sum(1)
+        best_d, best_r = np.concatenate([best_d, d]), np.concatenate([best_r, idx])
+        keep_n = np.argsort(best_d, kind="stable")[:n]
+        best_d, best_r = best_d[keep_n], best_r[keep_n]
+    return best_r
 
 
-def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companion_component: int | None = None,
-            galaxy: int | None = None, steps: int = 8, n_examples: int = 1) -> list[dict[str, Any]]:
-    """Crude deblending by interpolation (paper section 5.3, Figure 12).
+def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companion_components: Sequence[int],
+            galaxies: Sequence[int] | None = None, steps: int = 8, n_examples: int = 1, *,
+            companion_mask: Callable[[np.ndarray], np.ndarray] | None = None,
+            companion_free: Callable[[np.ndarray], np.ndarray] | None = None,
+            n_candidates: int = 60) -> list[dict[str, Any]]:
+    """Deblending by interpolation (paper section 5.3, Figure 12).
 
-    The companion component defaults to the one whose members reconstruct worst on average (secondary
-    sources are what the decoder reproduces least well). For each of the ``n_examples`` most probable
-    members (or the given ``galaxy`` row): its most probable *other* component is taken as its morphological
-    class, the member of that class with the lowest pixel MSE to it is its clean counterpart, and the latent
-    line between the two is decoded. Returns dicts with rows, components, MSE and images (input, strip,
-    counterpart input)."""
+    For a galaxy of a component grouped by companions (``companion_components``, e.g. flagged by
+    ``astrovader describe``) find its companion-free twin: the galaxy whose image is closest to it outside
+    the companion's pixels (``companion_mask``: uint8 image (C, H, W) -> (H, W) bool, true on the second
+    sources; e.g. ``analysis.morphology.companion_mask``), among the ``n_candidates`` closest the first that
+    ``companion_free`` (uint8 images (n, C, H, W) -> (n,) bool) accepts. The straight latent line from the
+    galaxy to its twin is decoded: the companion fades while the central galaxy stays. (The twin is matched in
+    pixels, not latent space: a galaxy's nearest neighbours in latent space carry a companion at the same
+    place, so the line towards them keeps it; benchmarks/RESULTS.md has the measurement.) ``galaxies`` are
+    positions in ``summary`` (default: the ``n_examples`` most probable members of the first companion
+    component). Returns dicts with positions, ids, components and the images (input, strip of ``steps + 1``
+    decoded images from the galaxy's own reconstruction to the twin's, twin input)."""
     K = summary.probs.shape[1]
-    if K < 2:
-        raise ValueError("deblending needs at least two components")
+    comp = sorted({int(c) for c in companion_components})
+    if not comp:
+        raise ValueError("no component is grouped by companions: nothing to deblend (name one with "
+                         "--companion, or see astrovader describe)")
+    if any(not 0 <= c < K for c in comp):
+        raise ValueError(f"companion components must be in 0..{K - 1}, got {comp}")
+    if len(summary.rows) < 2:
+        raise ValueError("deblending needs at least two galaxies")
     assigned = summary.labels
-    if companion_component is None:
-        means = np.array([summary.recon_mse[assigned == k].mean() if (assigned == k).any() else -np.inf
-                          for k in range(K)])
-        companion_component = int(np.argmax(means))
-    if not 0 <= companion_component < K:
-        raise ValueError(f"companion component must be in 0..{K - 1}, got {companion_component}")
-    c = companion_component
-    if galaxy is not None:
-        targets = [int(galaxy)]
-    else:
-        members = np.flatnonzero(assigned == c)
-        pool = members if len(members) else np.arange(len(assigned))
-        targets = [int(i) for i in pool[np.argsort(-summary.probs[pool, c])][:n_examples]]
+    if galaxies is None:
+        members = np.flatnonzero(assigned == comp[0])
+        galaxies = members[np.argsort(-summary.probs[members, comp[0]], kind="stable")][:n_examples]
+    position = {int(r): i for i, r in enumerate(summary.rows)}
     results = []
-    for g in targets:
-        others = [int(k) for k in np.argsort(-summary.probs[g]) if k != c and (assigned == k).any()]
-        # A degenerate model may assign everything to one component: then search all other galaxies.
-        rows = np.flatnonzero(assigned == others[0]) if others else np.arange(len(assigned))
-        target_img = dataset.take([g])[0]
-        partner, mse = _nearest_by_pixels(dataset, target_img, rows, exclude=g)
-        partner_comp = others[0] if others else int(assigned[partner])
-        strip = interpolate(net, summary.mu[g], summary.mu[partner], steps + 1)
-        results.append({"galaxy": g, "galaxy_id": dataset.ids[g], "component": c,
-                        "partner": partner, "partner_id": dataset.ids[partner],
-                        "partner_component": partner_comp, "pixel_mse": mse,
-                        "galaxy_image": target_img.astype(np.float32) / 255.0,
-                        "partner_image": dataset.take([partner])[0].astype(np.float32) / 255.0,
-                        "strip": strip})
+    for g in (int(i) for i in galaxies):
+        row = int(summary.rows[g])
+        target = dataset.take([row])[0]
+        keep = ~companion_mask(target) if companion_mask is not None else np.ones(target.shape[-2:], bool)
+        near = _twin_candidates(dataset, summary.rows, target, keep, row, n_candidates)
+        if companion_free is not None:
+            ok = np.asarray(companion_free(dataset.take(near)), bool)
+            near = near[ok] if ok.any() else near
+        twin_row = int(near[0])
+        twin = position[twin_row]
+        strip = interpolate(net, summary.mu[g], summary.mu[twin], steps + 1)
+        results.append({"galaxy": g, "galaxy_id": dataset.ids[row], "component": int(assigned[g]),
+                        "partner": twin, "partner_id": dataset.ids[twin_row],
+                        "partner_component": int(assigned[twin]),
+                        "galaxy_image": target.astype(np.float32) / 255.0,
+                        "partner_image": dataset.take([twin_row])[0].astype(np.float32) / 255.0, "strip": strip})
     return results
+
+
+def aperture_flux(images: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float, border: int = 2) -> np.ndarray:
+    """Sky-subtracted flux in a circle of ``radius`` px at column ``x``, row ``y`` of each image (N, C, H, W)
+    (or (N, H, W)); the sky is the median of the image's border."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    imgs = np.asarray(images, np.float64)
+    if imgs.ndim == 4:
+        imgs = imgs.mean(1)
+    out = np.empty(len(imgs))
+    for i, img in enumerate(imgs):
+        edge = np.concatenate([img[:border].ravel(), img[-border:].ravel(), img[:, :border].ravel(),
+                               img[:, -border:].ravel()])
+        ap = CircularAperture((float(x[i]), float(y[i])), r=radius)
+        out[i] = float(aperture_photometry(img - np.median(edge), ap)["aperture_sum"][0])
+    return out

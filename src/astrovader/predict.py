@@ -30,7 +30,7 @@ def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
         cols[f"logvar_{j}"] = res["logvar"][:, j].astype(np.float32)
     for k in range(K):
         cols[f"p_{k}"] = res["probs"][:, k].astype(np.float32)
-    cols["cluster"] = res["probs"].argmax(1).astype(np.int16)
+    cols["component"] = res["probs"].argmax(1).astype(np.int16)
     cols["max_prob"] = res["probs"].max(1).astype(np.float32)
     cols["recon_mse"] = res["recon_mse"].astype(np.float32)
     return pa.table(cols)

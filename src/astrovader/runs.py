@@ -212,6 +212,20 @@ def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> 
            "RUNDIR": str(Path(run_dir).resolve()), "WEIGHTS": weights_sha256(run_dir),
            "NCOMP": str(cfg.model.n_clusters), "NLATENT": str(cfg.model.latent_dim),
            "IMGSIZE": str(cfg.model.image_size)}
+    scale = _training_pixel_scale(Path(run_dir))
+    if scale:
+        out["PIXSCALE"] = f"{scale:g}"  # arcsec / pixel of the images the model was trained on
     if command:
         out["COMMAND"] = command
     return out
+
+
+def _training_pixel_scale(run_dir: Path) -> float | None:
+    """Arcsec per pixel of the training dataset, where the run records its dataset and that dataset states one."""
+    note = run_dir / DATASET_NOTE
+    try:
+        meta = json.loads((Path(note.read_text().strip()) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    v = meta.get("pixel_scale_arcsec") if isinstance(meta, dict) else None
+    return float(v) if isinstance(v, int | float) and v > 0 else None

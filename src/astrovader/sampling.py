@@ -255,14 +255,17 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
 
 def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                    *, ncols: int | None = None, max_images: int = 4096) -> Path:
-    """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look.
-    Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge PNG."""
+                    *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96) -> Path:
+    """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look: each
+    tile enlarged to at least ``tile_px`` pixels by repeating pixels, and captioned with the component it was
+    drawn from. Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge
+    PNG."""
     if not 1 <= n <= max_images:
         raise ValueError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
     spec = _spec(clusters, weights, temperature, seed)
-    imgs = sample(net, n, spec, batch_size)[0]
-    return save_png_grid(imgs, out, ncols=ncols)
+    imgs, comps = sample(net, n, spec, batch_size)[:2]
+    scale = max(1, -(-tile_px // imgs.shape[-1]))
+    return save_png_grid(imgs, out, ncols=ncols, scale=scale, labels=[f"comp. {int(k)}" for k in comps])
 
 
 def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
@@ -365,20 +368,31 @@ def format_consistency(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 1) -> Path:
-    """Tile uint8 (N, C, H, W) images into one PNG with ``gap`` white pixels between tiles (Pillow, so no
-    resampling: the pixels are the data)."""
-    from PIL import Image
+def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 2, scale: int = 1,
+                  labels: Sequence[str] | None = None) -> Path:
+    """Tile uint8 (N, C, H, W) images into one PNG with ``gap`` white pixels between tiles, each tile enlarged
+    ``scale`` times by repeating pixels (no interpolation: the pixels are the data) and, with ``labels``, a
+    caption strip under each tile."""
+    from PIL import Image, ImageDraw
 
     n, c, h, w = images.shape
     ncols = ncols or max(1, int(np.ceil(np.sqrt(n))))
     nrows = max(1, -(-n // ncols))
-    canvas = np.full((nrows * (h + gap) - gap, ncols * (w + gap) - gap, 3 if c == 3 else 1), 255, np.uint8)
+    th, tw, strip = h * scale, w * scale, (14 if labels is not None else 0)
+    cell_h = th + strip
+    canvas = np.full((nrows * (cell_h + gap) - gap, ncols * (tw + gap) - gap, 3 if c == 3 else 1), 255, np.uint8)
     for i in range(n):
         r, q = divmod(i, ncols)
         tile = images[i].transpose(1, 2, 0) if c in (1, 3) else images[i].mean(0, keepdims=True).transpose(1, 2, 0)
-        canvas[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = tile
+        tile = np.repeat(np.repeat(tile, scale, 0), scale, 1)
+        canvas[r * (cell_h + gap):r * (cell_h + gap) + th, q * (tw + gap):q * (tw + gap) + tw] = tile
+    im = Image.fromarray(canvas if c == 3 else canvas[..., 0])
+    if labels is not None:
+        draw = ImageDraw.Draw(im)
+        for i, text in enumerate(labels[:n]):
+            r, q = divmod(i, ncols)
+            draw.text((q * (tw + gap) + 2, r * (cell_h + gap) + th + 1), str(text), fill=0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas if c == 3 else canvas[..., 0]).save(out)
+    im.save(out)
     return out

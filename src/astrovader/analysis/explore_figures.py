@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from astrovader.analysis.describe import DescribeSettings, describe_components
 from astrovader.analysis.figures import display_range, save_figure, show_image, subplots
+from astrovader.analysis.morphology import companion_mask, strictly_companion_free
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.explore import deblend, latent_summary, route_interpolation, traverse
 from astrovader.model import AstroVaDErNet
@@ -154,12 +156,14 @@ def plot_deblend(results: list[dict[str, Any]], out: str | Path,
 
 def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_dir: str | Path, *,
                        predictions: str | Path | pd.DataFrame | None = None, n_per_cluster: int = 8,
-                       steps: int = 8, traverse_steps: int = 9, companion_component: int | None = None,
+                       steps: int = 8, traverse_steps: int = 9, companion_components: Sequence[int] | None = None,
                        closed: bool = True, temperature: float = 1.0, seed: int = 0,
                        progress: bool = False) -> list[tuple[str, Path]]:
     """Write the gallery, route interpolation (+ GIF and frame strip), traversal and deblending figures for
     a run to ``out_dir``; returns (title, PNG path) for the four figures, for reports. Dataset latents are
-    computed once (or read from ``predictions``) and shared by the three exploration figures."""
+    computed once (or read from ``predictions``) and shared by the three exploration figures. The deblending
+    figure starts from ``companion_components`` (default: those ``describe`` flags, from a quick measurement
+    without statmorph) and is left out when there are none."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(dataset)
@@ -176,9 +180,14 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
     trav = traverse(net, summary.mu, traverse_steps)
     t = "Latent traversal: each variable from its minimum to its maximum, others at their mean"
     figs.append((t, plot_traversal(trav, out_dir / "traversal.png", summary.mu)))
-    if summary.probs.shape[1] >= 2:
-        res = deblend(net, summary, ds, companion_component, steps=steps, n_examples=3)
-        t = (f"Deblending by interpolation from component {res[0]['component']} to the most similar galaxy "
-             "of each example's next most probable component")
+    if companion_components is None and summary.probs.shape[1] >= 2:
+        quick = DescribeSettings(max_members=200, n_detailed=0, seed=seed)
+        companion_components = describe_components(summary, ds, settings=quick).companion_components
+    if companion_components:
+        res = deblend(net, summary, ds, companion_components, steps=steps, n_examples=3,
+                      companion_mask=companion_mask, companion_free=strictly_companion_free)
+        t = (f"Deblending by interpolation: the most probable members of component {res[0]['component']} "
+             "(grouped by companions), each moved along the latent line to its companion-free twin (the "
+             "galaxy most like it outside the companion's pixels)")
         figs.append((t, plot_deblend(res, out_dir / "deblending.png", title="Deblending by interpolation")))
     return figs

@@ -11,7 +11,8 @@ backend or keeps figures alive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,34 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], la
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def save_figure(fig: Figure, out: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG (the format follows the file name's suffix)."""
+_OUTPUT: dict[str, Any] = {"dpi": 110, "vector": ()}
+VECTOR_FORMATS = ("pdf", "svg")
+
+
+@contextmanager
+def figure_output(dpi: int = 110, vector: Sequence[str] = ()) -> Iterator[None]:
+    """Within the block, ``save_figure`` writes PNGs at ``dpi`` and a copy of each figure in every format of
+    ``vector`` ("pdf", "svg") beside it, for papers."""
+    bad = [v for v in vector if v not in VECTOR_FORMATS]
+    if bad or dpi < 20:
+        raise ValueError(f"figure output: dpi must be >= 20 and formats among {', '.join(VECTOR_FORMATS)}; "
+                         f"got dpi {dpi}, formats {list(vector)}")
+    old = dict(_OUTPUT)
+    _OUTPUT.update(dpi=int(dpi), vector=tuple(vector))
+    try:
+        yield
+    finally:
+        _OUTPUT.update(old)
+
+
+def save_figure(fig: Figure, out: str | Path, dpi: int | None = None) -> Path:
+    """Write ``fig`` to ``out`` (the format follows the suffix; PNG at the ``figure_output`` dpi unless given)
+    and, inside ``figure_output(vector=...)``, a PDF / SVG copy beside it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(out, dpi=dpi or _OUTPUT["dpi"], bbox_inches="tight", facecolor="white")
+    for fmt in _OUTPUT["vector"]:
+        fig.savefig(out.with_suffix(f".{fmt}"), bbox_inches="tight", facecolor="white")
     return out
 
 
@@ -110,7 +134,8 @@ def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path
         axes[r, 0].set_ylabel(name, fontsize=9)
     im_img = axes[0, -1].images[0] if inputs.shape[1] != 3 else None
     if im_img is not None:
-        fig.colorbar(im_img, ax=axes[:2, :].ravel().tolist(), fraction=0.02, pad=0.01, label="pixel value")
+        fig.colorbar(im_img, ax=axes[:2, :].ravel().tolist(), fraction=0.02, pad=0.01,
+                     label="stored value / 255\n(dataset's stretch)")
     fig.colorbar(axes[2, -1].images[0], ax=axes[2, :].ravel().tolist(), fraction=0.02, pad=0.01,
                  label="input - recon.")
     fig.suptitle(title, fontsize=11)
@@ -165,9 +190,9 @@ def plot_overlap(matrix: np.ndarray, out: str | Path, counts: np.ndarray | None 
     ax.set_yticks(range(k))
     ylabels = [f"{i} (n={counts[i]:,})" for i in range(k)] if counts is not None else [str(i) for i in range(k)]
     ax.set_yticklabels(ylabels, fontsize=8)
-    ax.set_xlabel("component")
-    ax.set_ylabel("members of component (most probable)")
-    ax.set_title("Mean cluster probability of each component's members")
+    ax.set_xlabel("probability of component")
+    ax.set_ylabel("members of component\n(most probable)")
+    ax.set_title("Mean probabilities of\neach component's members", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mean probability")
     return save_figure(fig, out)
 
@@ -365,6 +390,7 @@ def plot_history(history: list[dict], out: str | Path) -> Path:
         if len(v) and (v > 0).all() and v.max() / v.min() > 20:
             ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
+        ax.set_ylabel("loss per image")
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")

@@ -13,7 +13,6 @@ Layout of OUT_DIR::
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis import figures as F
+from astrovader.analysis.describe import MEASURES, DescribeSettings, describe_components, pixel_scale_of
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.metrics import (
     GZ_DEFAULT_CUTS,
@@ -36,11 +36,12 @@ from astrovader.analysis.metrics import (
     secondary_labels,
     simplified_silhouette_samples,
 )
+from astrovader.analysis.page import Page, write_table
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.data.selection import select_rows
 from astrovader.inference import infer, reconstruct
 from astrovader.predict import prediction_table
-from astrovader.runs import CONFIG, HISTORY, load_network, read_history
+from astrovader.runs import CONFIG, HISTORY, load_network, provenance, read_history
 
 LABEL_COLUMNS = ("true_class", "gz1_label", "label")
 N_RANDOM_RECON = 10
@@ -62,88 +63,6 @@ def detect_label_column(catalog: pd.DataFrame, label_column: str | None = None) 
     return next((c for c in LABEL_COLUMNS if c in catalog.columns), None)
 
 
-# --------------------------------------------------------------------------------------------------
-# the HTML page
-# --------------------------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
-padding:0 1.5em 3em;color:#222;line-height:1.45}
-h1{border-bottom:2px solid #333;padding-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #bbb}
-figure{margin:1em 0;text-align:center}figure img{max-width:100%;height:auto;border:1px solid #ddd}
-figcaption{font-size:.9em;color:#555;margin-top:.3em}
-table.data{border-collapse:collapse;font-size:.85em;margin:.8em 0}
-table.data th,table.data td{border:1px solid #ccc;padding:.2em .6em;text-align:right}
-table.data th{background:#eee}table.data tr:nth-child(even) td{background:#fafafa}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}
-nav ul{columns:2;font-size:.9em}nav li{break-inside:avoid}nav li li{break-inside:auto}.note{color:#555;font-size:.9em}
-"""
-
-
-class _Page:
-    """Accumulates sections; every figure and table gets an anchor listed in the table of contents."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        self.sections: list[tuple[str, str, list[str]]] = []
-        self.toc: list[tuple[str, str, list[tuple[str, str]]]] = []
-        self._n = 0
-
-    def section(self, sid: str, title: str, intro: str = "") -> None:
-        self.sections.append((sid, title, [f'<p class="note">{intro}</p>'] if intro else []))
-        self.toc.append((sid, title, []))
-
-    def _anchor(self, title: str) -> str:
-        self._n += 1
-        aid = f"item{self._n}"
-        self.toc[-1][2].append((aid, title))
-        return aid
-
-    def figure(self, path: Path, title: str, caption: str = "") -> None:
-        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        rel = Path(path).relative_to(self.out_dir).as_posix()
-        aid = self._anchor(title)
-        self.sections[-1][2].append(
-            f'<figure id="{aid}"><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
-            f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)} "
-            f'<a href="{html.escape(rel)}">PNG</a></figcaption></figure>')
-
-    def table(self, df: pd.DataFrame, title: str, csv: Path | None = None, caption: str = "") -> None:
-        aid = self._anchor(title)
-        link = f' <a href="{html.escape(csv.relative_to(self.out_dir).as_posix())}">CSV</a>' if csv else ""
-        self.sections[-1][2].append(
-            f'<h3 id="{aid}">{html.escape(title)}</h3><p class="note">{html.escape(caption)}{link}</p>'
-            + df.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}", na_rep="-"))
-
-    def raw(self, text: str) -> None:
-        self.sections[-1][2].append(text)
-
-    def render(self, title: str, header: str) -> str:
-        toc = ["<nav><h2>Contents</h2><ul>"]
-        for sid, stitle, items in self.toc:
-            sub = "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in items)
-            toc.append(f'<li><a href="#{sid}">{html.escape(stitle)}</a>{"<ul>" + sub + "</ul>" if sub else ""}</li>')
-        toc.append("</ul></nav>")
-        body = "".join(f'<section id="{sid}"><h2>{html.escape(t)}</h2>{"".join(parts)}</section>'
-                       for sid, t, parts in self.sections)
-        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                '<meta name="viewport" content="width=device-width, initial-scale=1">'
-                '<link rel="icon" href="data:,">'  # no favicon request: the page makes no network access at all
-                f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-                f"<h1>{html.escape(title)}</h1>{header}{''.join(toc)}{body}</body></html>\n")
-
-
-def _write_table(df: pd.DataFrame, tables: Path, name: str, title: str, png: bool = True) -> tuple[Path, Path | None]:
-    """CSV + standalone HTML (+ PNG rendering) of one table."""
-    csv = tables / f"{name}.csv"
-    df.to_csv(csv, index=False)
-    (tables / f"{name}.html").write_text(
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
-        + df.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}", na_rep="-")
-        + "</body></html>\n")
-    return csv, (F.plot_table(df, tables.parent / "figures" / f"{name}_table.png", title) if png else None)
-
-
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(f"[report] {msg}", file=sys.stderr, flush=True)
@@ -153,45 +72,104 @@ def _fmt_metric(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
+# (name in words, what it measures and what a good value looks like) for every key of metrics.json
+METRIC_WORDS: dict[str, tuple[str, str]] = {
+    "rows": ("galaxies analysed", "which rows of the dataset every number below comes from"),
+    "n_objects": ("number of galaxies", ""),
+    "n_components": ("mixture components K", ""),
+    "latent_dim": ("latent dimensions J", ""),
+    "mean_recon_mse": ("mean reconstruction error", "mean squared difference per pixel between input and "
+                       "reconstruction, pixels scaled to [0, 1]; lower is better, ~1e-3 is a close but blurred copy"),
+    "median_recon_mse": ("median reconstruction error", "as above, less sensitive to a few bad images"),
+    "simplified_silhouette": ("simplified silhouette", "separation of the components in latent space, from -1 to "
+                              "1; above 0.25 the components are distinct, near 0 they touch"),
+    "calinski_harabasz": ("Calinski-Harabasz index", "between- over within-component spread of the latent means; "
+                          "higher is better, only comparable between models of one dataset"),
+    "occupied_components": ("components with members", "components that are some galaxy's most probable; "
+                            "fewer than K means unused components"),
+    "non_morphological": ("not morphological", "components flagged as grouped by companions or orientation "
+                          "(automatically, or as given with --non-morphological)"),
+    "label_column": ("label column", "the catalogue column the components are compared with"),
+    "label_accuracy": ("accuracy", "share of galaxies in their component's class after the best one-to-one "
+                       "matching of components to classes; 1 is perfect"),
+    "label_nmi": ("normalised mutual information", "0 when the components say nothing about the labels, 1 when "
+                  "they determine them"),
+    "label_ari": ("adjusted Rand index", "pairwise agreement with the labels corrected for chance; 0 chance, 1 "
+                  "perfect"),
+    "label_purity": ("purity", "share of galaxies in their component's majority class; 1 is perfect, rises with K"),
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------------------
 def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str | Path, split: str | None = None,
-                cuts: Sequence[float] = (0.1, 0.5, 0.9), non_morphological: Sequence[int] = (),
+                cuts: Sequence[float] = (0.1, 0.5, 0.9), non_morphological: Sequence[int] | None = None,
                 label_column: str | None = None, max_images: int | None = None, progress: bool = True,
                 gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None,
-                allow_unfinished: bool = False) -> Path:
+                allow_unfinished: bool = False, dpi: int = 110, vector: Sequence[str] = (),
+                command: str | None = None, describe: DescribeSettings | None = None) -> Path:
     """Write the section-5 analyses of a trained run on ``dataset`` to ``out_dir``; returns report.html.
 
-    ``split`` restricts to catalogue rows with that ``split`` value (the paper reports on its test set);
-    ``max_images`` randomly thins the rows (seeded) for a quick look at a large dataset. ``non_morphological``
-    lists components that group galaxies by something other than their shape (companions, in the paper), for
-    which secondary morphological labels are derived. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts."""
+    ``split`` restricts to catalogue rows with that ``split`` value; by default the report uses the ``test``
+    rows when the catalogue has them (the paper reports on its test set) and says prominently when it falls
+    back to all rows; ``split="all"`` asks for every row. ``max_images`` randomly thins the rows (seeded).
+    ``non_morphological`` lists components that group galaxies by something other than their shape; by
+    default the components ``describe`` flags. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts. Figures
+    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg")."""
+    with F.figure_output(dpi, vector):
+        return _make_report(Path(run_dir), dataset, Path(out_dir), split, cuts, non_morphological, label_column,
+                            max_images, progress, gz_cuts, seed, device, allow_unfinished, command,
+                            describe or DescribeSettings(seed=seed))
+
+
+def _rows_used(ds: Dataset, split: str | None) -> tuple[str | None, str]:
+    """The split to use (None: all rows) and a sentence saying which rows those are."""
+    has_split = "split" in ds.catalog.columns
+    if split is None and has_split and (ds.catalog["split"].astype(str) == "test").any():
+        split = "test"
+    if split == "all" or split is None:
+        if has_split:
+            return None, ("all rows, including the galaxies the model was trained on: these numbers are not "
+                          "measured on unseen galaxies (use --split test)")
+        return None, ("all rows: the dataset has no split column, so these numbers include the galaxies the model "
+                      "was trained on (astrovader split DATASET --fractions 0.8,0.05,0.15, then retrain, "
+                      "for held-out numbers)")
+    return split, (f"the '{split}' split" + (", held out from training" if split == "test" else ""))
+
+
+def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, split: str | None,
+                 cuts: Sequence[float], non_morphological: Sequence[int] | None, label_column: str | None,
+                 max_images: int | None, progress: bool, gz_cuts: dict[str, float] | None, seed: int,
+                 device: str | None, allow_unfinished: bool, command: str | None,
+                 describe: DescribeSettings) -> Path:
     import pyarrow.parquet as pq
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise ValueError(f"probability cuts must lie in [0, 1), got {cuts}")
     cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
     ds = open_dataset(dataset)
     K, J = cfg.model.n_clusters, cfg.model.latent_dim
-    nm = tuple(sorted({int(c) for c in non_morphological}))
-    if any(c < 0 or c >= K for c in nm):
-        raise ValueError(f"--non-morphological components must be in 0..{K - 1}, got {list(nm)}")
+    if non_morphological is not None and any(int(c) < 0 or int(c) >= K for c in non_morphological):
+        raise ValueError(f"--non-morphological components must be in 0..{K - 1}, got {list(non_morphological)}")
     label_col = detect_label_column(ds.catalog, label_column)
     figs, tables = out_dir / "figures", out_dir / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tables.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
+    split, rows_note = _rows_used(ds, split)
     rows = select_rows(ds, split, max_images, seed)
-    _log(progress, f"inference on {len(rows):,} images")
+    _log(progress, f"inference on {len(rows):,} images ({rows_note})")
     if len(rows) == 0:
         raise ValueError("no images selected: the dataset (or the chosen split) is empty")
     pred = infer(net, ds, rows=rows, progress=progress)
     catalog = ds.catalog.iloc[rows].reset_index(drop=True)
-    pq.write_table(prediction_table(catalog["id"].to_numpy(), pred.as_dict()), out_dir / "predictions.parquet")
+    prov = provenance(run_dir, cfg, command)
+    table = prediction_table(catalog["id"].to_numpy(), pred.as_dict())
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **prov}),
+                   out_dir / "predictions.parquet")
 
     def images(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float inputs and reconstructions of the objects at positions ``local`` of the prediction arrays."""
@@ -202,17 +180,51 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
         raw = ds.take(pred.rows[local])
         return raw.astype(np.float32) / 255.0, reconstruct(net, raw)
 
-    page = _Page(out_dir)
+    page = Page(out_dir)
+    rows_text = f"{rows_note}; {len(rows):,} galaxies" + (f" (a random {max_images:,})" if max_images else "")
     metrics: dict[str, Any] = {"run_dir": str(run_dir), "dataset": str(ds.path), "split": split or "all",
-                               "n_objects": int(len(rows)), "n_components": K, "latent_dim": J,
+                               "rows": rows_text, "n_objects": int(len(rows)), "n_components": K, "latent_dim": J,
                                "mean_recon_mse": float(pred.recon_mse.mean()),
                                "median_recon_mse": float(np.median(pred.recon_mse))}
+    stretch = ds.meta.get("stretch") or (ds.meta.get("preprocessing") or {}).get("stretch")
+    stretch_text = (f"the dataset's stretch ({html.escape(str(stretch))})" if stretch else
+                    "the stretch of the images as ingested (for SDSS JPEGs, the survey's asinh colour stretch)")
+
+    # 0. what each component is -----------------------------------------------------------------------
+    _log(progress, "describing the components")
+    desc = describe_components(pred, ds, catalog, weights=net.gmm.weights.detach().cpu().numpy(),
+                               label_column=label_col, pixel_scale=pixel_scale_of(ds), settings=describe)
+    nm = tuple(sorted({int(c) for c in non_morphological})) if non_morphological is not None else \
+        tuple(desc.non_morphological)
+    metrics["non_morphological"] = ", ".join(map(str, nm)) or "none"
+    page.section("components", "What each component is",
+                 "Each mixture component described by its members, measured with photutils and statmorph on "
+                 f"the stored pixels ({stretch_text}): sizes, shape, light concentration and second sources in "
+                 "the stamp, and the labels where the catalogue has them. Words compare a component with the "
+                 "other components of this dataset. <span class='flag'>Flagged</span> components group galaxies "
+                 "by companions or orientation rather than shape" + (" (here as given with --non-morphological)."
+                                                                   if non_morphological is not None else "."))
+    page.raw("<ul>" + "".join(
+        f"<li><b>Component {int(r.component)}</b>: {html.escape(r.sentence)}"
+        + (" <span class='flag'>[not morphological]</span>" if int(r.component) in nm else "") + "</li>"
+        for r in desc.table.itertuples()) + "</ul>")
+    show = desc.table.drop(columns=["sentence"])
+    csv, _ = write_table(desc.table, tables, "components", "Component descriptions", png=False)
+    desc.measurements.to_csv(tables / "component_galaxies.csv", index=False)
+    legend = "; ".join(f"{k}: {v}" for k, v in MEASURES.items() if k in show.columns)
+    page.table(show, "Component descriptions", csv,
+               f"Medians over {describe.max_members} random members per component ({describe.n_detailed} for the "
+               f"statmorph columns); the core is the {describe.n_core} most probable members. {legend}. "
+               "Per-galaxy measurements: tables/component_galaxies.csv.")
 
     # 1. reconstructions --------------------------------------------------------------------------
     _log(progress, "reconstructions")
     page.section("recon", "Reconstructions",
-                 "Input, reconstruction (decoded latent mean) and residual (input - reconstruction). Inputs and "
-                 "reconstructions share one linear stretch per figure; residuals use a symmetric diverging scale.")
+                 "How faithfully the model re-draws galaxies from its latent space: input, reconstruction (the "
+                 "decoded latent mean) and residual (input - reconstruction) for random, best and worst galaxies. "
+                 f"Grey levels are {stretch_text}, divided by 255; inputs and reconstructions share one linear "
+                 "scale per figure, residuals a symmetric red (under-predicted) / blue scale. Expect smooth, "
+                 "blurred copies: the paper's reconstructions lose spiral arms and knots too.")
     n = len(rows)
     for name, title, local in (
             ("recon_random", "Random galaxies", np.sort(rng.choice(n, min(N_RANDOM_RECON, n), replace=False))),
@@ -232,12 +244,13 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     metrics["simplified_silhouette"] = float(sil.mean())
     metrics["calinski_harabasz"] = calinski_harabasz(pred.mu, pred.labels)
     metrics["occupied_components"] = int(len(np.unique(pred.labels)))
-    page.section("stats", "Cluster statistics (Table 2)",
-                 "n_max: objects whose most probable component it is. n_p&gt;cut: objects whose normalised "
+    page.section("stats", "Component statistics (Table 2)",
+                 "How many galaxies each component holds and how confidently. n_max: galaxies whose most "
+                 "probable component it is. n_p&gt;cut: galaxies whose normalised "
                  "probability for the component exceeds the cut (an object may count in several components); "
                  "in the 'all' row, objects with any probability above the cut. silhouette: mean simplified "
                  "silhouette of the members, in latent-mean space.")
-    csv, png = _write_table(occ, tables, "cluster_stats", "Cluster statistics")
+    csv, png = write_table(occ, tables, "cluster_stats", "Cluster statistics")
     page.table(occ, "Cluster statistics", csv,
                f"Whole sample: simplified silhouette {metrics['simplified_silhouette']:.3f}, "
                f"Calinski-Harabasz index {metrics['calinski_harabasz']:.4g}.")
@@ -250,15 +263,18 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     ov_df.insert(0, "members_of", list(range(K)))
     ov_df.to_csv(tables / "overlap.csv", index=False)
     page.section("overlap", "Component overlap (Figure 5)",
-                 "Row c: the mean probability vector of the galaxies whose most probable component is c. "
-                 "A small diagonal value means members are shared with other components.")
+                 "Whether the components are distinct or blend into each other. Row c is the mean probability "
+                 "vector of the galaxies whose most probable component is c: a diagonal near 1 means confident "
+                 "members; large off-diagonal values mean members shared with another component.")
     page.figure(F.plot_overlap(ov, figs / "overlap.png", counts=np.bincount(pred.labels, minlength=K)),
                 "Overlap matrix", "CSV: tables/overlap.csv.")
 
     # 4. members ----------------------------------------------------------------------------------------
     _log(progress, "members")
     page.section("members", "Component members (Figures 6-8)",
-                 "Left: inputs, with the component probability in yellow; right: the same galaxies reconstructed.")
+                 "What the galaxies of each component look like: the most probable members (what the component "
+                 "is about) and random members (what it holds). Left: inputs, with the component probability in "
+                 "yellow; right: the same galaxies reconstructed. Compare with the descriptions above.")
     top_rows, rand_rows = [], []
     for c in range(K):
         members = np.flatnonzero(pred.labels == c)
@@ -272,7 +288,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
                                N_MEMBERS), "Most probable members", "Figure 6 of the paper.")
     page.figure(F.plot_members(rand_rows, figs / "members_random.png", "Random members of each component",
                                N_MEMBERS), "Random members", "Figure 7 of the paper.")
-    if nm:
+    if nm and len(nm) < K:
         sec = secondary_labels(pred.probs, nm)
         in_nm = np.isin(sec["primary"].to_numpy(), nm)
         sec_df = pd.concat([catalog[["id"]], sec], axis=1)[in_nm].reset_index(drop=True)
@@ -280,7 +296,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
         cross = pd.crosstab(sec_df["primary"], sec_df["secondary"]).reset_index() if len(sec_df) else \
             pd.DataFrame({"primary": list(nm)})
         cross.columns = [str(c) if i == 0 else f"secondary_{c}" for i, c in enumerate(cross.columns)]
-        csv, _ = _write_table(cross, tables, "secondary_counts", "Secondary morphological labels", png=False)
+        csv, _ = write_table(cross, tables, "secondary_counts", "Secondary morphological labels", png=False)
         page.table(cross, "Secondary morphological labels", csv,
                    f"Galaxies in non-morphological components {list(nm)} counted by their most probable "
                    "remaining component (probabilities renormalised over the others). Per-galaxy labels: "
@@ -299,7 +315,11 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
 
     # 5. latent space ----------------------------------------------------------------------------------
     _log(progress, "latent space (t-SNE)")
-    page.section("latent", "Latent space")
+    page.section("latent", "Latent space",
+                 "How the galaxies are arranged in the J-dimensional latent space. t-SNE draws neighbours "
+                 "together but distorts distances and sizes: read it for which components touch, not for how "
+                 "far apart they are. The histograms show each latent variable with the mixture's means as "
+                 "ticks: a variable whose lines differ separates the components.")
     sub = np.sort(rng.choice(n, min(TSNE_MAX, n), replace=False))
     if len(sub) >= 5:
         from sklearn.manifold import TSNE
@@ -318,7 +338,10 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     gz = gz_vote_classes(catalog, gz_cuts)
     if label_col is not None or gz is not None:
         _log(progress, "comparison with labels")
-        page.section("labels", "Comparison with labels (Figures 13-14)")
+        page.section("labels", "Comparison with labels (Figures 13-14)",
+                     "How the unsupervised components line up with labels the model never saw. Counts and "
+                     "fractions of each class per component; a component mostly of one class is a clean "
+                     "morphological group. The scores are explained in the table at the top.")
     if label_col is not None:
         lab = catalog[label_col]
         names = None
@@ -331,7 +354,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
         counts = counts.reindex(range(K), fill_value=0)
         out_counts = counts.reset_index()
         out_counts.columns = [str(c) for c in out_counts.columns]
-        csv, _ = _write_table(out_counts, tables, "label_counts", f"Components vs {label_col}", png=False)
+        csv, _ = write_table(out_counts, tables, "label_counts", f"Components vs {label_col}", png=False)
         scores = clustering_scores(true.astype(str), pred.labels[ok]) if ok.any() else {}
         metrics["label_column"] = label_col
         metrics.update({f"label_{k}": v for k, v in scores.items()})
@@ -351,7 +374,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
             cnt = pd.DataFrame({c: gz[c].groupby(comp).sum() for c in cols}).reindex(range(K), fill_value=0)
             cnt = cnt.astype(int)
             out_cnt = cnt.reset_index().rename(columns={"index": "component"})
-            csv, _ = _write_table(out_cnt, tables, name, f"Galaxy Zoo: {fig_title}", png=False)
+            csv, _ = write_table(out_cnt, tables, name, f"Galaxy Zoo: {fig_title}", png=False)
             page.table(out_cnt, f"Galaxy Zoo: {fig_title}", csv,
                        "Clean samples from debiased vote fractions (cuts: "
                        + ", ".join(f"{k} {v:g}" for k, v in {**GZ_DEFAULT_CUTS, **(gz_cuts or {})}.items()) + ").")
@@ -363,7 +386,11 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
         _log(progress, "training history")
         history = read_history(run_dir)
         page.section("history", "Training history (Figure 2)",
-                     "Solid: training; dashed: validation. Shading: gamma-training, annealing, static phases.")
+                     "The loss terms per epoch (per image, lower is better); solid: training, dashed: validation; "
+                     "shading: the s3VDC phases. The GMM term is added during annealing with a growing weight, "
+                     "so the total loss rises in each annealing phase by design and falls in the static phase "
+                     "after it. Validation losses are computed without the random sampling and flips of "
+                     "training, so they can sit below the training losses.")
         if history:
             page.figure(F.plot_history(history, figs / "history.png"), "Loss terms per epoch")
 
@@ -372,21 +399,51 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     whole = len(rows) == len(ds)  # our predictions can be reused when they cover the whole dataset in order
     gen_figs = generation_figures(net, ds, out_dir / "generation",
                                   predictions=out_dir / "predictions.parquet" if whole else None)
-    page.section("synthetic", "Synthetic galaxies")
+    page.section("synthetic", "Synthetic galaxies and the latent space explored (Figures 9-12)",
+                 "New galaxies drawn from each component's Gaussian, a walk through each component's most "
+                 "probable galaxy, every latent variable varied on its own, and deblending: a galaxy of a "
+                 "component grouped by companions moved towards its companion-free twin, the companion fading "
+                 "along the line. Same grey scale as above.")
     for title, path in gen_figs:
         page.figure(Path(path), title)
 
     # header: metrics and config ----------------------------------------------------------------------------------
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    page.section("config", "Run configuration")
+    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "provenance": prov}, indent=2, default=float) + "\n")
+    page.section("config", "Run configuration",
+                 "The run's config.toml as used for training: every setting that made this model.")
     cfg_path = run_dir / CONFIG
     page.raw(f"<pre>{html.escape(cfg_path.read_text() if cfg_path.is_file() else '(no config.toml)')}</pre>")
-    mrows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt_metric(v)}</td></tr>" for k, v in metrics.items())
-    header = (f'<p class="note">Run <code>{html.escape(str(run_dir))}</code> on dataset '
-              f"<code>{html.escape(str(ds.path))}</code> ({html.escape(split or 'all rows')}, {n:,} galaxies). "
-              'Tables: <a href="tables/">tables/</a>; predictions: <a href="predictions.parquet">'
-              'predictions.parquet</a>; <a href="metrics.json">metrics.json</a>.</p>'
-              f'<table class="data">{mrows}</table>')
+    page.section("next", "Next steps",
+                 "Commands that take this analysis further, with this report's run and dataset filled in.")
+    rd, dd = html.escape(str(run_dir)), html.escape(str(ds.path))
+    steps = [(f"astrovader describe {rd} {dd} components.csv" + (f" --split {split}" if split else ""),
+              "the description table and per-galaxy measurements as CSV, for your own selections"),
+             (f"astrovader predict {rd} {dd} predictions.fits", "component probabilities of every galaxy, for "
+              "a catalogue cross-match (FITS with provenance keys)"),
+             (f"astrovader explore {rd} {dd} figures/", "the exploration figures with other settings, e.g. "
+              "--companion C to deblend from another component"),
+             (f"astrovader report {rd} {dd} {html.escape(str(out_dir))} --non-morphological C1,C2",
+              "if you judge other components to be grouped by something other than shape"),
+             (f"astrovader choose-k {rd} {dd} --sweep", "whether the data support another number of components")]
+    if split is None and "split" not in ds.catalog.columns:
+        steps.insert(0, (f"astrovader split {dd} --fractions 0.8,0.05,0.15", "hold out test galaxies, then "
+                         "retrain, so the numbers here can be measured on galaxies the model never saw"))
+    page.raw("<ul>" + "".join(f"<li><code>{c}</code><br>{w}</li>" for c, w in steps) + "</ul>")
+
+    def metric_row(k: str, v: Any) -> str:
+        name, what = METRIC_WORDS.get(k, (k, ""))
+        return (f"<tr><th>{html.escape(name)}</th><td>{_fmt_metric(v)}</td><td class='note'>{html.escape(what)}"
+                "</td></tr>")
+
+    shown = {k: v for k, v in metrics.items() if k not in ("run_dir", "dataset", "split")}
+    header = (f'<p class="banner">Galaxies analysed: {html.escape(rows_text)}.</p>'
+              f'<p class="note">astrovader {html.escape(prov["ASTROVER"])}, made {html.escape(prov["DATE"])} UTC '
+              f'by <code>{html.escape(command or "make_report(...)")}</code>. Run <code>{rd}</code> (weights '
+              f'sha256 {html.escape(prov["WEIGHTS"])}), dataset <code>{dd}</code>. Tables: '
+              '<a href="tables/">tables/</a>; predictions: <a href="predictions.parquet">predictions.parquet</a>; '
+              '<a href="metrics.json">metrics.json</a>.</p>'
+              '<table class="data metrics"><tr><th>measure</th><th>value</th><th>what it means</th></tr>'
+              + "".join(metric_row(k, v) for k, v in shown.items()) + "</table>")
     out = out_dir / "report.html"
     out.write_text(page.render(f"AstroVaDEr report: {run_dir.name}", header), encoding="utf-8")
     _log(progress, f"wrote {out}")

@@ -52,6 +52,48 @@ def non_negative_float(name: str):
     return bounded(name, float, 0.0, "a number >= 0")
 
 
+# One example per command, shown at the end of its --help.
+EXAMPLES: dict[str, str] = {
+    "demo": "astrovader demo astrovader-demo/",
+    "train": "astrovader train data/ run/ --preset sdss64-k12 --set train.epochs=50 --device cuda",
+    "predict": "astrovader predict run/ data/ predictions.fits",
+    "check": "astrovader check data/ run/",
+    "presets": "astrovader presets",
+    "summary": "astrovader summary --preset paper",
+    "ingest": "astrovader ingest cutouts/ data/ --labels labels.csv --id-column objid --preset sdss64-k12",
+    "split": "astrovader split data/ --fractions 0.8,0.05,0.15 --seed 0",
+    "download": "astrovader download gz2_hart16.csv cutouts/ --limit 1000",
+    "report": "astrovader report run/ data/ report/ --split test --dpi 200 --vector pdf",
+    "describe": "astrovader describe run/ data/ components.csv --split test",
+    "choose-k": "astrovader choose-k run/ data/ --sweep",
+    "generate": "astrovader generate run/ synthetic.png --n 64 --component 0 1 --seed 0",
+    "explore": "astrovader explore run/ data/ figures/",
+    "simulate": "astrovader simulate sims/ --n 5000 --size 64 --seed 1",
+    "benchmark": "astrovader benchmark gz1 --data ../shared/data/gz1-sdss --seeds 3 --out bench-gz1",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal; the example kept on its own line, as typed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _finish(sub: argparse._SubParsersAction) -> None:
+    """Every command's help ends with its example, and every value is named in capitals (RUN, N, ...)."""
+    for name, p in sub.choices.items():
+        if name in EXAMPLES:
+            p.epilog = f"example:\n  {EXAMPLES[name]}"
+            p.formatter_class = _HelpFormatter
+        for action in p._actions:
+            takes_value = action.nargs != 0 and not isinstance(action, argparse._HelpAction)
+            if action.metavar is None and takes_value and action.choices is None:
+                action.metavar = action.dest.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from astrovader import __version__
 
@@ -65,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _finish(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError
+from astrovader.cli import CLIError, positive_int
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -61,8 +61,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = make_report(args.run_dir, args.dataset, args.out_dir, split=args.split,
                       cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
                       max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
-                      seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished)
+                      seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished, dpi=args.dpi,
+                      vector=args.vector, command=args.command_line)
     print(f"wrote {out} (open it in a browser; figures/ and tables/ beside it)")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from astrovader.analysis.describe import DescribeSettings, describe_run
+
+    settings = DescribeSettings(n_core=args.core, max_members=args.members, n_detailed=args.detailed, seed=args.seed)
+    desc = describe_run(args.run_dir, args.dataset, args.out, split=args.split, max_images=args.max_images,
+                        label_column=args.label_column, settings=settings, device=args.device,
+                        allow_unfinished=args.allow_unfinished, overwrite=args.overwrite,
+                        command=args.command_line, progress=not args.quiet)
+    for line in desc.sentences():
+        print(line)
+    flagged = desc.non_morphological
+    print(f"wrote {args.out} ({len(desc.table)} components) and the per-galaxy measurements beside it")
+    if flagged:
+        print(f"flagged as not morphological: {', '.join(map(str, flagged))} (the report treats them so; "
+              "override with report --non-morphological)")
     return 0
 
 
@@ -111,18 +130,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
                        "component overlap (Figure 5), members and secondary labels (Figures 6-8), t-SNE and "
                        "latent histograms, comparison with labels or Galaxy Zoo vote fractions (Figures 13-14), "
-                       "training history (Figure 2) and synthetic galaxies; written to "
-                       "OUT_DIR/report.html, a self-contained page that opens offline.")
-    p.add_argument("run_dir", help="trained run directory")
-    p.add_argument("dataset", help="dataset directory (the one trained on, or another with the same image size)")
-    p.add_argument("out_dir", help="output directory for report.html, figures/, tables/")
-    p.add_argument("--split", default=None, help="use only catalogue rows with this split value, e.g. test "
-                   "(default: all rows)")
+                       "training history (Figure 2) and synthetic galaxies, opened by a description of every "
+                       "component; written to OUT_DIR/report.html, a self-contained page that opens offline.")
+    p.add_argument("run_dir", metavar="RUN", help="trained run directory")
+    p.add_argument("dataset", metavar="DATASET",
+                   help="dataset directory (the one trained on, or another with the same image size)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output directory for report.html, figures/, tables/")
+    p.add_argument("--split", metavar="NAME", default=None,
+                   help="use only catalogue rows with this split value; 'all' for every row (default: the test "
+                   "rows when the catalogue has a split column with some, else all rows, said prominently)")
+    p.add_argument("--dpi", type=positive_int("--dpi"), default=110, metavar="DPI",
+                   help="resolution of the PNG figures (default 110; 300 for print)")
+    p.add_argument("--vector", nargs="+", choices=("pdf", "svg"), default=(), metavar="FORMAT",
+                   help="also write every figure as pdf and/or svg beside its PNG")
     p.add_argument("--cuts", type=_float_list, default=(0.1, 0.5, 0.9), metavar="P1,P2,...",
                    help="probability cut-offs for the occupancy table (default 0.1,0.5,0.9)")
-    p.add_argument("--non-morphological", type=_int_list, default=(), metavar="C1,C2,...",
-                   help="components grouping galaxies by something other than shape (e.g. companions); "
-                   "their members get secondary labels from the other components")
+    p.add_argument("--non-morphological", type=_int_list, default=None, metavar="C1,C2,...",
+                   help="components grouping galaxies by something other than shape (e.g. companions); their "
+                   "members get secondary labels from the other components (default: the components that "
+                   "astrovader describe flags; give an empty string for none)")
     p.add_argument("--label-column", default=None,
                    help="catalogue column with class labels (default: true_class, gz1_label or label if present)")
     p.add_argument("--gz-cut", action="append", default=[], metavar="KEY=VALUE",
@@ -136,6 +162,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use a run whose training has not finished (default: refuse it)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("describe", help="what each component is: morphology of its members, in numbers and words",
+                       description="Measure the members of every component (photutils: R50, R90, axis ratio, "
+                       "surface brightness, second sources in the stamp; statmorph: concentration, asymmetry, "
+                       "Gini, M20, Sersic index), summarise their labels where the dataset has them, print one "
+                       "sentence per component and flag components grouped by companions or orientation. "
+                       "Writes OUT (.csv or .parquet, one row per component) and OUT_galaxies beside it.")
+    p.add_argument("run_dir", metavar="RUN", help="trained run directory")
+    p.add_argument("dataset", metavar="DATASET", help="dataset directory")
+    p.add_argument("out", metavar="OUT", help="description table, .csv or .parquet")
+    p.add_argument("--split", metavar="NAME", default=None,
+                   help="use only catalogue rows with this split value, e.g. test (default: all rows)")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="use a random subset of at most N")
+    p.add_argument("--label-column", metavar="COLUMN", default=None,
+                   help="catalogue column with class labels (default: true_class, gz1_label or label if present)")
+    p.add_argument("--core", type=positive_int("--core"), default=100, metavar="N",
+                   help="most probable members measured as each component's core (default 100)")
+    p.add_argument("--members", type=positive_int("--members"), default=400, metavar="N",
+                   help="random members per component measured with photutils (default 400)")
+    p.add_argument("--detailed", type=positive_int("--detailed"), default=60, metavar="N",
+                   help="of those, members also measured with statmorph, about 0.2 s each (default 60)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed for the random members (default 0)")
+    p.add_argument("--device", metavar="DEVICE", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run whose training has not finished (default: refuse it)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("choose-k", help="estimate the number of mixture components from a run's latent space",
                        description="Fit Dirichlet-process Bayesian Gaussian mixtures (small concentration prior, "

@@ -98,6 +98,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 0:
         raise CLIError("--stop-after must be >= 0")
     _adopt_dataset_geometry(cfg, args)
+    if args.device is not None:
+        cfg.train.device = args.device
+    if args.tensorboard:
+        cfg.train.tensorboard = True
+    cfg.validate()
     try:
         res = train(cfg, args.dataset, run_dir, resume=args.resume, overwrite=args.overwrite,
                     progress=not args.quiet, stop_after_epoch=args.stop_after)
@@ -172,11 +177,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch (0-based); resume later with --resume")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the config's "
+                   "train.device, auto: a GPU when there is one)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log every epoch's losses to RUN_DIR/tensorboard (needs pip install "
+                   "'astrovader[tensorboard]'; view with tensorboard --logdir RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="write a catalogue of latent means and cluster probabilities",
-                       description="Columns: id, z_0..z_{J-1}, logvar_0.., p_0..p_{K-1}, cluster, max_prob, "
+    p = sub.add_parser("predict", help="write a catalogue of latent means and component probabilities",
+                       description="Columns: id, z_0..z_{J-1}, logvar_0.., p_0..p_{K-1}, component, max_prob, "
                        "recon_mse. Parquet, or FITS when OUT ends in .fits. Streamed with bounded memory.")
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("dataset", help="dataset directory")
@@ -211,6 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "one a line: its name, then what it is and where its settings were measured.")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("summary", help="architecture table and parameter counts for a config")
+    p = sub.add_parser("summary", help="architecture table and parameter counts for a config",
+                       description="Print the network of a configuration layer by layer (output shapes and "
+                       "parameters) and the parameter counts of the encoder, decoder and mixture prior, without "
+                       "training or reading any data.")
     _add_config_args(p, "paper")
     p.set_defaults(func=cmd_summary)

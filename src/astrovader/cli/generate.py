@@ -53,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     K = cfg.model.n_clusters
     if args.cluster and any(not 0 <= c < K for c in args.cluster):
-        raise CLIError(f"--cluster must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
+        raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
     fmt = _format(args)
     _clear_output(Path(args.out), fmt, args.overwrite)
     kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
@@ -91,13 +91,16 @@ def cmd_explore(args: argparse.Namespace) -> int:
     _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     figs = generation_figures(net, args.dataset, args.out_dir, predictions=args.predictions,
                               n_per_cluster=args.n_per_cluster, steps=args.steps,
-                              traverse_steps=args.traverse_steps, companion_component=args.companion,
+                              traverse_steps=args.traverse_steps, companion_components=args.companion,
                               closed=not args.open, temperature=args.temperature, seed=args.seed,
                               progress=not args.quiet)
     for title, path in figs:
         print(f"{path}  {title}")
     print(f"{Path(args.out_dir) / 'interpolation.gif'}  animated route interpolation")
     print(f"{Path(args.out_dir) / 'interpolation_strip.png'}  route interpolation frame strip")
+    if not any(Path(p).name == "deblending.png" for _, p in figs):
+        print("no deblending figure: no component is grouped by companions (astrovader describe flags none); "
+              "name one with --companion C to deblend from it anyway")
     return 0
 
 
@@ -111,10 +114,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
     p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--cluster", type=int, nargs="+", metavar="C",
+    p.add_argument("--component", "--cluster", dest="cluster", type=int, nargs="+", metavar="C",
                    help="component(s) to sample from; several are cycled through in turn (default: drawn)")
     p.add_argument("--weights", choices=("mixture", "uniform"), default="mixture",
-                   help="how components are drawn without --cluster: by the mixture weights (the training "
+                   help="how components are drawn without --component: by the mixture weights (the training "
                    "distribution, default) or uniformly")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the component variances (default 1; the paper's script used 0.5)")
@@ -146,9 +149,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-per-cluster", type=int, default=8, help="gallery samples per component (default 8)")
     p.add_argument("--steps", type=int, default=8, help="interpolation steps per leg (default 8)")
     p.add_argument("--traverse-steps", type=int, default=9, help="traversal columns (default 9)")
-    p.add_argument("--companion", type=int, default=None, metavar="C",
-                   help="component of galaxies with companions for the deblending demo (default: the "
-                   "component with the highest mean reconstruction error)")
+    p.add_argument("--companion", type=int, nargs="+", default=None, metavar="C",
+                   help="components grouped by companions, whose members the deblending figure starts from "
+                   "(default: those astrovader describe flags; no deblending figure when none is)")
     p.add_argument("--open", action="store_true", help="open route (default: closed tour)")
     p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
