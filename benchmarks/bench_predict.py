@@ -1,4 +1,4 @@
-"""Inference throughput end to end: on-disk dataset -> latent means, cluster probabilities -> Parquet.
+"""Inference throughput end to end: on-disk dataset -> latent means, component probabilities -> Parquet.
 
 Classifying a survey (the paper's 100 million objects) is dominated by this path, so it is measured from
 the dataset on disk to the catalogue file, not model-only. Both paths run the same AstroVaDErNet in one
@@ -96,7 +96,7 @@ def baseline_predict(net: AstroVaDErNet, dataset: str | Path | Dataset, out: Pat
         cols.update({f"z_{j}": mu[:, j] for j in range(mu.shape[1])})
         cols.update({f"logvar_{j}": logvar[:, j] for j in range(logvar.shape[1])})
         cols.update({f"p_{k}": probs[:, k] for k in range(probs.shape[1])})
-        cols.update(cluster=probs.argmax(1).astype(np.int16), max_prob=probs.max(1), recon_mse=mse)
+        cols.update(component=probs.argmax(1).astype(np.int16), max_prob=probs.max(1), recon_mse=mse)
         frames.append(pd.DataFrame(cols))
     pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
     return out

@@ -19,3 +19,29 @@ def test_demo_beats_pca_gmm_baseline(tmp_path):
     assert set(pred["component"]) == {0, 1, 2}
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["astrovader"]["accuracy"] == vade["accuracy"]
+    # scored on the held-out test galaxies the demo split off before training
+    assert summary["n_test"] == 1312 and "held out" in summary["scored_on"]
+    _the_companion_component_is_flagged_and_deblended(tmp_path / "demo")
+
+
+def _the_companion_component_is_flagged_and_deblended(demo):
+    """Issue 18's bar on the demo run: the companion-dominated component is flagged without any option, and
+    deblending removes at least half of the companions' light while the central galaxies change by < 20%."""
+    from astrovader.analysis.describe import DescribeSettings, describe_run
+    from astrovader.benchmark import deblending_on_simulation
+    from astrovader.data.dataset import Dataset
+
+    quick = DescribeSettings(max_members=200, n_detailed=5)
+    desc = describe_run(demo / "run", demo / "data", demo / "components.csv", split="test", settings=quick,
+                        progress=False)
+    assert len(desc.companion_components) == 1
+    comp = desc.companion_components[0]
+    assert "companion" in desc.sentences()[comp] and "not morphological" in desc.sentences()[comp]
+    # the flagged component is the one whose members most often have a companion by the simulator's truth
+    cat = Dataset(demo / "data").catalog
+    pred = pd.read_parquet(demo / "predictions.parquet")
+    truth = cat["has_companion"].groupby(pred["component"]).mean()
+    assert int(truth.idxmax()) == comp
+    res = deblending_on_simulation(demo / "run", demo / "data", n=40, companion_components=[comp])
+    assert res["deblended"]["companion_removed_mean"] >= 0.5
+    assert res["deblended"]["central_change_mean"] < 0.2

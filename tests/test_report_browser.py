@@ -63,3 +63,19 @@ def test_report_loads_without_errors_and_all_images_decode(browser, tmp_path_fac
         "return Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href'))"
         ".filter(h => !document.getElementById(h.slice(1)));")
     assert not missing
+
+
+def test_every_report_section_opens_with_its_introduction(browser, tmp_path_factory):
+    report = tiny_report(tmp_path_factory)
+    browser.get(report.resolve().as_uri())
+    sections = browser.execute_script(
+        "return Array.from(document.querySelectorAll('section')).map(s => [s.id, "
+        "s.children.length > 1 && s.children[1].className === 'intro' ? s.children[1].innerText : '']);")
+    assert len(sections) >= 8
+    short = [sid for sid, intro in sections if len(intro) < 60]
+    assert not short, f"sections without a two-line introduction: {short}"
+    ids = [sid for sid, _ in sections]
+    assert ids[0] == "components" and "next" in ids
+    # the banner saying which galaxies were analysed is on screen without scrolling
+    top = browser.execute_script("return document.querySelector('.banner').getBoundingClientRect().top;")
+    assert 0 <= top < 400

@@ -240,8 +240,11 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
         raise ValueError("deblending needs at least two galaxies")
     assigned = summary.labels
     if galaxies is None:
-        members = np.flatnonzero(assigned == comp[0])
-        galaxies = members[np.argsort(-summary.probs[members, comp[0]], kind="stable")][:n_examples]
+        first = next((c for c in comp if (assigned == c).any()), None)
+        if first is None:
+            raise ValueError(f"no galaxy has companion component(s) {comp} as its most probable: nothing to deblend")
+        members = np.flatnonzero(assigned == first)
+        galaxies = members[np.argsort(-summary.probs[members, first], kind="stable")][:n_examples]
     position = {int(r): i for i, r in enumerate(summary.rows)}
     results = []
     for g in (int(i) for i in galaxies):

@@ -20,7 +20,9 @@ from astrovader.model import AstroVaDErNet
 from astrovader.runs import load_network, weights_sha256
 
 
-def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
+def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray], names: dict[int, str] | None = None) -> pa.Table:
+    """The catalogue columns for one block: id, z_j, logvar_j, p_k, component, max_prob, recon_mse and, with
+    ``names`` ({component: name}), component_name ("" for unnamed components)."""
     J = res["mu"].shape[1]
     K = res["probs"].shape[1]
     cols: dict[str, np.ndarray] = {"id": ids}
@@ -33,6 +35,8 @@ def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray]) -> pa.Table:
     cols["component"] = res["probs"].argmax(1).astype(np.int16)
     cols["max_prob"] = res["probs"].max(1).astype(np.float32)
     cols["recon_mse"] = res["recon_mse"].astype(np.float32)
+    if names is not None:
+        cols["component_name"] = np.array([names.get(int(c), "") for c in cols["component"]], dtype=object)
     return pa.table(cols)
 
 
@@ -56,8 +60,9 @@ def _with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                     batch_size: int = 1024, start: int = 0,
                     stop: int | None = None, progress: bool = True, overwrite: bool = False,
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None, names: dict[int, str] | None = None) -> Path:
     """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
+    ``names`` ({component: name}, from ``read_names``) adds a ``component_name`` column and a ``CNAMES`` key.
 
     Memory is bounded by one read block, whatever the dataset size. The file appears atomically; an existing
     ``out`` is replaced only with ``overwrite``. ``metadata`` (str -> str) is stored in the Parquet schema (FITS:
@@ -65,6 +70,8 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
     out = Path(out)
     check_output(out, overwrite)
     ds = open_dataset(dataset)
+    if names is not None:
+        metadata = {**(metadata or {}), "CNAMES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     stop = len(ds) if stop is None else min(stop, len(ds))
     ids = ds.ids
     fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
@@ -82,7 +89,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                 raise ValueError(f"{ds.path}: non-finite predictions for {len(bad)} images (first id "
                                  f"{ids[rows[bad[0]]]!r}, row {rows[bad[0]]}); check those images and the run with "
                                  "`astrovader check`")
-            table = prediction_table(ids[rows], res)
+            table = prediction_table(ids[rows], res, names)
             if writer is None:
                 writer = pq.ParquetWriter(str(parquet_path), _with_metadata(table, metadata).schema)
             writer.write_table(table)
@@ -90,7 +97,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
             J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
             empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
                      "recon_mse": np.zeros(0)}
-            pq.write_table(_with_metadata(prediction_table(ids[:0], empty), metadata), str(parquet_path))
+            pq.write_table(_with_metadata(prediction_table(ids[:0], empty, names), metadata), str(parquet_path))
         else:
             writer.close()
             writer = None
@@ -225,3 +232,30 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
                                                    "run_dir": str(Path(run_dir).resolve()), "n": len(ds),
                                                    "chunk_rows": chunk_rows, "parts": len(parts)})
     return out_dir
+
+
+def read_names(path: str | Path, n_components: int, weights: str | None = None) -> dict[int, str]:
+    """Component names from an exported ``component_names.json``: {component: name} for the named ones.
+    Refuses a file that is not one, names components the model does not have, or was made for other weights."""
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc}); export it again from explorer.html") from None
+    if not isinstance(body, dict) or not isinstance(body.get("components"), dict):
+        raise ValueError(f"{path}: no 'components' object; this is not a component_names.json from the explorer")
+    if weights and body.get("weights") and body["weights"] != weights:
+        raise ValueError(f"{path}: names were given for the model with weights {body['weights']}, not this run's "
+                         f"{weights}; name this run's components in its own explorer.html")
+    out: dict[int, str] = {}
+    for key, entry in body["components"].items():
+        try:
+            k = int(key)
+        except ValueError:
+            raise ValueError(f"{path}: component key {key!r} is not a number") from None
+        if not 0 <= k < n_components:
+            raise ValueError(f"{path}: component {k} is not in 0..{n_components - 1}")
+        name = entry.get("name", "") if isinstance(entry, dict) else str(entry)
+        if name:
+            out[k] = str(name)
+    return out

@@ -368,11 +368,11 @@ def format_consistency(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 2, scale: int = 1,
-                  labels: Sequence[str] | None = None) -> Path:
-    """Tile uint8 (N, C, H, W) images into one PNG with ``gap`` white pixels between tiles, each tile enlarged
-    ``scale`` times by repeating pixels (no interpolation: the pixels are the data) and, with ``labels``, a
-    caption strip under each tile."""
+def png_grid(images: np.ndarray, ncols: int | None = None, gap: int = 2, scale: int = 1,
+             labels: Sequence[str] | None = None):
+    """uint8 (N, C, H, W) images tiled into one Pillow image with ``gap`` white pixels between tiles, each tile
+    enlarged ``scale`` times by repeating pixels (no interpolation: the pixels are the data) and, with ``labels``,
+    a caption strip under each tile."""
     from PIL import Image, ImageDraw
 
     n, c, h, w = images.shape
@@ -392,6 +392,13 @@ def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None,
         for i, text in enumerate(labels[:n]):
             r, q = divmod(i, ncols)
             draw.text((q * (tw + gap) + 2, r * (cell_h + gap) + th + 1), str(text), fill=0)
+    return im
+
+
+def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 2, scale: int = 1,
+                  labels: Sequence[str] | None = None) -> Path:
+    """:func:`png_grid` written to ``out``."""
+    im = png_grid(images, ncols, gap, scale, labels)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     im.save(out)

@@ -4,7 +4,8 @@ in one sentence, and which components group galaxies by something other than the
 The paper's central lesson is that unsupervised components need interpreting: its clusters followed
 companions, size, orientation and surface brightness as well as morphology. For every component this module
 measures (``analysis.morphology``) a seeded random sample of its members and, separately, its *core*: the
-members it claims most confidently. Two kinds of component are flagged automatically:
+members it claims most confidently (its most probable 5%, at least 10 and at most 100). Two kinds of
+component are flagged automatically:
 
 * **companions**: at least ``companion_core_min`` of the core has a second source in the stamp, and at least
   ``companion_enrichment`` times the share among all measured galaxies. The core is what the component is
@@ -62,7 +63,8 @@ MEASURES: dict[str, str] = {
 class DescribeSettings:
     """How many members are measured, and when a component is flagged."""
 
-    n_core: int = 100  # most probable members measured as the component's core
+    n_core: int = 100  # most probable members measured as the component's core (at most) ...
+    core_fraction: float = 0.05  # ... and at most this share of its members (at least 10)
     max_members: int = 400  # random members measured for the cheap (photutils) statistics
     n_detailed: int = 60  # of those, the members also given to statmorph (about 0.2 s each)
     companion_core_min: float = 0.5
@@ -176,7 +178,8 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     picks: list[tuple[int, str, np.ndarray]] = []  # (component, "core" | "sample", local positions)
     for c in range(K):
         members = np.flatnonzero(labels == c)
-        core = members[np.argsort(-pred.probs[members, c], kind="stable")][:settings.n_core]
+        n_core = min(settings.n_core, max(10, round(settings.core_fraction * len(members))))
+        core = members[np.argsort(-pred.probs[members, c], kind="stable")][:n_core]
         sample = np.sort(rng.choice(members, min(settings.max_members, len(members)), replace=False))
         picks += [(c, "core", core), (c, "sample", sample)]
     local = np.unique(np.concatenate([p for _, _, p in picks]))
@@ -289,12 +292,14 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
                  max_images: int | None = None, label_column: str | None = None,
                  settings: DescribeSettings = DescribeSettings(), device: str | None = None,
                  allow_unfinished: bool = False, overwrite: bool = False, command: str | None = None,
-                 progress: bool = True) -> Description:
+                 names: str | Path | None = None, progress: bool = True) -> Description:
     """``astrovader describe``: the description table of a run's components on ``dataset`` written to ``out``
-    (.csv or .parquet), and the per-galaxy measurements beside it (``OUT_galaxies.csv`` / ``.parquet``)."""
+    (.csv or .parquet), and the per-galaxy measurements beside it (``OUT_galaxies.csv`` / ``.parquet``).
+    ``names``: a component_names.json from the explorer, whose names become a ``component_name`` column."""
     from astrovader.data.dataset import open_dataset
     from astrovader.data.selection import select_rows
     from astrovader.inference import infer
+    from astrovader.predict import read_names
     from astrovader.runs import load_network, provenance
 
     out = Path(out)
@@ -315,6 +320,10 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
                                progress=progress)
     meta = provenance(run_dir, cfg, command)
     meta.update(DATASET=str(ds.path), SPLIT=split or "all", NROWS=str(len(rows)))
+    if names is not None:
+        named = read_names(names, cfg.model.n_clusters, meta["WEIGHTS"])
+        desc.table.insert(1, "component_name", [named.get(int(c), "") for c in desc.table["component"]])
+        desc.measurements["component_name"] = [named.get(int(c), "") for c in desc.measurements["component"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(desc.table, out, meta)
     write_table(desc.measurements, galaxies, meta)

@@ -183,6 +183,7 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
     if companion_components is None and summary.probs.shape[1] >= 2:
         quick = DescribeSettings(max_members=200, n_detailed=0, seed=seed)
         companion_components = describe_components(summary, ds, settings=quick).companion_components
+    companion_components = [c for c in (companion_components or []) if (summary.labels == c).any()]
     if companion_components:
         res = deblend(net, summary, ds, companion_components, steps=steps, n_examples=3,
                       companion_mask=companion_mask, companion_free=strictly_companion_free)

@@ -318,7 +318,7 @@ def plot_latent_histograms(latents: np.ndarray, labels: np.ndarray, k: int, out:
         if gmm_means is not None:
             for c in range(k):
                 ax.axvline(gmm_means[c, d], ymax=0.08, color=colors[c], lw=1.5)
-        ax.set_title(f"z{d}", fontsize=9)
+        ax.set_title(f"z_{d}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_yticks([])
     handles = [Patch(color="#bbbbbb", label="all")] + [Patch(color=colors[c], label=str(c)) for c in range(k)]

@@ -25,7 +25,9 @@ pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}
 nav ul{font-size:.9em}nav>ul{columns:2;column-gap:2em}nav>ul>li{break-inside:avoid-column;margin-bottom:.3em}
 .note{color:#555;font-size:.9em}.intro{background:#f4f7fb;border-left:4px solid #6a8caf;padding:.5em .9em;margin:.6em 0}
 .banner{background:#fff4d6;border:1px solid #e0b84c;padding:.6em 1em;font-weight:600}
-table.metrics td,table.metrics th{text-align:left}.flag{color:#a33;font-weight:600}
+table.metrics td,table.metrics th{text-align:left}.flag{color:#a33;font-weight:600}.wide{overflow-x:auto}
+dl.legend{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;font-size:.85em;color:#444}
+dl.legend dt{font-family:monospace}dl.legend dd{margin:0}
 """
 
 
@@ -59,12 +61,18 @@ class Page:
             f'<figure id="{aid}"><img src="data:image/png;base64,{data}" alt="{html.escape(title)}">'
             f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)} {links}</figcaption></figure>")
 
-    def table(self, df: pd.DataFrame, title: str, csv: Path | None = None, caption: str = "") -> None:
+    def table(self, df: pd.DataFrame, title: str, csv: Path | None = None, caption: str = "",
+              legend: dict[str, str] | None = None) -> None:
+        """A table (scrolling sideways when wider than the page) with its caption and, optionally, a legend of
+        its columns."""
         aid = self._anchor(title)
         link = f' <a href="{html.escape(csv.relative_to(self.out_dir).as_posix())}">CSV</a>' if csv else ""
+        keys = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in (legend or {}).items())
         self.sections[-1][2].append(
             f'<h3 id="{aid}">{html.escape(title)}</h3><p class="note">{html.escape(caption)}{link}</p>'
-            + df.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+            '<div class="wide">'
+            + df.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}", na_rep="-")
+            + "</div>" + (f'<dl class="legend">{keys}</dl>' if keys else ""))
 
     def raw(self, text: str) -> None:
         self.sections[-1][2].append(text)

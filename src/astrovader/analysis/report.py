@@ -196,7 +196,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                                label_column=label_col, pixel_scale=pixel_scale_of(ds), settings=describe)
     nm = tuple(sorted({int(c) for c in non_morphological})) if non_morphological is not None else \
         tuple(desc.non_morphological)
-    metrics["non_morphological"] = ", ".join(map(str, nm)) or "none"
+    metrics["non_morphological"] = ("components " + ", ".join(map(str, nm))) if nm else "none"
     page.section("components", "What each component is",
                  "Each mixture component described by its members, measured with photutils and statmorph on "
                  f"the stored pixels ({stretch_text}): sizes, shape, light concentration and second sources in "
@@ -211,11 +211,11 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     show = desc.table.drop(columns=["sentence"])
     csv, _ = write_table(desc.table, tables, "components", "Component descriptions", png=False)
     desc.measurements.to_csv(tables / "component_galaxies.csv", index=False)
-    legend = "; ".join(f"{k}: {v}" for k, v in MEASURES.items() if k in show.columns)
     page.table(show, "Component descriptions", csv,
                f"Medians over {describe.max_members} random members per component ({describe.n_detailed} for the "
-               f"statmorph columns); the core is the {describe.n_core} most probable members. {legend}. "
-               "Per-galaxy measurements: tables/component_galaxies.csv.")
+               f"statmorph columns); the core is the most probable {describe.core_fraction:.0%} of the members "
+               f"(10 to {describe.n_core}). Per-galaxy measurements: tables/component_galaxies.csv.",
+               legend={k: v for k, v in MEASURES.items() if k in show.columns})
 
     # 1. reconstructions --------------------------------------------------------------------------
     _log(progress, "reconstructions")
@@ -238,7 +238,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
              f"{metrics['median_recon_mse']:.4g} (pixels scaled to [0, 1]).</p>")
 
     # 2. cluster statistics -------------------------------------------------------------------------
-    _log(progress, "cluster statistics")
+    _log(progress, "component statistics")
     occ = occupancy_table(pred.probs, cuts, latents=pred.mu)
     sil = simplified_silhouette_samples(pred.mu, pred.labels)
     metrics["simplified_silhouette"] = float(sil.mean())
@@ -250,11 +250,11 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                  "probability for the component exceeds the cut (an object may count in several components); "
                  "in the 'all' row, objects with any probability above the cut. silhouette: mean simplified "
                  "silhouette of the members, in latent-mean space.")
-    csv, png = write_table(occ, tables, "cluster_stats", "Cluster statistics")
-    page.table(occ, "Cluster statistics", csv,
+    csv, png = write_table(occ, tables, "cluster_stats", "Component statistics")
+    page.table(occ, "Component statistics", csv,
                f"Whole sample: simplified silhouette {metrics['simplified_silhouette']:.3f}, "
                f"Calinski-Harabasz index {metrics['calinski_harabasz']:.4g}.")
-    page.figure(png, "Cluster statistics table", "The same table as an image.")
+    page.figure(png, "Component statistics table", "The same table as an image.")
 
     # 3. overlap -------------------------------------------------------------------------------------
     _log(progress, "overlap matrix")
@@ -278,7 +278,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     top_rows, rand_rows = [], []
     for c in range(K):
         members = np.flatnonzero(pred.labels == c)
-        label = f"{c}\nn={len(members):,}"
+        label = f"{c}\nn={len(members):,}" + ("\nnot morph." if c in nm else "")
         top = members[np.argsort(-pred.probs[members, c])][:N_MEMBERS]
         rnd = np.sort(rng.choice(members, min(N_MEMBERS, len(members)), replace=False)) if len(members) else members
         for store, local in ((top_rows, top), (rand_rows, rnd)):

@@ -69,7 +69,7 @@ EXAMPLES: dict[str, str] = {
     "generate": "astrovader generate run/ synthetic.png --n 64 --component 0 1 --seed 0",
     "explore": "astrovader explore run/ data/ figures/",
     "simulate": "astrovader simulate sims/ --n 5000 --size 64 --seed 1",
-    "benchmark": "astrovader benchmark gz1 --data ../shared/data/gz1-sdss --seeds 3 --out bench-gz1",
+    "benchmark": "astrovader benchmark gz1 --data gz1-sdss/ --seeds 3 --out bench-gz1",
 }
 
 

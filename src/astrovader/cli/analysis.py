@@ -74,7 +74,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     desc = describe_run(args.run_dir, args.dataset, args.out, split=args.split, max_images=args.max_images,
                         label_column=args.label_column, settings=settings, device=args.device,
                         allow_unfinished=args.allow_unfinished, overwrite=args.overwrite,
-                        command=args.command_line, progress=not args.quiet)
+                        command=args.command_line, names=args.names, progress=not args.quiet)
     for line in desc.sentences():
         print(line)
     flagged = desc.non_morphological
@@ -187,6 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="DEVICE", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="use a run whose training has not finished (default: refuse it)")
+    p.add_argument("--names", metavar="JSON", default=None,
+                   help="component_names.json exported from the explorer page: adds a component_name column")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_describe)

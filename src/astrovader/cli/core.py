@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from astrovader.predict import predict_dataset
+    from astrovader.predict import predict_dataset, read_names
     from astrovader.runs import load_run, provenance
 
     cfg, net, state = load_run(args.run_dir, args.device)
@@ -124,6 +124,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.dask:
         from astrovader.predict import predict_dask
 
+        if args.names:
+            raise CLIError("--names is not supported with --dask yet; add the names afterwards from the JSON file")
         if Path(args.out).suffix.lower() in (".fits", ".fit"):
             raise CLIError("--dask writes a partitioned Parquet directory; give a directory name as OUT")
         out = predict_dask(args.run_dir, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
@@ -135,8 +137,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     metadata = provenance(args.run_dir, cfg, args.command_line)
     if not state.finished:
         metadata["RUNSTATE"] = state.describe()
+    names = read_names(args.names, cfg.model.n_clusters, metadata["WEIGHTS"]) if args.names else None
     out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                          overwrite=args.overwrite, metadata=metadata)
+                          overwrite=args.overwrite, metadata=metadata, names=names)
     if not state.finished:
         print(f"warning: {args.run_dir}: {state.describe()} (recorded in {out}'s metadata)")
     import pyarrow.parquet as pq
@@ -201,6 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="predict in chunks on Dask workers: local, local:N (N worker processes here) or a "
                    "scheduler address such as tcp://host:8786; OUT becomes a directory of Parquet parts and a "
                    "re-run skips finished parts")
+    p.add_argument("--names", metavar="JSON", default=None,
+                   help="component_names.json exported from the explorer page (astrovader explore): adds a "
+                   "component_name column and records the names in the metadata (CNAMES)")
     p.add_argument("--chunk-rows", type=positive_int("--chunk-rows"), default=8192,
                    help="images per Dask part (default 8192)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError
+from astrovader.cli import CLIError, positive_int
 
 FORMATS = ("dataset", "png", "fits")
 
@@ -96,6 +96,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
     for title, path in figs:
         print(f"{path}  {title}")
+    if not args.no_explorer:
+        from astrovader.analysis.explorer import write_explorer
+
+        page = write_explorer(args.run_dir, net, args.dataset, Path(args.out_dir) / "explorer.html",
+                              max_points=args.max_points, seed=args.seed, command=args.command_line,
+                              progress=not args.quiet)
+        print(f"{page}  the cluster explorer: open it in a browser (offline), name the components, export the names")
     print(f"{Path(args.out_dir) / 'interpolation.gif'}  animated route interpolation")
     print(f"{Path(args.out_dir) / 'interpolation_strip.png'}  route interpolation frame strip")
     if not any(Path(p).name == "deblending.png" for _, p in figs):
@@ -137,8 +144,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("explore", help="gallery, route interpolation, latent traversal and deblending figures",
-                       description="Writes gallery.png (samples per component), interpolation.png/.gif and "
+    p = sub.add_parser("explore", help="the cluster explorer page, and gallery, interpolation, traversal and "
+                       "deblending figures",
+                       description="Writes explorer.html (an interactive page that opens offline: a map of the "
+                       "latent space, a panel per component, filters, comparison, and names you can export as "
+                       "component_names.json), gallery.png (samples per component), interpolation.png/.gif and "
                        "interpolation_strip.png (shortest route through each component's most probable "
                        "object), traversal.png (each latent variable min..max) and deblending.png.")
     p.add_argument("run_dir", help="trained run directory")
@@ -153,6 +163,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="components grouped by companions, whose members the deblending figure starts from "
                    "(default: those astrovader describe flags; no deblending figure when none is)")
     p.add_argument("--open", action="store_true", help="open route (default: closed tour)")
+    p.add_argument("--no-explorer", action="store_true", help="skip the interactive page explorer.html")
+    p.add_argument("--max-points", type=positive_int("--max-points"), default=20000, metavar="N",
+                   help="galaxies on the explorer's map; a seeded random sample beyond N (default 20000)")
     p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
