@@ -96,6 +96,23 @@ def test_plain_autoencoder_and_vae_train_the_same_network():
         assert torch.equal(net.gmm.logits.detach(), torch.zeros(cfg.model.n_clusters))
 
 
+def test_held_out_baselines_are_fitted_on_one_part_and_scored_on_the_other():
+    import astrovader.baselines as bm
+
+    from .conftest import blob_images
+
+    imgs, labels = blob_images(90, size=16)
+    test = bm.held_out_split(labels, 0.3)
+    assert len(test) == 27 and np.bincount(labels[test]).tolist() == [9, 9, 9]  # stratified
+    np.testing.assert_array_equal(test, bm.held_out_split(labels, 0.3))  # seeded: the same for every run
+    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_clusters=3"])
+    task = bm.Task("t", imgs, labels, cfg, knn=True, test=test)
+    assert len(np.intersect1d(task.fit_index, task.eval_index)) == 0 and len(task.fit_index) == 63
+    for method in ("kmeans", "pca_gmm"):
+        r = bm.run_baseline(method, task, cfg)
+        assert sum(r["members"]) == 27 and r["accuracy"] > 0.9, (method, r)  # blobs are easy, even unseen
+
+
 def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
     """The K = 12 and K = 3 gz1 tasks share one trained AE (and VAE) per seed instead of training it twice."""
     import astrovader.baselines as bm
@@ -185,14 +202,17 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     for name, k in (("gz1-k12", 12), ("gz1-k3", 3)):
         task = summary["tasks"][name]
         assert task["n_clusters"] == k and task["n_classes"] == 3 and task["n_images"] == 120
+        assert task["evaluated_on"].startswith("held-out 36 of 120")  # fitted on 84, scored on the other 36
         for method in ("astrovader", "kmeans"):
             assert 0 <= task["methods"][method]["knn_accuracy"]["mean"] <= 1
     seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
     assert len(seed["methods"]["astrovader"]["members"]) == 3
+    assert sum(seed["methods"]["astrovader"]["members"]) == sum(seed["methods"]["kmeans"]["members"]) == 36
+    assert len(Dataset(out / "cache" / "gz1-64px-crop3xR90+derotate+flux20-n120-fit0.7")) == 84
     assert seed["settings"]["config"]["model"]["image_size"] == 64
     assert seed["torch_threads"] == torch.get_num_threads()  # results depend on it: recorded with them
     # the default framing: 3 x each galaxy's R90, major axis horizontal, flux-normalised; all could be framed
-    assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate+flux20", "size": 64}
+    assert seed["settings"]["preprocessing"] == {"crop": "3xR90+derotate+flux20", "size": 64, "held_out": 0.3}
     cached = Dataset(out / "cache" / "gz1-64px-crop3xR90+derotate+flux20-n120").load().astype(np.float64)
     assert np.allclose(cached.mean(axis=(1, 2, 3)), 20, atol=0.5)
 

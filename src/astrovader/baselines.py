@@ -46,8 +46,29 @@ class Task:
     config: Config
     knn: bool = False  # also report 5-fold kNN accuracy of the representation
     reference: dict[str, float] = field(default_factory=dict)  # published numbers shown beside ours
-    dataset: Path | None = None  # the images as a packed dataset (training reads it)
+    dataset: Path | None = None  # the training images as a packed dataset (training reads it)
     preprocessing: dict[str, Any] = field(default_factory=dict)  # recorded with each seed (e.g. the crop)
+    test: np.ndarray | None = None  # positions of held-out images: fit on the others, score on these
+
+    @property
+    def fit_index(self) -> np.ndarray:
+        """Positions of the images every method is fitted on (all of them without a held-out part)."""
+        return np.arange(len(self.images)) if self.test is None else np.setdiff1d(np.arange(len(self.images)),
+                                                                                 self.test)
+
+    @property
+    def eval_index(self) -> np.ndarray:
+        """Positions of the images every score is measured on: the held-out part, or all images."""
+        return np.arange(len(self.images)) if self.test is None else np.sort(self.test)
+
+
+def held_out_split(labels: np.ndarray, fraction: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Positions of a seeded, class-stratified held-out part holding ``fraction`` of the images (the same for
+    every training seed, so seeds differ only in training)."""
+    from sklearn.model_selection import train_test_split
+
+    _, test = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(test)
 
 
 def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -84,12 +105,13 @@ def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_compo
     return gmm.predict(pca.transform(flat(images if apply_to is None else apply_to)))
 
 
-def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """Full-covariance GaussianMixture (k-means start) on a representation; returns hard labels."""
+def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int, apply_to: np.ndarray | None = None) -> np.ndarray:
+    """Full-covariance GaussianMixture (k-means start) fitted on a representation ``z``; returns the hard labels
+    of ``apply_to`` (default: of ``z`` itself)."""
     from sklearn.mixture import GaussianMixture
 
     gm = GaussianMixture(n_clusters, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=300)
-    return gm.fit(z).predict(z)
+    return gm.fit(z).predict(z if apply_to is None else apply_to)
 
 
 def encode_all(net: AstroVaDErNet, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
@@ -163,31 +185,35 @@ def run_baseline(method: str, task: Task, cfg: Config,
     from sklearn.decomposition import PCA
 
     seed, k = cfg.train.seed, cfg.model.n_clusters
+    fit, ev = task.fit_index, task.eval_index
+    labels = task.labels[ev]
     t0 = time.perf_counter()
     try:
         if method in ("kmeans", "pca_gmm"):
             flat = task.images.reshape(len(task.images), -1).astype(np.float32) / 255.0
         if method == "kmeans":
-            feats = flat
-            pred = KMeans(k, n_init=10, random_state=seed).fit_predict(flat)
+            feats = flat[ev]
+            pred = KMeans(k, n_init=10, random_state=seed).fit(flat[fit]).predict(feats)
         elif method == "pca_gmm":
-            feats = PCA(20, random_state=seed).fit_transform(flat)
-            pred = posthoc_gmm(feats, k, seed)
+            pca = PCA(20, random_state=seed).fit(flat[fit])
+            feats = pca.transform(flat[ev])
+            pred = posthoc_gmm(pca.transform(flat[fit]), k, seed, apply_to=feats)
         elif method in ("ae_gmm", "vae_gmm"):
             key = (method, _network_settings(cfg), str(task.dataset) if task.dataset is not None else id(task.images))
             if features is not None and key in features:
-                feats = features[key]
+                all_feats = features[key]
             else:
-                net = train_autoencoder(cfg, task.images, variational=method == "vae_gmm")
-                feats = encode_all(net, task.images)["mu"]
+                net = train_autoencoder(cfg, task.images[fit], variational=method == "vae_gmm")
+                all_feats = encode_all(net, task.images)["mu"]
                 if features is not None:
-                    features[key] = feats
-            pred = posthoc_gmm(feats.astype(np.float64), k, seed)
+                    features[key] = all_feats
+            feats = all_feats[ev]
+            pred = posthoc_gmm(all_feats[fit].astype(np.float64), k, seed, apply_to=feats.astype(np.float64))
         else:
             raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
-        result = score(task.labels, pred, k, bool(np.isfinite(feats).all()))
+        result = score(labels, pred, k, bool(np.isfinite(feats).all()))
         if task.knn:
-            result["knn_accuracy"] = knn_accuracy(feats, task.labels, seed)
+            result["knn_accuracy"] = knn_accuracy(feats, labels, seed)
     except (FloatingPointError, ValueError) as exc:
         if "unknown baseline" in str(exc):
             raise

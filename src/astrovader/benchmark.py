@@ -25,7 +25,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from astrovader.baselines import BASELINES, METRICS, Task, encode_all, knn_accuracy, run_baseline, score
+from astrovader.baselines import (
+    BASELINES,
+    METRICS,
+    Task,
+    encode_all,
+    held_out_split,
+    knn_accuracy,
+    run_baseline,
+    score,
+)
 from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
 from astrovader.train import TrainingDiverged, train
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
 
 BENCHMARKS = ("mnist", "gz1", "simulated")
+HELD_OUT = 0.3  # real-galaxy tasks: fit on 70%, score on a seeded, stratified 30% nobody was fitted or tuned on
 VADE_MNIST_ACCURACY = 0.9446  # Jiang et al. 2017, Table 2 (VaDE on MNIST, all 70,000 digits)
 GZ1_CLASSES = {0: 0, 1: 1, 2: 1, 3: 2}  # gz1_class -> elliptical, spiral (cw + acw), edge-on; 4, 5 dropped
 GZ1_CLASS_NAMES = ("elliptical", "spiral", "edge_on")
@@ -111,9 +121,10 @@ def gz1_stamps(crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTAT
 
 
 def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
-              stamps: Crop | None = None) -> list[Task]:
+              stamps: Crop | None = None, held_out: float | None = HELD_OUT) -> list[Task]:
     """GZ1 SDSS cut-outs as 64 px grey stamps made as ``stamps`` says (default :func:`gz1_stamps`); classes
-    elliptical / spiral (cw + acw) / edge-on."""
+    elliptical / spiral (cw + acw) / edge-on. With ``held_out`` (a fraction), every method is fitted on the
+    other galaxies and scored on a seeded, stratified held-out part of that size."""
     from astrovader.data.ingest import ingest_folder
 
     spec = stamps or gz1_stamps()
@@ -138,8 +149,18 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     ds = Dataset(out)
     images = ds.load()
     labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
-    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=out,
-                 preprocessing={"crop": spec.describe(), "size": 64}) for k in (12, 3)]
+    test, train_set = None, out
+    if held_out:
+        test = held_out_split(labels, held_out)
+        train_set = cache / f"{out.name}-fit{1 - held_out:g}"
+        if not (is_dataset(train_set) and Dataset(train_set).complete):
+            if train_set.exists():
+                shutil.rmtree(train_set)
+            keep = np.setdiff1d(np.arange(len(labels)), test)
+            write_dataset(train_set, images[keep], ds.catalog.iloc[keep].reset_index(drop=True))
+    pre = {"crop": spec.describe(), "size": 64, "held_out": held_out or 0}
+    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=train_set, preprocessing=pre,
+                 test=test) for k in (12, 3)]
 
 
 def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
@@ -176,23 +197,24 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     k = cfg.model.n_clusters
+    images, labels = task.images[task.eval_index], task.labels[task.eval_index]  # scored where nothing was fitted
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
     try:
         res = train(cfg, task.dataset, run_dir, progress=False, stop_after_epoch=cfg.train.gamma_epochs - 1)
-        enc = encode_all(res.net, task.images)
+        enc = encode_all(res.net, images)
         finite = bool(np.isfinite(enc["mu"]).all() and np.isfinite(enc["probs"]).all())
-        result["at_init"] = {m: v for m, v in score(task.labels, enc["probs"].argmax(1), k, finite).items()
+        result["at_init"] = {m: v for m, v in score(labels, enc["probs"].argmax(1), k, finite).items()
                              if m in (*METRICS, "empty_components")}
         if cfg.train.epochs > cfg.train.gamma_epochs:
             res = train(cfg, task.dataset, run_dir, resume=True, progress=False)
-        enc = encode_all(res.net, task.images)
+        enc = encode_all(res.net, images)
         finite = all(np.isfinite(v).all() for v in enc.values()) and all(
             math.isfinite(r[key]) for r in res.history for key in ("train_total", "train_recon"))
-        result.update(score(task.labels, enc["probs"].argmax(1), k, finite))
+        result.update(score(labels, enc["probs"].argmax(1), k, finite))
         result["final_recon"] = float(res.history[-1]["train_recon"])
         if task.knn:
-            result["knn_accuracy"] = knn_accuracy(enc["mu"], task.labels, cfg.train.seed)
+            result["knn_accuracy"] = knn_accuracy(enc["mu"], labels, cfg.train.seed)
     except TrainingDiverged as exc:
         result.update({m: float("nan") for m in METRICS})
         result.update(nan=True, ok=False, empty_components=None, error=str(exc))
@@ -239,10 +261,13 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                   epochs_scale: float = 1.0, overrides: list[str] | None = None, n: int | None = None,
                   baselines: tuple[str, ...] | list[str] = BASELINES,
                   log: Callable[[str], None] = print, crop: str | float | Crop = GZ1_CROP,
-                  derotate: bool = GZ1_DEROTATE, flux_norm: bool = GZ1_FLUX_NORM) -> dict[str, Any]:
+                  derotate: bool = GZ1_DEROTATE, flux_norm: bool = GZ1_FLUX_NORM,
+                  held_out: float | None = HELD_OUT) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
-    ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw)."""
+    ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw). On GZ1,
+    ``held_out`` (default 0.3) is the share of galaxies every method is scored on and none is fitted on; None
+    fits and scores on all of them (the old mode)."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     if seeds < 1:
@@ -259,7 +284,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "mnist":
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
-        tasks = gz1_tasks(source, n, cache, log, crop)
+        tasks = gz1_tasks(source, n, cache, log, crop, held_out)
     else:
         tasks = simulated_tasks(n, cache)
 
@@ -304,7 +329,11 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                       "methods": methods}
             atomic_write_json(path, record)
             per_seed.append(record)
-        summary["tasks"][task.name] = {"n_images": len(task.images), "n_classes": int(len(np.unique(task.labels))),
+        evaluated = (f"held-out {len(task.eval_index):,} of {len(task.images):,} images (fitted on the other "
+                     f"{len(task.fit_index):,})" if task.test is not None else f"all {len(task.images):,} images "
+                     "(the same images every method was fitted on)")
+        summary["tasks"][task.name] = {"n_images": len(task.images), "evaluated_on": evaluated,
+                                       "n_classes": int(len(np.unique(task.labels))),
                                        "n_clusters": base_cfg.model.n_clusters, "epochs": base_cfg.train.epochs,
                                        "reference": task.reference, "methods": summarise(per_seed)}
     atomic_write_json(out / "summary.json", summary)
@@ -326,7 +355,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines: list[str] = []
     for name, task in summary["tasks"].items():
         lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
-                     f"{task['epochs']} epochs, {summary['seeds']} seed(s)")
+                     f"{task['epochs']} epochs, {summary['seeds']} seed(s); scored on "
+                     f"{task.get('evaluated_on', 'all images')}")
         cols = [*METRICS, "knn_accuracy"]
         present = [c for c in cols if any(c in row for row in task["methods"].values())]
         header = f"  {'method':<12}" + "".join(f"{c if c != 'knn_accuracy' else 'kNN acc':>24}" for c in present)

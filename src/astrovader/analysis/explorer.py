@@ -213,7 +213,9 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
         if label_column == "true_class" and "class_name" in catalog.columns:
             labels = catalog["class_name"].astype(str)
     frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": catalog["id"].astype(str).to_numpy(),
-                          "component": pred.labels, "component_label": [f"component {c}" for c in pred.labels],
+                          "component": pred.labels,
+                          # padded so that Bokeh's legend, which sorts these strings, lists 2 before 10
+                          "component_label": [f"component {c:>{len(str(K - 1))}}" for c in pred.labels],
                           "color": [colors[c] for c in pred.labels], "max_prob": pred.probs.max(1),
                           "top": _top(pred.probs), "sprite": np.arange(n),
                           "label": labels.to_numpy() if labels is not None else [""] * n})

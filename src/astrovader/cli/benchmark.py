@@ -15,6 +15,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         GZ1_CROP,
         GZ1_DEROTATE,
         GZ1_FLUX_NORM,
+        HELD_OUT,
         format_summary,
         gz1_stamps,
         resolve_data,
@@ -58,7 +59,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     try:
         summary = run_benchmark(args.name, out, data=args.data, seeds=args.seeds, epochs_scale=args.epochs_scale,
                                 overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
-                                flux_norm=flux_norm,
+                                flux_norm=flux_norm, held_out=None if args.all_rows else HELD_OUT,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -104,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flux-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
                         "(default: on)")
+    p.add_argument("--all-rows", action="store_true",
+                   help="gz1: fit and score every method on all galaxies (the old mode); by default every method "
+                   "is fitted on 70%% and scored on a seeded, class-stratified 30%% none was fitted on")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")
