@@ -217,6 +217,19 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     assert np.allclose(cached.mean(axis=(1, 2, 3)), 20, atol=0.5)
 
 
+def test_gz2_kaggle_benchmark_small_subset(tmp_path: Path):
+    data = _needs("gz2-kaggle")
+    out = tmp_path / "gz2"
+    assert main(["benchmark", "gz2-kaggle", "--data", str(data), "--n", "60", "--seeds", "1", "--epochs-scale",
+                 "0.05", "--set", "train.batch_size=16", "--baselines", "kmeans", "--out", str(out), "--quiet"]) == 0
+    task = json.loads((out / "summary.json").read_text())["tasks"]["gz2-kaggle-k2"]
+    assert task["n_images"] == 60 and task["n_classes"] == 2 and task["n_clusters"] == 2
+    assert task["evaluated_on"].startswith("held-out 18 of 60")
+    for method in ("astrovader", "kmeans"):
+        assert 0 <= task["methods"][method]["linear_probe"]["mean"] <= 1
+    assert Dataset(out / "cache" / "gz2-kaggle-64px-n60").image_size == 64
+
+
 def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):
     pytest.importorskip("galsim")
     out = tmp_path / "sim"

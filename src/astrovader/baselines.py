@@ -81,6 +81,19 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> flo
     return float(cross_val_score(KNeighborsClassifier(KNN_NEIGHBOURS), features, labels, cv=folds).mean())
 
 
+def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Mean 5-fold cross-validated accuracy of a logistic regression on the standardised representation: how much
+    of the class information is linearly available in it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(cross_val_score(probe, features, labels, cv=folds).mean())
+
+
 def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -> dict[str, Any]:
     """The four metrics plus the health checks: members per component, empty components, non-finite values."""
     members = np.bincount(pred, minlength=n_clusters)[:n_clusters] if len(pred) else np.zeros(n_clusters, int)
@@ -214,6 +227,7 @@ def run_baseline(method: str, task: Task, cfg: Config,
         result = score(labels, pred, k, bool(np.isfinite(feats).all()))
         if task.knn:
             result["knn_accuracy"] = knn_accuracy(feats, labels, seed)
+            result["linear_probe"] = linear_probe_accuracy(feats, labels, seed)
     except (FloatingPointError, ValueError) as exc:
         if "unknown baseline" in str(exc):
             raise

@@ -32,6 +32,7 @@ from astrovader.baselines import (
     encode_all,
     held_out_split,
     knn_accuracy,
+    linear_probe_accuracy,
     run_baseline,
     score,
 )
@@ -42,7 +43,7 @@ from astrovader.train import TrainingDiverged, train
 if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
 
-BENCHMARKS = ("mnist", "gz1", "simulated")
+BENCHMARKS = ("mnist", "gz1", "gz2-kaggle", "simulated")
 HELD_OUT = 0.3  # real-galaxy tasks: fit on 70%, score on a seeded, stratified 30% nobody was fitted or tuned on
 VADE_MNIST_ACCURACY = 0.9446  # Jiang et al. 2017, Table 2 (VaDE on MNIST, all 70,000 digits)
 GZ1_CLASSES = {0: 0, 1: 1, 2: 1, 3: 2}  # gz1_class -> elliptical, spiral (cw + acw), edge-on; 4, 5 dropped
@@ -147,20 +148,57 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
         if report.failures:
             log(f"  {len(report.failures)} images could not be framed or read (listed in {out}/ingest_report.csv)")
     ds = Dataset(out)
-    images = ds.load()
     labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
-    test, train_set = None, out
-    if held_out:
-        test = held_out_split(labels, held_out)
-        train_set = cache / f"{out.name}-fit{1 - held_out:g}"
-        if not (is_dataset(train_set) and Dataset(train_set).complete):
-            if train_set.exists():
-                shutil.rmtree(train_set)
-            keep = np.setdiff1d(np.arange(len(labels)), test)
-            write_dataset(train_set, images[keep], ds.catalog.iloc[keep].reset_index(drop=True))
+    images, test, train_set = _held_out(ds, labels, held_out)
     pre = {"crop": spec.describe(), "size": 64, "held_out": held_out or 0}
     return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=train_set, preprocessing=pre,
                  test=test) for k in (12, 3)]
+
+
+def _held_out(ds: Dataset, labels: np.ndarray, held_out: float | None) -> tuple[np.ndarray, np.ndarray | None, Path]:
+    """The images of ``ds``, the positions held out from fitting (None without ``held_out``), and the dataset
+    astrovader trains on: ``ds`` itself, or a cached copy without the held-out images."""
+    images = ds.load()
+    if not held_out:
+        return images, None, ds.path
+    test = held_out_split(labels, held_out)
+    train_set = ds.path.parent / f"{ds.path.name}-fit{1 - held_out:g}"
+    if not (is_dataset(train_set) and Dataset(train_set).complete):
+        if train_set.exists():
+            shutil.rmtree(train_set)
+        keep = np.setdiff1d(np.arange(len(labels)), test)
+        write_dataset(train_set, images[keep], ds.catalog.iloc[keep].reset_index(drop=True))
+    return images, test, train_set
+
+
+def gz2_kaggle_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
+                     held_out: float | None = HELD_OUT) -> list[Task]:
+    """Galaxy Zoo 2 images in the Kaggle layout, scaled to each galaxy's Petrosian radius as the paper's were
+    (the central 192 of 424 px, then 64 px, grey): spiral (1) against not (0), K = 2, with the gz1 K = 3 preset's
+    settings (``sdss64-k3``) apart from K."""
+    from astrovader.data.ingest import ingest_folder
+    from astrovader.data.sources import SOURCE_CROPS
+
+    labels_csv = data / "labels.csv"
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"{data}: no labels.csv (expected the gz2-kaggle folder with images/ and labels.csv)")
+    table = pd.read_csv(labels_csv)
+    if n is not None and n < len(table):
+        table = table.sample(n=n, random_state=0).sort_index()
+    out = cache / f"gz2-kaggle-64px-n{len(table)}"
+    if not (is_dataset(out) and Dataset(out).complete):
+        out.mkdir(parents=True, exist_ok=True)
+        sub_csv = out.parent / f"{out.name}-labels.csv"
+        table.to_csv(sub_csv, index=False)
+        log(f"ingesting {len(table)} GZ2 (Kaggle) images into {out} (cached for later runs)")
+        ingest_folder(data, out, labels=sub_csv, id_column="GalaxyID", crop=SOURCE_CROPS["kaggle"], size=64,
+                      progress=False, labels_only=True)
+    ds = Dataset(out)
+    labels = ds.catalog["spiral"].to_numpy(np.int64)
+    images, test, train_set = _held_out(ds, labels, held_out)
+    cfg = gz1_config(2)
+    pre = {"crop": SOURCE_CROPS["kaggle"].describe(), "size": 64, "held_out": held_out or 0}
+    return [Task("gz2-kaggle-k2", images, labels, cfg, knn=True, dataset=train_set, preprocessing=pre, test=test)]
 
 
 def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
@@ -215,6 +253,7 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
         result["final_recon"] = float(res.history[-1]["train_recon"])
         if task.knn:
             result["knn_accuracy"] = knn_accuracy(enc["mu"], labels, cfg.train.seed)
+            result["linear_probe"] = linear_probe_accuracy(enc["mu"], labels, cfg.train.seed)
     except TrainingDiverged as exc:
         result.update({m: float("nan") for m in METRICS})
         result.update(nan=True, ok=False, empty_components=None, error=str(exc))
@@ -232,7 +271,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for m in methods:
         runs = [r["methods"][m] for r in per_seed if m in r["methods"]]
         row: dict[str, Any] = {"runs": len(runs)}
-        for key in (*METRICS, "knn_accuracy"):
+        for key in (*METRICS, "knn_accuracy", "linear_probe"):
             vals = np.array([r[key] for r in runs if key in r], dtype=float)
             if len(vals):
                 row[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
@@ -244,7 +283,8 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-DATA_FOLDERS = {"mnist": "mnist", "gz1": "gz1-sdss"}  # the folder each real-data task expects (its README)
+# the folder each real-data task expects (the data README)
+DATA_FOLDERS = {"mnist": "mnist", "gz1": "gz1-sdss", "gz2-kaggle": "gz2-kaggle"}
 
 
 def resolve_data(name: str, data: str | Path | None) -> Path | None:
@@ -285,6 +325,8 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
         tasks = gz1_tasks(source, n, cache, log, crop, held_out)
+    elif name == "gz2-kaggle":
+        tasks = gz2_kaggle_tasks(source, n, cache, log, held_out)
     else:
         tasks = simulated_tasks(n, cache)
 
@@ -344,6 +386,8 @@ def _short(r: dict[str, Any]) -> str:
     parts = [f"{m} {r[m]:.4f}" for m in METRICS if m in r]
     if "knn_accuracy" in r:
         parts.append(f"kNN {r['knn_accuracy']:.4f}")
+    if "linear_probe" in r:
+        parts.append(f"linear probe {r['linear_probe']:.4f}")
     if "at_init" in r:
         parts.append(f"(at GMM init: accuracy {r['at_init']['accuracy']:.4f})")
     parts.append(f"empty {r.get('empty_components')}, nan {r.get('nan')}, {r.get('seconds', 0):.0f}s")
@@ -357,9 +401,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
                      f"{task['epochs']} epochs, {summary['seeds']} seed(s); scored on "
                      f"{task.get('evaluated_on', 'all images')}")
-        cols = [*METRICS, "knn_accuracy"]
+        cols = [*METRICS, "knn_accuracy", "linear_probe"]
+        names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe"}
         present = [c for c in cols if any(c in row for row in task["methods"].values())]
-        header = f"  {'method':<12}" + "".join(f"{c if c != 'knn_accuracy' else 'kNN acc':>24}" for c in present)
+        header = f"  {'method':<12}" + "".join(f"{names.get(c, c):>24}" for c in present)
         lines.append(header + f"{'empty':>7}{'NaN':>5}")
         for method, row in task["methods"].items():
             cells = "".join(f"{_cell(row.get(c)):>24}" for c in present)

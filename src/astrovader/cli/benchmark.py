@@ -12,6 +12,7 @@ from astrovader.cli import CLIError
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from astrovader.baselines import BASELINES
     from astrovader.benchmark import (
+        DATA_FOLDERS,
         GZ1_CROP,
         GZ1_DEROTATE,
         GZ1_FLUX_NORM,
@@ -42,7 +43,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CLIError(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}, all or none")
     if args.name != "simulated":
         if args.data is None:
-            raise CLIError(f"{args.name} needs --data DIR: the {'gz1-sdss' if args.name == 'gz1' else 'mnist'} "
+            raise CLIError(f"{args.name} needs --data DIR: the {DATA_FOLDERS[args.name]} "
                            "folder of the data release (see the README)")
         source = resolve_data(args.name, args.data)
         if source is None or not source.is_dir():
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "spiral / edge-on, K=12 and K=3, plus 5-fold kNN accuracy of the latent means. simulated: built-in GalSim "
         "galaxies with companion fraction 0 and 0.2. Every run also reports NaNs and empty mixture components. "
         "Re-running with the same settings skips finished seeds.")
-    p.add_argument("name", choices=("mnist", "gz1", "simulated"), help="which benchmark")
+    p.add_argument("name", choices=("mnist", "gz1", "gz2-kaggle", "simulated"), help="which benchmark")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
                    "(required for both; not needed for simulated)")
@@ -106,8 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
                         "(default: on)")
     p.add_argument("--all-rows", action="store_true",
-                   help="gz1: fit and score every method on all galaxies (the old mode); by default every method "
-                   "is fitted on 70%% and scored on a seeded, class-stratified 30%% none was fitted on")
+                   help="gz1, gz2-kaggle: fit and score every method on all galaxies (the old mode); by default "
+                   "every method is fitted on 70%% and scored on a seeded, class-stratified 30%% none was fitted on")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")
