@@ -42,6 +42,6 @@ def _the_companion_component_is_flagged_and_deblended(demo):
     pred = pd.read_parquet(demo / "predictions.parquet")
     truth = cat["has_companion"].groupby(pred["component"]).mean()
     assert int(truth.idxmax()) == comp
-    res = deblending_on_simulation(demo / "run", demo / "data", n=40, companion_components=[comp])
+    res = deblending_on_simulation(demo / "run", demo / "data", n=24, companion_components=[comp])
     assert res["deblended"]["companion_removed_mean"] >= 0.5
     assert res["deblended"]["central_change_mean"] < 0.2
