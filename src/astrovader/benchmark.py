@@ -126,8 +126,6 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     """GZ1 SDSS cut-outs as 64 px grey stamps made as ``stamps`` says (default :func:`gz1_stamps`); classes
     elliptical / spiral (cw + acw) / edge-on. With ``held_out`` (a fraction), every method is fitted on the
     other galaxies and scored on a seeded, stratified held-out part of that size."""
-    from astrovader.data.ingest import ingest_folder
-
     spec = stamps or gz1_stamps()
     labels_csv = data / "labels.csv"
     if not labels_csv.is_file():
@@ -136,23 +134,30 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     table = table[table["gz1_class"].isin(list(GZ1_CLASSES))]
     if n is not None and n < len(table):
         table = table.sample(n=n, random_state=0).sort_index()
-    out = cache / f"gz1-64px-crop{spec.describe()}-n{len(table)}"
-    if not (is_dataset(out) and Dataset(out).complete):
-        out.mkdir(parents=True, exist_ok=True)
-        sub_csv = out.parent / f"{out.name}-labels.csv"
-        table.to_csv(sub_csv, index=False)
-        log(f"ingesting {len(table)} GZ1 images into {out} (cached for later runs)")
-        # "file" in the copied table is relative to the gz1 folder, which is the source folder here.
-        report = ingest_folder(data, out, labels=sub_csv, id_column="objid", crop=spec, size=64, progress=False,
-                               labels_only=True)
-        if report.failures:
-            log(f"  {len(report.failures)} images could not be framed or read (listed in {out}/ingest_report.csv)")
-    ds = Dataset(out)
+    ds = _cached_stamps(data, table, cache / f"gz1-64px-crop{spec.describe()}-n{len(table)}", "objid", spec, log)
     labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
     images, test, train_set = _held_out(ds, labels, held_out)
     pre = {"crop": spec.describe(), "size": 64, "held_out": held_out or 0}
     return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=train_set, preprocessing=pre,
                  test=test) for k in (12, 3)]
+
+
+def _cached_stamps(data: Path, table: pd.DataFrame, out: Path, id_column: str, crop: Crop,
+                   log: Callable[[str], None]) -> Dataset:
+    """The rows of ``table`` (a labels table whose ``file`` paths are relative to ``data``) as 64 px stamps
+    framed by ``crop``, ingested once into ``out`` and reused by later runs."""
+    from astrovader.data.ingest import ingest_folder
+
+    if not (is_dataset(out) and Dataset(out).complete):
+        out.mkdir(parents=True, exist_ok=True)
+        sub_csv = out.parent / f"{out.name}-labels.csv"
+        table.to_csv(sub_csv, index=False)
+        log(f"ingesting {len(table)} images of {data} into {out} (cached for later runs)")
+        report = ingest_folder(data, out, labels=sub_csv, id_column=id_column, crop=crop, size=64, progress=False,
+                               labels_only=True)
+        if report.failures:
+            log(f"  {len(report.failures)} images could not be framed or read (listed in {out}/ingest_report.csv)")
+    return Dataset(out)
 
 
 def _held_out(ds: Dataset, labels: np.ndarray, held_out: float | None) -> tuple[np.ndarray, np.ndarray | None, Path]:
@@ -176,7 +181,6 @@ def gz2_kaggle_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str]
     """Galaxy Zoo 2 images in the Kaggle layout, scaled to each galaxy's Petrosian radius as the paper's were
     (the central 192 of 424 px, then 64 px, grey): spiral (1) against not (0), K = 2, with the gz1 K = 3 preset's
     settings (``sdss64-k3``) apart from K."""
-    from astrovader.data.ingest import ingest_folder
     from astrovader.data.sources import SOURCE_CROPS
 
     labels_csv = data / "labels.csv"
@@ -185,15 +189,8 @@ def gz2_kaggle_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str]
     table = pd.read_csv(labels_csv)
     if n is not None and n < len(table):
         table = table.sample(n=n, random_state=0).sort_index()
-    out = cache / f"gz2-kaggle-64px-n{len(table)}"
-    if not (is_dataset(out) and Dataset(out).complete):
-        out.mkdir(parents=True, exist_ok=True)
-        sub_csv = out.parent / f"{out.name}-labels.csv"
-        table.to_csv(sub_csv, index=False)
-        log(f"ingesting {len(table)} GZ2 (Kaggle) images into {out} (cached for later runs)")
-        ingest_folder(data, out, labels=sub_csv, id_column="GalaxyID", crop=SOURCE_CROPS["kaggle"], size=64,
-                      progress=False, labels_only=True)
-    ds = Dataset(out)
+    ds = _cached_stamps(data, table, cache / f"gz2-kaggle-64px-n{len(table)}", "GalaxyID", SOURCE_CROPS["kaggle"],
+                        log)
     labels = ds.catalog["spiral"].to_numpy(np.int64)
     images, test, train_set = _held_out(ds, labels, held_out)
     cfg = gz1_config(2)
