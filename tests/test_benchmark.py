@@ -169,21 +169,21 @@ def _needs(sub: str) -> Path:
 def test_mnist_benchmark_end_to_end_and_resumes(tmp_path: Path, capsys):
     data = _needs("mnist")
     out = tmp_path / "bench"
-    args = ["benchmark", "mnist", "--data", str(data), "--n", "400", "--seeds", "2", "--epochs-scale", "0.05",
+    args = ["benchmark", "mnist", "--data", str(data), "--n", "200", "--seeds", "2", "--epochs-scale", "0.05",
             "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "VaDE (published): accuracy 0.9446" in text and "ae_gmm" in text
     summary = json.loads((out / "summary.json").read_text())
     task = summary["tasks"]["mnist"]
-    assert task["n_images"] == 400 and task["n_clusters"] == 10
+    assert task["n_images"] == 200 and task["n_clusters"] == 10
     assert set(task["methods"]) == {"astrovader", *BASELINES}
     for row in task["methods"].values():
         assert row["runs"] == 2 and set(METRICS) <= set(row) and not row["any_nan"]
         assert 0 <= row["accuracy"]["min"] <= row["accuracy"]["mean"] <= 1
     seed = json.loads((out / "mnist" / "seed1.json").read_text())
     a = seed["methods"]["astrovader"]
-    assert len(a["members"]) == 10 and sum(a["members"]) == 400 and "at_init" in a
+    assert len(a["members"]) == 10 and sum(a["members"]) == 200 and "at_init" in a
     assert isinstance(a["empty_components"], int) and a["ok"] == (a["empty_components"] == 0 and not a["nan"])
     # the kNN accuracy is a GZ1/simulated extra, not an MNIST metric
     assert "knn_accuracy" not in a
