@@ -7,10 +7,11 @@ measures (``analysis.morphology``) a seeded random sample of its members and, se
 members it claims most confidently (its most probable 5%, at least 10 and at most 100). Two kinds of
 component are flagged automatically:
 
-* **companions**: at least ``companion_core_min`` of the core has a second source in the stamp, and at least
-  ``companion_enrichment`` times the share among all measured galaxies. The core is what the component is
-  *about*; on the demo's simulation a component whose core is 97% galaxies with a companion holds only 30%
-  of them among all its members, because it also keeps the morphological class it shares the space with.
+* **companions**: at least ``companion_core_min`` of the core (or of all its members) has a second source in the
+  stamp, and at least ``companion_enrichment`` times the share among all measured galaxies. The core is what
+  the component is *about*; on the demo's simulation a component whose core is 97% galaxies with a companion
+  holds only 30% of them among all its members, because it also keeps the morphological class it shares the
+  space with.
 * **orientation**: the elongated members' major axes point one way (mean resultant length of the doubled
   position angles at least ``orientation_min``) while the dataset's do not (at most ``orientation_all_max``).
   Derotated stamps all point one way, so the flag cannot fire on them.
@@ -228,8 +229,9 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
         row["orientation_coherence"] = _coherence(smp["position_angle"].to_numpy(), smp["axis_ratio"].to_numpy(),
                                                   settings.elongated_below)
         flags = []
-        if (len(core) and row["companion_fraction_core"] >= settings.companion_core_min
-                and row["companion_fraction_core"] >= settings.companion_enrichment * companion_all):
+        # the core says what a component is about; a small component can be companions throughout
+        share = max(row["companion_fraction_core"], row["companion_fraction"]) if len(core) else np.nan
+        if share >= settings.companion_core_min and share >= settings.companion_enrichment * companion_all:
             flags.append(FLAG_COMPANIONS)
         if (np.isfinite(row["orientation_coherence"]) and row["orientation_coherence"] >= settings.orientation_min
                 and not (coherence_all > settings.orientation_all_max)):

@@ -188,7 +188,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                                "median_recon_mse": float(np.median(pred.recon_mse))}
     stretch = ds.meta.get("stretch") or (ds.meta.get("preprocessing") or {}).get("stretch")
     stretch_text = (f"the dataset's stretch ({html.escape(str(stretch))})" if stretch else
-                    "the stretch of the images as ingested (for SDSS JPEGs, the survey's asinh colour stretch)")
+                    "the stretch of the images as ingested, for SDSS JPEGs the survey's asinh colour stretch")
 
     # 0. what each component is -----------------------------------------------------------------------
     _log(progress, "describing the components")
