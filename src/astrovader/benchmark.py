@@ -436,9 +436,9 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     the input, on its reconstruction (the start of the line) and on the end of the line. Returns the means and
     medians of the companion flux removed (1 - after / input) and of |central flux after / input - 1|."""
     from astrovader.analysis.describe import DescribeSettings, describe_components, pixel_scale_of
-    from astrovader.analysis.morphology import companion_mask, strictly_companion_free
+    from astrovader.analysis.morphology import aperture_flux, companion_mask, strictly_companion_free
     from astrovader.data.dataset import open_dataset
-    from astrovader.explore import aperture_flux, deblend
+    from astrovader.explore import deblend
     from astrovader.inference import infer
     from astrovader.runs import load_network
 
@@ -468,14 +468,9 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     gal_r = np.clip(np.minimum(2 * sub["half_light_radius"].to_numpy() / scale,
                                np.hypot(cx - gx, cy - gy) - companion_radius), 1.5, None)
 
-    def flux(imgs: np.ndarray, x: np.ndarray, y: np.ndarray, r: np.ndarray | float) -> np.ndarray:
-        r = np.broadcast_to(np.asarray(r, float), (len(imgs),))
-        return np.array([aperture_flux(imgs[i:i + 1], x[i:i + 1], y[i:i + 1], float(r[i]))[0]
-                         for i in range(len(imgs))])
-
     inputs = np.stack([r["galaxy_image"] for r in res])
     strips = np.stack([r["strip"] for r in res])
-    comp_in, gal_in = flux(inputs, cx, cy, companion_radius), flux(inputs, gx, gy, gal_r)
+    comp_in, gal_in = aperture_flux(inputs, cx, cy, companion_radius), aperture_flux(inputs, gx, gy, gal_r)
     out: dict[str, Any] = {"n": len(res), "companion_components": list(companion_components),
                            "twin_has_companion": float(truth[pred.rows[[r["partner"] for r in res]]].mean())}
     if "class_name" in cat.columns:
@@ -483,8 +478,8 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
         out["twin_same_class"] = float((names[pred.rows[members]] ==
                                         names[pred.rows[[r["partner"] for r in res]]]).mean())
     for name, t in (("reconstruction", 0), ("deblended", steps)):
-        removed = 1 - flux(strips[:, t], cx, cy, companion_radius) / comp_in
-        change = np.abs(flux(strips[:, t], gx, gy, gal_r) / gal_in - 1)
+        removed = 1 - aperture_flux(strips[:, t], cx, cy, companion_radius) / comp_in
+        change = np.abs(aperture_flux(strips[:, t], gx, gy, gal_r) / gal_in - 1)
         out[name] = {"companion_removed_mean": float(removed.mean()),
                      "companion_removed_median": float(np.median(removed)),
                      "central_change_mean": float(change.mean()), "central_change_median": float(np.median(change))}

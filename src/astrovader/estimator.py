@@ -41,6 +41,11 @@ from astrovader.train import train
 ImagesLike = np.ndarray | torch.Tensor | Dataset | str | Path
 
 
+def _as_config(config: Config | str | None) -> Config:
+    """A private Config: the named preset, a copy of the one given (the caller's stays untouched), or defaults."""
+    return Config.preset(config) if isinstance(config, str) else copy.deepcopy(config or Config())
+
+
 class AstroVaDEr:
     """A convolutional VaDE with a Gaussian-mixture prior, trained with the s3VDC schedule."""
 
@@ -49,7 +54,7 @@ class AstroVaDEr:
 
     def _build(self, config: Config | str | None, device: str | None) -> None:
         self._config_arg, self._device_arg = config, device
-        self.config = Config.preset(config) if isinstance(config, str) else copy.deepcopy(config or Config())
+        self.config = _as_config(config)
         if device is not None:
             self.config.train.device = device
         self.config.validate()
@@ -69,7 +74,7 @@ class AstroVaDEr:
         The network is rebuilt untrained, as scikit-learn expects of a re-parameterised estimator."""
         config, device = params.pop("config", self._config_arg), params.pop("device", self._device_arg)
         if params:
-            base = Config.preset(config) if isinstance(config, str) else copy.deepcopy(config or Config())
+            base = _as_config(config)
             for key, value in params.items():
                 section, sep, name = key.partition("__")
                 part = getattr(base, section, None) if sep else None

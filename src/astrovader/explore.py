@@ -127,12 +127,16 @@ def interpolate(net: AstroVaDErNet, z_a: np.ndarray, z_b: np.ndarray, steps: int
 
 
 def latent_summary(net: AstroVaDErNet, dataset: str | Path | Dataset,
-                   predictions: str | Path | pd.DataFrame | None = None, batch_size: int = 1024,
+                   predictions: str | Path | pd.DataFrame | Predictions | None = None, batch_size: int = 1024,
                    progress: bool = False) -> Predictions:
-    """:class:`Predictions` for every row of ``dataset``: read from an ``astrovader predict`` catalogue when given
-    (no second inference pass), else inferred."""
+    """:class:`Predictions` for every row of ``dataset``: ``predictions`` themselves when they already are, read
+    from an ``astrovader predict`` catalogue when given (no second inference pass), else inferred."""
     ds = open_dataset(dataset)
     J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+    if isinstance(predictions, Predictions):
+        if not np.array_equal(predictions.rows, np.arange(len(ds))):
+            raise ValueError("the predictions do not cover every row of the dataset in order")
+        return predictions
     if predictions is not None:
         cat = predictions if isinstance(predictions, pd.DataFrame) else pd.read_parquet(predictions)
         if len(cat) != len(ds) or not np.array_equal(cat["id"].to_numpy(), ds.ids):
@@ -264,20 +268,3 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
                         "galaxy_image": target.astype(np.float32) / 255.0,
                         "partner_image": dataset.take([twin_row])[0].astype(np.float32) / 255.0, "strip": strip})
     return results
-
-
-def aperture_flux(images: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float, border: int = 2) -> np.ndarray:
-    """Sky-subtracted flux in a circle of ``radius`` px at column ``x``, row ``y`` of each image (N, C, H, W)
-    (or (N, H, W)); the sky is the median of the image's border."""
-    from photutils.aperture import CircularAperture, aperture_photometry
-
-    imgs = np.asarray(images, np.float64)
-    if imgs.ndim == 4:
-        imgs = imgs.mean(1)
-    out = np.empty(len(imgs))
-    for i, img in enumerate(imgs):
-        edge = np.concatenate([img[:border].ravel(), img[-border:].ravel(), img[:, :border].ravel(),
-                               img[:, -border:].ravel()])
-        ap = CircularAperture((float(x[i]), float(y[i])), r=radius)
-        out[i] = float(aperture_photometry(img - np.median(edge), ap)["aperture_sum"][0])
-    return out

@@ -83,8 +83,18 @@ def _coherence(position_angle: np.ndarray, axis_ratio: np.ndarray, elongated_bel
     return float(np.abs(np.exp(2j * np.deg2rad(position_angle[ok])).mean()))
 
 
-def _label_stats(catalog: pd.DataFrame, label_column: str | None) -> pd.Series | None:
-    """The per-galaxy label to summarise (class names where the catalogue has them), or None."""
+def detect_label_column(catalog: pd.DataFrame, label_column: str | None = None) -> str | None:
+    """The class-label column: the one asked for (which must exist), else the first of LABEL_COLUMNS."""
+    if label_column is not None:
+        if label_column not in catalog.columns:
+            raise ValueError(f"label column {label_column!r} is not in the catalogue; columns: "
+                             f"{', '.join(map(str, catalog.columns))}")
+        return label_column
+    return next((c for c in LABEL_COLUMNS if c in catalog.columns), None)
+
+
+def label_values(catalog: pd.DataFrame, label_column: str | None) -> pd.Series | None:
+    """The per-galaxy label to show (class names where a simulated catalogue has them beside ``true_class``)."""
     if label_column is None:
         return None
     lab = catalog[label_column]
@@ -171,9 +181,8 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     labels = pred.labels
     rng = np.random.default_rng(settings.seed)
     catalog = dataset.catalog.iloc[pred.rows].reset_index(drop=True) if catalog is None else catalog
-    if label_column is None:
-        label_column = next((c for c in LABEL_COLUMNS if c in catalog.columns), None)
-    lab = _label_stats(catalog, label_column)
+    label_column = detect_label_column(catalog, label_column)
+    lab = label_values(catalog, label_column)
     gz = gz_vote_classes(catalog)
 
     picks: list[tuple[int, str, np.ndarray]] = []  # (component, "core" | "sample", local positions)
@@ -274,17 +283,10 @@ def override_flags(table: pd.DataFrame, non_morphological: Sequence[int]) -> pd.
 
 def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """``frame`` as CSV or Parquet (by suffix; Parquet carries ``metadata`` in its schema), written atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from astrovader.data.dataset import atomic_write_bytes
+    from astrovader.data.dataset import atomic_write_bytes, atomic_write_parquet
 
     if out.suffix.lower() == ".parquet":
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(out, sink.getvalue().to_pybytes())
+        atomic_write_parquet(out, frame, metadata)
     else:
         atomic_write_bytes(out, frame.to_csv(index=False).encode("utf-8"))
     return out

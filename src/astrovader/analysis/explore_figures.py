@@ -20,6 +20,7 @@ from astrovader.analysis.figures import display_range, save_figure, show_image, 
 from astrovader.analysis.morphology import companion_mask, strictly_companion_free
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.explore import deblend, latent_summary, route_interpolation, traverse
+from astrovader.inference import Predictions
 from astrovader.model import AstroVaDErNet
 from astrovader.sampling import gallery
 
@@ -155,7 +156,8 @@ def plot_deblend(results: list[dict[str, Any]], out: str | Path,
 
 
 def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_dir: str | Path, *,
-                       predictions: str | Path | pd.DataFrame | None = None, n_per_cluster: int = 8,
+                       predictions: str | Path | pd.DataFrame | Predictions | None = None,
+                       n_per_cluster: int = 8,
                        steps: int = 8, traverse_steps: int = 9, companion_components: Sequence[int] | None = None,
                        closed: bool = True, temperature: float = 1.0, seed: int = 0,
                        progress: bool = False) -> list[tuple[str, Path]]:

@@ -28,11 +28,19 @@ import io
 import json
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from astrovader.analysis.describe import DescribeSettings, Description, describe_components, pixel_scale_of
+from astrovader.analysis.describe import (
+    DescribeSettings,
+    Description,
+    describe_components,
+    detect_label_column,
+    label_values,
+    pixel_scale_of,
+)
 from astrovader.analysis.figures import cluster_colors
 from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
 from astrovader.inference import Predictions, decode, infer, reconstruct
@@ -52,29 +60,22 @@ def _block_mean(images: np.ndarray, factor: int) -> np.ndarray:
     return images.reshape(n, c, h // factor, factor, w // factor, factor).mean((3, 5))
 
 
-def _sprite(images: np.ndarray, quality: int = 90) -> str:
-    """uint8 (N, C, s, s) tiles in a JPEG of ``SPRITE_COLS`` columns, as a data URI."""
-    from PIL import Image
-
-    n, c, s, _ = images.shape
-    rows = max(1, -(-n // SPRITE_COLS))
-    sheet = np.zeros((rows * s, SPRITE_COLS * s, c), np.uint8)
-    for i in range(n):
-        r, q = divmod(i, SPRITE_COLS)
-        sheet[r * s:(r + 1) * s, q * s:(q + 1) * s] = images[i].transpose(1, 2, 0)
-    im = Image.fromarray(sheet[..., 0] if c == 1 else sheet)
+def _data_uri(image, fmt: str, **save: Any) -> str:
+    """A Pillow image as a data URI in ``fmt`` ("PNG", "JPEG")."""
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    image.save(buf, format=fmt, **save)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _sprite(images: np.ndarray, quality: int = 90) -> str:
+    """uint8 (N, C, s, s) tiles, edge to edge in a JPEG of ``SPRITE_COLS`` columns, as a data URI."""
+    return _data_uri(png_grid(images, ncols=SPRITE_COLS, gap=0), "JPEG", quality=quality)
 
 
 def _png_uri(images: np.ndarray, ncols: int, labels: list[str] | None = None) -> str:
     """float [0, 1] images (N, C, H, W) as one PNG grid data URI, tiles enlarged to about 64 px."""
     u8 = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
-    scale = max(1, 64 // images.shape[-1])
-    buf = io.BytesIO()
-    png_grid(u8, ncols=ncols, scale=scale, labels=labels).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _data_uri(png_grid(u8, ncols=ncols, scale=max(1, 64 // images.shape[-1]), labels=labels), "PNG")
 
 
 def main_direction(net: AstroVaDErNet, k: int, steps: int = 9, span: float = 2.0) -> np.ndarray:
@@ -207,11 +208,8 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
     thumbs_in = np.rint(_block_mean(raw.astype(np.float32), factor)).astype(np.uint8)
     thumbs_rec = np.rint(_block_mean(rec.astype(np.float32), factor)).astype(np.uint8)
     colors = [_hex(k, K) for k in range(K)]
-    labels = None
-    if label_column is not None:
-        labels = catalog[label_column].astype("string").fillna("").astype(str)
-        if label_column == "true_class" and "class_name" in catalog.columns:
-            labels = catalog["class_name"].astype(str)
+    labels = label_values(catalog, label_column)
+    labels = None if labels is None else labels.fillna("").astype(str)
     frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": catalog["id"].astype(str).to_numpy(),
                           "component": pred.labels,
                           # padded so that Bokeh's legend, which sorts these strings, lists 2 before 10
@@ -296,17 +294,15 @@ def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path 
                    pred: Predictions | None = None, max_points: int = 20000, label_column: str | None = None,
                    describe: DescribeSettings | None = None, seed: int = 0, command: str | None = None,
                    progress: bool = False) -> Path:
-    """Write ``explorer.html`` for a run on ``dataset`` (all rows, or a seeded sample of ``max_points``)."""
-    from astrovader.analysis.describe import LABEL_COLUMNS
-
+    """Write ``explorer.html`` for a run on ``dataset`` (all rows, or a seeded sample of ``max_points``).
+    ``pred``: predictions already made for those rows (e.g. by the exploration figures), reused."""
     ds = open_dataset(dataset)
     rows = np.arange(len(ds))
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
     if pred is None or len(pred.rows) != len(rows) or not np.array_equal(pred.rows, rows):
         pred = infer(net, ds, rows=rows, progress=progress)
-    if label_column is None:
-        label_column = next((c for c in LABEL_COLUMNS if c in ds.catalog.columns), None)
+    label_column = detect_label_column(ds.catalog, label_column)
     desc = describe_components(pred, ds, weights=net.gmm.weights.detach().cpu().numpy(), label_column=label_column,
                                pixel_scale=pixel_scale_of(ds),
                                settings=describe or DescribeSettings(max_members=200, n_detailed=20, seed=seed))

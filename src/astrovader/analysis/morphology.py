@@ -1,5 +1,5 @@
-"""Morphology of the galaxy in a stamp, measured with photutils (segmentation, sizes, shape, companions) and
-statmorph (concentration, asymmetry, Gini, M20, Sersic index).
+"""Morphology of the galaxy in a stamp, measured with photutils (segmentation, sizes, shape, companions, aperture
+photometry) and statmorph (concentration, asymmetry, Gini, M20, Sersic index).
 
 Measurements are made on the stored pixel values (uint8 / 255: for most datasets an asinh stretch of the
 survey's fluxes, stated in the dataset's ``dataset.json``), after subtracting a sky level estimated on the
@@ -43,12 +43,16 @@ class MorphologySettings:
 DEFAULT = MorphologySettings()
 
 
+def _border(image: np.ndarray, border: int) -> np.ndarray:
+    """The pixels within ``border`` of the edge of a 2-D image, each once."""
+    return np.concatenate([image[:border].ravel(), image[-border:].ravel(),
+                           image[border:-border, :border].ravel(), image[border:-border, -border:].ravel()])
+
+
 def _sky(image: np.ndarray, border: int) -> tuple[float, float]:
     from astropy.stats import sigma_clipped_stats
 
-    edge = np.concatenate([image[:border].ravel(), image[-border:].ravel(),
-                           image[border:-border, :border].ravel(), image[border:-border, -border:].ravel()])
-    _, median, std = sigma_clipped_stats(edge, sigma=3.0)
+    _, median, std = sigma_clipped_stats(_border(image, border), sigma=3.0)
     # A noiseless or saturated border would give zero noise; one grey level is the data's own quantum.
     return float(median), max(float(std), 1.0 / 255.0)
 
@@ -182,3 +186,20 @@ def companion_mask(image: np.ndarray, grow: int = 2) -> np.ndarray:
         return np.zeros(grey.shape, bool)
     other = (seg.data > 0) & (seg.data != label)
     return ndimage.binary_dilation(other, iterations=grow) if grow and other.any() else other
+
+
+def aperture_flux(images: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float | np.ndarray,
+                  border: int = 2) -> np.ndarray:
+    """Sky-subtracted flux in a circle of ``radius`` px (one for all, or one per image) at column ``x``, row ``y``
+    of each image (N, C, H, W) (or (N, H, W)); the sky is the median of the image's border."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    imgs = np.asarray(images, np.float64)
+    if imgs.ndim == 4:
+        imgs = imgs.mean(1)
+    radii = np.broadcast_to(np.asarray(radius, np.float64), (len(imgs),))
+    out = np.empty(len(imgs))
+    for i, img in enumerate(imgs):
+        ap = CircularAperture((float(x[i]), float(y[i])), r=float(radii[i]))
+        out[i] = float(aperture_photometry(img - np.median(_border(img, border)), ap)["aperture_sum"][0])
+    return out

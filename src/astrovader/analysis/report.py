@@ -24,7 +24,13 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis import figures as F
-from astrovader.analysis.describe import MEASURES, DescribeSettings, describe_components, pixel_scale_of
+from astrovader.analysis.describe import (
+    MEASURES,
+    DescribeSettings,
+    describe_components,
+    detect_label_column,
+    pixel_scale_of,
+)
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.metrics import (
     GZ_DEFAULT_CUTS,
@@ -43,24 +49,10 @@ from astrovader.inference import infer, reconstruct
 from astrovader.predict import prediction_table
 from astrovader.runs import CONFIG, HISTORY, load_network, provenance, read_history
 
-LABEL_COLUMNS = ("true_class", "gz1_label", "label")
 N_RANDOM_RECON = 10
 N_BEST_WORST = 5
 N_MEMBERS = 8
 TSNE_MAX = 3000
-
-
-# --------------------------------------------------------------------------------------------------
-# labels
-# --------------------------------------------------------------------------------------------------
-def detect_label_column(catalog: pd.DataFrame, label_column: str | None = None) -> str | None:
-    """The class-label column: the one asked for (which must exist), else the first of LABEL_COLUMNS."""
-    if label_column is not None:
-        if label_column not in catalog.columns:
-            raise ValueError(f"label column {label_column!r} is not in the catalogue; columns: "
-                             f"{', '.join(map(str, catalog.columns))}")
-        return label_column
-    return next((c for c in LABEL_COLUMNS if c in catalog.columns), None)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -397,8 +389,8 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     # 8. synthetic galaxies --------------------------------------------------------------------------------------
     _log(progress, "synthetic galaxies and latent-space exploration")
     whole = len(rows) == len(ds)  # our predictions can be reused when they cover the whole dataset in order
-    gen_figs = generation_figures(net, ds, out_dir / "generation",
-                                  predictions=out_dir / "predictions.parquet" if whole else None)
+    gen_figs = generation_figures(net, ds, out_dir / "generation", predictions=pred if whole else None,
+                                  companion_components=desc.companion_components)
     page.section("synthetic", "Synthetic galaxies and the latent space explored (Figures 9-12)",
                  "New galaxies drawn from each component's Gaussian, a walk through each component's most "
                  "probable galaxy, every latent variable varied on its own, and deblending: a galaxy of a "

@@ -84,12 +84,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from astrovader.analysis.explore_figures import generation_figures
+    from astrovader.explore import latent_summary
     from astrovader.runs import load_network
 
     if args.steps < 2 or args.traverse_steps < 2:
         raise CLIError("--steps and --traverse-steps must be >= 2")
     _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
-    figs = generation_figures(net, args.dataset, args.out_dir, predictions=args.predictions,
+    # encoded once: the figures and the explorer page share these predictions
+    summary = latent_summary(net, args.dataset, args.predictions, progress=not args.quiet)
+    figs = generation_figures(net, args.dataset, args.out_dir, predictions=summary,
                               n_per_cluster=args.n_per_cluster, steps=args.steps,
                               traverse_steps=args.traverse_steps, companion_components=args.companion,
                               closed=not args.open, temperature=args.temperature, seed=args.seed,
@@ -99,7 +102,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if not args.no_explorer:
         from astrovader.analysis.explorer import write_explorer
 
-        page = write_explorer(args.run_dir, net, args.dataset, Path(args.out_dir) / "explorer.html",
+        page = write_explorer(args.run_dir, net, args.dataset, Path(args.out_dir) / "explorer.html", pred=summary,
                               max_points=args.max_points, seed=args.seed, command=args.command_line,
                               progress=not args.quiet)
         print(f"{page}  the cluster explorer: open it in a browser (offline), name the components, export the names")
