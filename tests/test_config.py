@@ -48,7 +48,7 @@ def test_presets_are_one_registry_listed_by_the_cli(capsys):
 
     assert {"paper", "demo", "simulated", "sdss64-k12", "sdss64-k3", "mnist"} <= set(PRESETS)
     assert main(["presets"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = capsys.readouterr().out.strip().split("\n\n")[0].splitlines()  # then the pretrained models
     assert [ln.split()[0] for ln in lines] == list(PRESETS)  # one a line, its name first
     assert all(len(ln.split(maxsplit=1)[1]) > 20 for ln in lines)  # each with a description
     for name in PRESETS:

@@ -194,3 +194,43 @@ def test_full_covariance_prior_reduces_to_diag_and_matches_numpy():
     got = kl_gmm_full(t_mu, torch.tensor(logvar), torch.tensor(g), f.weights, f.means, f.scale_tril)
     np.testing.assert_allclose(got.detach().numpy(), expect, rtol=1e-9)
     assert f.n_parameters() == K + K * J + K * J * (J + 1) // 2
+
+
+def test_section6_options_keep_shapes_and_old_weight_names():
+    base = Config.preset("sdss64-k3")
+    plain = AstroVaDErNet(base)
+    x = torch.rand(2, 1, 64, 64)
+    for overrides in (["model.residual=true"], ["model.upsample_first=true"],
+                      ["model.residual=true", "model.upsample_first=true"]):
+        net = AstroVaDErNet(base.with_overrides(overrides))
+        assert net(x)["recon"].shape == (2, 1, 64, 64)
+    # models trained before the options existed load unchanged: the plain layout's weight names stay flat
+    assert "encoder.features.0.weight" in plain.state_dict()
+    up = AstroVaDErNet(base.with_overrides(["model.upsample_first=true"]))
+    # the same convolutions, at the finer scale
+    assert up.count_parameters() == plain.count_parameters()
+    assert isinstance(up.decoder.features[0], torch.nn.Upsample)
+    assert isinstance(plain.decoder.features[4], torch.nn.Upsample)
+    res = AstroVaDErNet(base.with_overrides(["model.residual=true"]))
+    first = res.encoder.features[0]
+    assert isinstance(first.skip, torch.nn.Conv2d)  # 1 -> 16 channels: a 1x1 projection
+    # with the second convolution silenced the block passes its (projected) input through the activation
+    torch.nn.init.zeros_(first.conv2.weight)
+    torch.nn.init.zeros_(first.conv2.bias)
+    inp = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(first(inp), first.act(first.skip(inp)))
+
+
+def test_calibrated_reconstruction_is_gaussian_nll_at_the_batch_variance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 8, 8, generator=g)
+    recon = (x + 0.05 * torch.randn(5, 1, 8, 8, generator=g)).requires_grad_()
+    loss = reconstruction_loss(recon, x, "calibrated")
+    sse = (recon - x).pow(2).flatten(1).sum(1).detach()
+    var = sse.mean() / 64
+    np.testing.assert_allclose(loss.detach().numpy(), (0.5 * (sse / var + 64 * var.log())).numpy(), rtol=1e-6)
+    # the gradient is the MSE x D gradient divided by 2 sigma^2: reconstruction weighted by how well it is done
+    loss.sum().backward()
+    np.testing.assert_allclose(recon.grad.numpy(), ((recon - x) / var).detach().numpy(), rtol=1e-5)
+    # a perfect batch does not divide by zero
+    assert torch.isfinite(reconstruction_loss(x, x, "calibrated")).all()

@@ -38,6 +38,7 @@ from astrovader.baselines import (
 )
 from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
+from astrovader.inference import infer
 from astrovader.train import TrainingDiverged, train
 
 if TYPE_CHECKING:
@@ -122,10 +123,10 @@ def gz1_stamps(crop: str | float | Crop = GZ1_CROP, derotate: bool = GZ1_DEROTAT
 
 
 def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None] = print,
-              stamps: Crop | None = None, held_out: float | None = HELD_OUT) -> list[Task]:
-    """GZ1 SDSS cut-outs as 64 px grey stamps made as ``stamps`` says (default :func:`gz1_stamps`); classes
-    elliptical / spiral (cw + acw) / edge-on. With ``held_out`` (a fraction), every method is fitted on the
-    other galaxies and scored on a seeded, stratified held-out part of that size."""
+              stamps: Crop | None = None, held_out: float | None = HELD_OUT, colour: bool = False) -> list[Task]:
+    """GZ1 SDSS cut-outs as 64 px grey (or, with ``colour``, gri) stamps made as ``stamps`` says (default
+    :func:`gz1_stamps`); classes elliptical / spiral (cw + acw) / edge-on. With ``held_out`` (a fraction), every
+    method is fitted on the other galaxies and scored on a seeded, stratified held-out part of that size."""
     spec = stamps or gz1_stamps()
     labels_csv = data / "labels.csv"
     if not labels_csv.is_file():
@@ -134,16 +135,22 @@ def gz1_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str], None]
     table = table[table["gz1_class"].isin(list(GZ1_CLASSES))]
     if n is not None and n < len(table):
         table = table.sample(n=n, random_state=0).sort_index()
-    ds = _cached_stamps(data, table, cache / f"gz1-64px-crop{spec.describe()}-n{len(table)}", "objid", spec, log)
+    name = f"gz1-64px{'-gri' if colour else ''}-crop{spec.describe()}-n{len(table)}"
+    ds = _cached_stamps(data, table, cache / name, "objid", spec, log, colour)
     labels = ds.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
     images, test, train_set = _held_out(ds, labels, held_out)
-    pre = {"crop": spec.describe(), "size": 64, "held_out": held_out or 0}
-    return [Task(f"gz1-k{k}", images, labels, gz1_config(k), knn=True, dataset=train_set, preprocessing=pre,
-                 test=test) for k in (12, 3)]
+    pre = {"crop": spec.describe(), "size": 64, "held_out": held_out or 0} | ({"colour": True} if colour else {})
+    tasks = []
+    for k in (12, 3):
+        cfg = gz1_config(k)
+        cfg.model.channels = 3 if colour else 1
+        tasks.append(Task(f"gz1-k{k}", images, labels, cfg, knn=True, dataset=train_set, preprocessing=pre,
+                          test=test))
+    return tasks
 
 
 def _cached_stamps(data: Path, table: pd.DataFrame, out: Path, id_column: str, crop: Crop,
-                   log: Callable[[str], None]) -> Dataset:
+                   log: Callable[[str], None], colour: bool = False) -> Dataset:
     """The rows of ``table`` (a labels table whose ``file`` paths are relative to ``data``) as 64 px stamps
     framed by ``crop``, ingested once into ``out`` and reused by later runs."""
     from astrovader.data.ingest import ingest_folder
@@ -154,7 +161,7 @@ def _cached_stamps(data: Path, table: pd.DataFrame, out: Path, id_column: str, c
         table.to_csv(sub_csv, index=False)
         log(f"ingesting {len(table)} images of {data} into {out} (cached for later runs)")
         report = ingest_folder(data, out, labels=sub_csv, id_column=id_column, crop=crop, size=64, progress=False,
-                               labels_only=True)
+                               labels_only=True, colour=colour)
         if report.failures:
             log(f"  {len(report.failures)} images could not be framed or read (listed in {out}/ingest_report.csv)")
     return Dataset(out)
@@ -243,11 +250,12 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
                              if m in (*METRICS, "empty_components")}
         if cfg.train.epochs > cfg.train.gamma_epochs:
             res = train(cfg, task.dataset, run_dir, resume=True, progress=False)
-        enc = encode_all(res.net, images)
+        enc = infer(res.net, images).as_dict()
         finite = all(np.isfinite(v).all() for v in enc.values()) and all(
             math.isfinite(r[key]) for r in res.history for key in ("train_total", "train_recon"))
         result.update(score(labels, enc["probs"].argmax(1), k, finite))
         result["final_recon"] = float(res.history[-1]["train_recon"])
+        result["recon_mse"] = float(enc["recon_mse"].mean())  # of the scored images' decoded latent means
         if task.knn:
             result["knn_accuracy"] = knn_accuracy(enc["mu"], labels, cfg.train.seed)
             result["linear_probe"] = linear_probe_accuracy(enc["mu"], labels, cfg.train.seed)
@@ -268,7 +276,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for m in methods:
         runs = [r["methods"][m] for r in per_seed if m in r["methods"]]
         row: dict[str, Any] = {"runs": len(runs)}
-        for key in (*METRICS, "knn_accuracy", "linear_probe"):
+        for key in (*METRICS, "knn_accuracy", "linear_probe", "recon_mse"):
             vals = np.array([r[key] for r in runs if key in r], dtype=float)
             if len(vals):
                 row[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
@@ -299,7 +307,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                   baselines: tuple[str, ...] | list[str] = BASELINES,
                   log: Callable[[str], None] = print, crop: str | float | Crop = GZ1_CROP,
                   derotate: bool = GZ1_DEROTATE, flux_norm: bool = GZ1_FLUX_NORM,
-                  held_out: float | None = HELD_OUT) -> dict[str, Any]:
+                  held_out: float | None = HELD_OUT, colour: bool = False) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
     ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw). On GZ1,
@@ -321,7 +329,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if name == "mnist":
         tasks = mnist_tasks(source, n, cache)
     elif name == "gz1":
-        tasks = gz1_tasks(source, n, cache, log, crop, held_out)
+        tasks = gz1_tasks(source, n, cache, log, crop, held_out, colour)
     elif name == "gz2-kaggle":
         tasks = gz2_kaggle_tasks(source, n, cache, log, held_out)
     else:
@@ -385,6 +393,8 @@ def _short(r: dict[str, Any]) -> str:
         parts.append(f"kNN {r['knn_accuracy']:.4f}")
     if "linear_probe" in r:
         parts.append(f"linear probe {r['linear_probe']:.4f}")
+    if "recon_mse" in r:
+        parts.append(f"recon MSE {r['recon_mse']:.2e}")
     if "at_init" in r:
         parts.append(f"(at GMM init: accuracy {r['at_init']['accuracy']:.4f})")
     parts.append(f"empty {r.get('empty_components')}, nan {r.get('nan')}, {r.get('seconds', 0):.0f}s")
@@ -398,13 +408,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
                      f"{task['epochs']} epochs, {summary['seeds']} seed(s); scored on "
                      f"{task.get('evaluated_on', 'all images')}")
-        cols = [*METRICS, "knn_accuracy", "linear_probe"]
-        names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe"}
+        cols = [*METRICS, "knn_accuracy", "linear_probe", "recon_mse"]
+        names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe", "recon_mse": "recon MSE"}
         present = [c for c in cols if any(c in row for row in task["methods"].values())]
         header = f"  {'method':<12}" + "".join(f"{names.get(c, c):>24}" for c in present)
         lines.append(header + f"{'empty':>7}{'NaN':>5}")
         for method, row in task["methods"].items():
-            cells = "".join(f"{_cell(row.get(c)):>24}" for c in present)
+            cells = "".join(f"{_cell(row.get(c), c == 'recon_mse'):>24}" for c in present)
             lines.append(f"  {method:<12}{cells}{row['runs_with_empty_components']:>7}"
                          f"{'yes' if row['any_nan'] else 'no':>5}")
         for ref, value in task.get("reference", {}).items():
@@ -414,9 +424,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cell(stats: dict[str, float] | None) -> str:
+def _cell(stats: dict[str, float] | None, small: bool = False) -> str:
     if not stats:
         return "-"
+    if small:
+        return f"{stats['mean']:.2e}+-{stats['std']:.1e}"
     return f"{stats['mean']:.4f}+-{stats['std']:.4f} ({stats['min']:.3f})"
 
 

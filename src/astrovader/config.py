@@ -35,11 +35,13 @@ class ModelConfig:
     n_clusters: int = 12
     covariance: str = "diag"  # GMM prior covariances: "diag" (VaDE, the paper) or "full"
     leaky_slope: float = 0.1
+    upsample_first: bool = False  # decoder: up-sample before each block's convolutions (the paper's section 6)
+    residual: bool = False  # ResNet blocks: each (conv, conv) block adds its input back (1x1 conv if widths differ)
 
 
 @dataclass
 class LossConfig:
-    reconstruction: str = "mse"  # "mse" (x D) or "bce"
+    reconstruction: str = "mse"  # "mse" (x D), "bce" or "calibrated" (Gaussian, sigma^2 = the batch's MSE)
     gmm_kl_scale: float = 0.3  # the reference code's extra weight on the GMM KL ("scale_jank")
     gamma: float = 5e-4  # weight of the unit-Gaussian KL in gamma-training, also added to beta^p
     l2: float = 0.01  # Keras-style L2 penalty: l2 * sum(w^2) over all conv and dense weights and biases
@@ -212,7 +214,8 @@ class Config:
         _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")
         _need(0 <= m.leaky_slope < 1, "model.leaky_slope", "must be in [0, 1)")
         _need(m.covariance in ("diag", "full"), "model.covariance", f"must be 'diag' or 'full', got {m.covariance!r}")
-        _need(lo.reconstruction in ("mse", "bce"), "loss.reconstruction", "must be 'mse' or 'bce'")
+        _need(lo.reconstruction in ("mse", "bce", "calibrated"), "loss.reconstruction",
+              f"must be 'mse', 'bce' or 'calibrated', got {lo.reconstruction!r}")
         _need(lo.gmm_kl_scale > 0, "loss.gmm_kl_scale", "must be > 0")
         _need(lo.gamma >= 0, "loss.gamma", "must be >= 0")
         _need(lo.l2 >= 0, "loss.l2", "must be >= 0")

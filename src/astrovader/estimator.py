@@ -33,6 +33,7 @@ from astrovader.explore import interpolate, traverse
 from astrovader.inference import as_float_images, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
+from astrovader.pretrained import resolve as resolve_run
 from astrovader.runs import CONFIG, HISTORY, WEIGHTS, load_network, read_history, save_weights
 from astrovader.runtime import resolve_device
 from astrovader.sampling import DEFAULT_BATCH, GenerationSpec, sample
@@ -243,7 +244,8 @@ class AstroVaDEr:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> AstroVaDEr:
-        directory = Path(directory)
+        """A trained model from its run directory, or a pretrained model by name (``astrovader presets``)."""
+        directory = resolve_run(directory)
         cfg, net = load_network(directory, device)
         cfg.train.device = device or "auto"
         model = cls.__new__(cls)

@@ -15,10 +15,35 @@ from torch import Tensor, nn
 from astrovader.config import Config, LossConfig, ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
+# floor of the calibrated decoder variance: (1/1000 of the [0, 1] range)^2, so a perfect batch cannot divide by 0
+CALIBRATED_MIN_VARIANCE = 1e-6
 
 
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=1, padding=k // 2)  # "same" padding for odd kernels
+
+
+class ConvBlock(nn.Module):
+    """(conv, LeakyReLU, conv, LeakyReLU); with ``residual`` the input, projected by a 1x1 conv where the
+    number of channels changes, is added before the second activation (a ResNet basic block, He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, k: int, slope: float, residual: bool = True):
+        super().__init__()
+        self.conv1, self.conv2 = _conv(cin, cout, k), _conv(cout, cout, k)
+        self.act = nn.LeakyReLU(slope)
+        self.skip = (nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)) if residual else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(self.act(self.conv1(x)))
+        return self.act(h if self.skip is None else h + self.skip(x))
+
+
+def _block(cin: int, cout: int, k: int, slope: float, residual: bool) -> list[nn.Module]:
+    """One (conv, LeakyReLU, conv, LeakyReLU) block: flat layers (the weight names of every model trained
+    before residual blocks existed) or one :class:`ConvBlock`."""
+    if residual:
+        return [ConvBlock(cin, cout, k, slope, residual=True)]
+    return [_conv(cin, cout, k), nn.LeakyReLU(slope), _conv(cout, cout, k), nn.LeakyReLU(slope)]
 
 
 class Encoder(nn.Module):
@@ -29,8 +54,7 @@ class Encoder(nn.Module):
         layers: list[nn.Module] = []
         cin = cfg.channels
         for f, k in zip(cfg.encoder_filters, cfg.encoder_kernels, strict=True):
-            layers += [_conv(cin, f, k), nn.LeakyReLU(cfg.leaky_slope), _conv(f, f, k),
-                       nn.LeakyReLU(cfg.leaky_slope), nn.MaxPool2d(2)]
+            layers += [*_block(cin, f, k, cfg.leaky_slope, cfg.residual), nn.MaxPool2d(2)]
             cin = f
         self.features = nn.Sequential(*layers)
         side = cfg.image_size // 2 ** len(cfg.encoder_filters)
@@ -45,7 +69,8 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """Linear + LeakyReLU to the encoder's last feature map, blocks of (conv, LeakyReLU, conv, LeakyReLU,
-    bilinear 2x up-sample), then one output conv with ReLU (MSE) or sigmoid (BCE)."""
+    bilinear 2x up-sample), then one output conv with ReLU (MSE) or sigmoid (BCE). With ``upsample_first``
+    each block up-samples before its convolutions, so they work at the finer scale (the paper's section 6)."""
 
     def __init__(self, cfg: ModelConfig, bce: bool = False):
         super().__init__()
@@ -56,9 +81,9 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = []
         cin = self.start_channels
         for f, k in zip(cfg.decoder_filters, cfg.decoder_kernels, strict=True):
-            layers += [_conv(cin, f, k), nn.LeakyReLU(cfg.leaky_slope), _conv(f, f, k),
-                       nn.LeakyReLU(cfg.leaky_slope),
-                       nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+            up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            block = _block(cin, f, k, cfg.leaky_slope, cfg.residual)
+            layers += [up, *block] if cfg.upsample_first else [*block, up]
             cin = f
         layers.append(_conv(cin, cfg.channels, cfg.output_kernel))
         self.features = nn.Sequential(*layers)
@@ -201,11 +226,20 @@ def kl_gmm_full(mu: Tensor, logvar: Tensor, resp: Tensor, weights: Tensor, means
 
 
 def reconstruction_loss(recon: Tensor, x: Tensor, kind: str = "mse") -> Tensor:
-    """Per-image reconstruction loss summed over pixels: MSE x D (D = C*H*W) or binary cross-entropy.
-    For ``bce`` ``recon`` holds logits."""
+    """Per-image reconstruction loss summed over pixels: MSE x D (D = C*H*W), binary cross-entropy (``recon``
+    holds logits), or ``calibrated``: the Gaussian negative log-likelihood with the batch's own optimal
+    variance sigma^2 = mean squared error (held constant in the gradient), D/2 (SSE / (D sigma^2) + log sigma^2).
+    A fixed MSE x D is a Gaussian decoder with sigma^2 = 1/2, far wider than the pixel errors of a trained model,
+    so the KL terms dominate; the calibrated decoder (Rybkin, Daniilidis & Levine 2021, "sigma-VAE") lets the
+    data set the balance between reconstruction and clustering instead of a hand-picked weight."""
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(recon, x, reduction="none").flatten(1).sum(1)
-    return (recon - x).pow(2).flatten(1).sum(1)
+    sse = (recon - x).pow(2).flatten(1).sum(1)
+    if kind == "calibrated":
+        d = recon[0].numel()
+        var = (sse.detach().mean() / d).clamp_min(CALIBRATED_MIN_VARIANCE)
+        return 0.5 * (sse / var + d * var.log())
+    return sse
 
 
 class AstroVaDErNet(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
             from astropy.table import Table
 
             tmp_fits = out.with_name(f".{out.name}.tmp-{os.getpid()}.fits")
-            table = Table.read(str(parquet_path), format="parquet")
+            with warnings.catch_warnings():  # string columns (component_name): astropy measures their width itself
+                warnings.filterwarnings("ignore", message="No table::len::")
+                table = Table.read(str(parquet_path), format="parquet")
             table.meta["EXTNAME"] = "PREDICTIONS"
             for key, value in (metadata or {}).items():
                 table.meta[key.upper()[:8]] = value

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
 from astrovader.model import AstroVaDErNet
+from astrovader.pretrained import PREFIX, is_pretrained, resolve
 from astrovader.runtime import resolve_device
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -164,7 +165,7 @@ class RunState:
 
 def load_config(run_dir: str | Path) -> Config:
     """A run's config, or a RunError naming the missing file."""
-    path = Path(run_dir) / CONFIG
+    path = resolve(run_dir) / CONFIG
     if not path.is_file():
         raise RunError(f"{run_dir}: no {CONFIG}; is this a run directory written by `astrovader train`?")
     return Config.from_toml(path)
@@ -182,8 +183,8 @@ def load_network(run_dir: str | Path, device: str | torch.device | None = None, 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Config, AstroVaDErNet,
                                                                                      RunState]:
-    """:func:`load_network` plus the run's :class:`RunState`."""
-    run_dir = Path(run_dir)
+    """:func:`load_network` plus the run's :class:`RunState`. ``run_dir`` may name a pretrained model."""
+    run_dir = resolve(run_dir)
     if not (run_dir / WEIGHTS).is_file():
         raise RunError(f"{run_dir}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
     cfg = load_config(run_dir)
@@ -196,7 +197,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
 
 def weights_sha256(run_dir: str | Path) -> str:
     """A short content hash of a run's weights file: which model made an output, whatever its path."""
-    return hashlib.sha256((Path(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((resolve(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
 def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> dict[str, str]:
@@ -209,10 +210,11 @@ def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> 
     except PackageNotFoundError:  # running from a source tree that was never installed
         package = "unknown"
     out = {"ASTROVER": package, "DATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-           "RUNDIR": str(Path(run_dir).resolve()), "WEIGHTS": weights_sha256(run_dir),
+           "RUNDIR": f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve()),
+           "WEIGHTS": weights_sha256(run_dir),
            "NCOMP": str(cfg.model.n_clusters), "NLATENT": str(cfg.model.latent_dim),
            "IMGSIZE": str(cfg.model.image_size)}
-    scale = _training_pixel_scale(Path(run_dir))
+    scale = _training_pixel_scale(resolve(run_dir))
     if scale:
         out["PIXSCALE"] = f"{scale:g}"  # arcsec / pixel of the images the model was trained on
     if command:

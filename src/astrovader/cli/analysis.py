@@ -197,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Fit Dirichlet-process Bayesian Gaussian mixtures (small concentration prior, "
                        "many components) to random mini-batches of latent means and count the components whose "
                        "weight exceeds a threshold; prints the distribution and its mode, and writes a figure.")
-    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
     p.add_argument("dataset", nargs="?", default=None,
                    help="dataset directory (default: the one recorded in RUN_DIR/dataset.txt)")
     p.add_argument("--max-components", type=int, default=20, help="components per fit (default 20)")

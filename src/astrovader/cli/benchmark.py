@@ -61,6 +61,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         summary = run_benchmark(args.name, out, data=args.data, seeds=args.seeds, epochs_scale=args.epochs_scale,
                                 overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
                                 flux_norm=flux_norm, held_out=None if args.all_rows else HELD_OUT,
+                                colour=args.colour,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -106,6 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flux-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
                         "(default: on)")
+    p.add_argument("--colour", action="store_true",
+                   help="gz1: keep the three bands (gri) of each cut-out instead of their mean; sets model.channels=3")
     p.add_argument("--all-rows", action="store_true",
                    help="gz1, gz2-kaggle: fit and score every method on all galaxies (the old mode); by default "
                    "every method is fitted on 70%% and scored on a seeded, class-stratified 30%% none was fitted on")

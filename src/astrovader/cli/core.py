@@ -35,11 +35,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    from astrovader import pretrained
     from astrovader.config import PRESETS
 
-    width = max(len(name) for name in PRESETS) + 2
+    models = {name: pretrained.card(name) for name in pretrained.names()}
+    width = max(len(name) for name in [*PRESETS, *models]) + 2
     for name, preset in PRESETS.items():
         print(f"{name:<{width}}{preset.description}")
+    if models:
+        print("\npretrained models (use the name as RUN, e.g. `astrovader predict NAME DATASET OUT`):")
+        for name, info in models.items():
+            print(f"{name:<{width}}{info['summary']}")
     return 0
 
 
@@ -115,10 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from astrovader import pretrained
+    from astrovader.data.dataset import Dataset
     from astrovader.predict import predict_dataset, read_names
     from astrovader.runs import load_run, provenance
 
     cfg, net, state = load_run(args.run_dir, args.device)
+    pretrained.check_stamps(args.run_dir, Dataset(args.dataset).meta.get("preprocessing") or {}, args.dataset)
+    if args.names is None and pretrained.is_pretrained(args.run_dir):
+        shipped = pretrained.resolve(args.run_dir) / "component_names.json"
+        args.names = shipped if shipped.is_file() else None
     if not args.allow_unfinished:
         state.require_finished(args.run_dir)
     if args.dask:
@@ -191,7 +203,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a catalogue of latent means and component probabilities",
                        description="Columns: id, z_0..z_{J-1}, logvar_0.., p_0..p_{K-1}, component, max_prob, "
                        "recon_mse. Parquet, or FITS when OUT ends in .fits. Streamed with bounded memory.")
-    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
     p.add_argument("dataset", help="dataset directory")
     p.add_argument("out", help="output catalogue (.parquet or .fits)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1024,
@@ -222,9 +234,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("presets", help="list the named configurations, one a line",
+    p = sub.add_parser("presets", help="list the named configurations and pretrained models, one a line",
                        description="Every preset usable with --preset (train, summary, ingest's stamp recipe), "
-                       "one a line: its name, then what it is and where its settings were measured.")
+                       "one a line: its name, then what it is and where its settings were measured; then the "
+                       "pretrained models shipped with the package, usable by name wherever a RUN is taken.")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("summary", help="architecture table and parameter counts for a config",

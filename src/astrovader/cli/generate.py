@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "a dataset output is resumable (re-run the same command) and reproducible for a seed, "
                        "and is followed by a cluster-consistency check: the share of generated images the "
                        "model assigns back to the component they came from.")
-    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
     p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--component", "--cluster", dest="cluster", type=int, nargs="+", metavar="C",
@@ -154,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "component_names.json), gallery.png (samples per component), interpolation.png/.gif and "
                        "interpolation_strip.png (shortest route through each component's most probable "
                        "object), traversal.png (each latent variable min..max) and deblending.png.")
-    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
     p.add_argument("dataset", help="dataset directory (usually the training data)")
     p.add_argument("out_dir", help="directory for the figures")
     p.add_argument("--predictions", default=None, metavar="CATALOG",
