@@ -240,3 +240,23 @@ def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):
     for task in summary["tasks"].values():
         assert task["n_classes"] == 3 and task["n_images"] == 96
         assert set(task["methods"]) == {"astrovader", "pca_gmm"}
+
+
+def test_sim_suite_tunes_on_some_surveys_and_reports_the_others(tmp_path: Path):
+    pytest.importorskip("galsim")
+    from astrovader.benchmark import SIM_SUITE, sim_suite_config
+
+    roles = {sv.role for sv in SIM_SUITE}
+    assert roles == {"tune", "held-out"} and sum(sv.role == "held-out" for sv in SIM_SUITE) >= 3
+    assert sim_suite_config(64).model.image_size == 64 and sim_suite_config(32).model.n_clusters == 3
+    out = tmp_path / "suite"
+    assert main(["benchmark", "sim-suite", "--n", "60", "--seeds", "1", "--epochs-scale", "0.03",
+                 "--set", "train.batch_size=32", "--baselines", "pca_gmm", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {f"sim-{sv.name}" for sv in SIM_SUITE}
+    for sv in SIM_SUITE:
+        task = summary["tasks"][f"sim-{sv.name}"]
+        assert task["n_classes"] == 3 and task["evaluated_on"].startswith("held-out 18 of 60")
+        record = json.loads((out / f"sim-{sv.name}" / "seed0.json").read_text())
+        assert record["settings"]["preprocessing"]["role"] == sv.role
+        assert record["settings"]["config"]["model"]["image_size"] == sv.size

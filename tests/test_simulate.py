@@ -138,3 +138,32 @@ def test_cli(tmp_path: Path, capsys):
     assert len(Dataset(out)) == 12
     assert main(["simulate", str(out), "--n", "3", "--quiet"]) == 2
     assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_default_variant_is_the_default_survey_and_variants_change_it(sim):
+    from astrovader.data.simulate import DEFAULT_VARIANT, Variant
+
+    images, cat = sim
+    again, _ = simulate_galaxies(N, size=32, seed=7, workers=1, progress=False, variant=Variant())
+    np.testing.assert_array_equal(again, images)  # the default variant draws exactly the default galaxies
+    # another population: no knots, no dust dimming, Sersic indices spread beyond 4
+    other, ocat = simulate_galaxies(60, size=32, seed=7, workers=1, progress=False, variant=Variant(family="sersic"))
+    spheroids = ocat[ocat["true_class"] == 0]
+    assert (ocat["n_knots"] == 0).all() and spheroids["sersic_n"].between(2.5, 6).all()
+    assert spheroids["sersic_n"].std() > 0.3
+    # a linear stretch leaves faint light darker than the asinh one; a smaller pixel scale draws galaxies larger
+    lin, _ = simulate_galaxies(30, size=32, seed=7, workers=1, progress=False,
+                               variant=Variant(stretch="linear", stretch_max=300.0))
+    assert np.median(lin) < np.median(images[:30]) + 1 and lin.mean() < images[:30].mean()
+    fine, _ = simulate_galaxies(30, size=32, seed=7, workers=1, progress=False, variant=Variant(pixel_scale=0.2))
+    def spread(x: np.ndarray) -> float:  # light-weighted mean squared radius, px^2
+        yy, xx = np.mgrid[:32, :32] - 15.5
+        w = np.clip(x[:, 0].astype(float) - np.median(x, axis=(1, 2, 3))[:, None, None], 0, None)
+        return float(((w * (xx**2 + yy**2)).sum((1, 2)) / w.sum((1, 2))).mean())
+
+    assert spread(fine) > spread(images[:30])
+    assert DEFAULT_VARIANT == Variant()
+    with pytest.raises(ValueError, match="family"):
+        Variant(family="spiral")
+    with pytest.raises(ValueError, match="positive"):
+        Variant(psf_fwhm=(2.0, 1.0))

@@ -39,6 +39,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +61,92 @@ STRETCH_DOC = (f"uint8 = clip(255 * ({SKY_GREY} + {1 - SKY_GREY:.2f}"
                f" / asinh({STRETCH_MAX} / {STRETCH_SOFTENING})), 0, 255)")
 
 
-def _stretch(counts_above_sky: np.ndarray) -> np.ndarray:
-    """Fixed asinh display stretch (SDSS-JPEG-like) to uint8; the same for every image."""
-    v = np.arcsinh(counts_above_sky / STRETCH_SOFTENING) / np.arcsinh(STRETCH_MAX / STRETCH_SOFTENING)
+@dataclass(frozen=True)
+class Variant:
+    """How a simulated survey differs from the default one (which every default field reproduces exactly).
+
+    ``family`` "demo" draws the galaxies described above; "sersic" draws a different population: Sersic
+    spheroids with n 2.5-6 and any axis ratio 0.5-1, bulge + disc galaxies at a random inclination (face-on
+    discs: axis ratio 0.45-1, no star-forming knots, bulges of 0-40% of the light, n 1-4) and edge-on discs
+    without dust dimming, all with overlapping flux ranges, so brightness alone does not tell the classes apart.
+    ``flux_dex`` shifts every flux (log10), ``size_factor`` multiplies every size, ``psf_fwhm`` and ``sky`` are the
+    ranges drawn per image, ``stretch`` is "asinh" (with ``softening`` and ``stretch_max`` in counts) or "linear"
+    (sky to ``stretch_max`` counts), and ``pixel_scale`` is in arcsec/px."""
+
+    family: str = "demo"
+    flux_dex: float = 0.0
+    size_factor: float = 1.0
+    psf_fwhm: tuple[float, float] = (1.2, 1.6)
+    sky: tuple[float, float] = SKY_RANGE
+    stretch: str = "asinh"
+    softening: float = STRETCH_SOFTENING
+    stretch_max: float = STRETCH_MAX
+    pixel_scale: float = PIXEL_SCALE
+
+    def __post_init__(self) -> None:
+        if self.family not in ("demo", "sersic"):
+            raise ValueError(f"variant family must be 'demo' or 'sersic', got {self.family!r}")
+        if self.stretch not in ("asinh", "linear"):
+            raise ValueError(f"variant stretch must be 'asinh' or 'linear', got {self.stretch!r}")
+        if not (self.size_factor > 0 and self.pixel_scale > 0 and self.softening > 0 and self.stretch_max > 0
+                and 0 < self.psf_fwhm[0] <= self.psf_fwhm[1] and 0 < self.sky[0] <= self.sky[1]):
+            raise ValueError(f"variant sizes, scales, PSF and sky ranges must be positive: {self}")
+
+    def describe(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+DEFAULT_VARIANT = Variant()
+
+
+def _stretch(counts_above_sky: np.ndarray, variant: Variant = DEFAULT_VARIANT) -> np.ndarray:
+    """Fixed display stretch (SDSS-JPEG-like asinh by default) to uint8; the same for every image."""
+    if variant.stretch == "linear":
+        v = counts_above_sky / variant.stretch_max
+    else:
+        v = np.arcsinh(counts_above_sky / variant.softening) / np.arcsinh(variant.stretch_max / variant.softening)
     return np.clip(np.rint((SKY_GREY + (1 - SKY_GREY) * v) * 255), 0, 255).astype(np.uint8)
 
 
-def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float) -> tuple[Any, dict[str, Any]]:
+def _sersic_family(cls: int, rng: np.random.Generator, size_scale: float) -> tuple[Any, dict[str, Any]]:
+    """A population unlike the demo's (see :class:`Variant`): unrotated galaxy and its parameters."""
+    import galsim
+
+    deg = galsim.degrees
+    flux = 10 ** rng.uniform(3.9, 4.5) * size_scale**2
+    if cls == 0:
+        n = rng.uniform(2.5, 6.0)
+        hlr = rng.uniform(0.8, 2.0) * size_scale
+        q = rng.uniform(0.5, 1.0)
+        gal = galsim.Sersic(n=n, half_light_radius=hlr, flux=flux, trunc=8 * hlr).shear(q=q, beta=0 * deg)
+        return gal, dict(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=n, bulge_fraction=1.0,
+                         bulge_hlr=hlr, n_knots=0, knot_fraction=0.0)
+    hlr = rng.uniform(1.8, 3.6) * size_scale
+    q = rng.uniform(0.45, 1.0) if cls == 1 else rng.uniform(0.08, 0.22)
+    bulge_frac = rng.uniform(0.0, 0.4) if cls == 1 else rng.uniform(0.0, 0.2)
+    bulge_n = rng.uniform(1.0, 4.0)
+    bulge_hlr = rng.uniform(0.2, 0.4) * hlr
+    disc = galsim.Exponential(half_light_radius=hlr, flux=flux * (1 - bulge_frac)).shear(q=q, beta=0 * deg)
+    bulge = galsim.Sersic(n=bulge_n, half_light_radius=bulge_hlr, flux=max(flux * bulge_frac, 1e-6),
+                          trunc=8 * bulge_hlr).shear(q=max(q, 0.5), beta=0 * deg)
+    return disc + bulge, dict(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=1.0,
+                              bulge_fraction=bulge_frac, bulge_hlr=bulge_hlr, n_knots=0, knot_fraction=0.0)
+
+
+def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float,
+            variant: Variant = DEFAULT_VARIANT) -> tuple[Any, dict[str, Any]]:
     """The noiseless, unconvolved target galaxy of class ``cls`` and its parameters."""
     import galsim
 
     pa = rng.uniform(0, 180)
+    if variant.family == "sersic":
+        gal, p = _sersic_family(cls, rng, size_scale * variant.size_factor)
+        p = {"position_angle": pa, **p, "flux": p["flux"] * 10**variant.flux_dex}
+        return gal.withScaledFlux(10**variant.flux_dex).rotate(pa * galsim.degrees), p
+    if variant != DEFAULT_VARIANT:
+        gal, p = _galaxy(cls, rng, gs_rng, size_scale * variant.size_factor)
+        p["flux"] *= 10**variant.flux_dex
+        return gal.withScaledFlux(10**variant.flux_dex), p
     flux_scale = size_scale**2  # same surface brightness whatever the stamp size
     p: dict[str, Any] = {"position_angle": pa}
     deg = galsim.degrees
@@ -111,33 +187,34 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float) 
     return gal.rotate(pa * deg), p
 
 
-_Task = tuple[int, int, int, float, tuple[float, ...]]
+_Task = tuple[int, int, int, float, tuple[float, ...], Variant]
 
 
 def _draw_one(task: _Task) -> tuple[np.ndarray, dict[str, Any]]:
     """One stamp and its catalogue row; every random number comes from ``(seed, index)``."""
     import galsim
 
-    index, seed, size, companion_fraction, class_cdf = task
+    index, seed, size, companion_fraction, class_cdf, variant = task
     rng = np.random.default_rng([seed, index])
     gs_rng = galsim.BaseDeviate(int(rng.integers(1, 2**31 - 1)))
     cls = min(int(np.searchsorted(np.asarray(class_cdf), rng.uniform(), side="right")), len(CLASS_NAMES) - 1)
     size_scale = size / REFERENCE_SIZE  # angular sizes grow with the stamp, so galaxies fill it alike
-    gal, p = _galaxy(cls, rng, gs_rng, size_scale)
-    fwhm = rng.uniform(1.2, 1.6)
+    gal, p = _galaxy(cls, rng, gs_rng, size_scale, variant)
+    fwhm = rng.uniform(*variant.psf_fwhm)
     beta = rng.uniform(3.0, 4.8)
     psf = galsim.Moffat(beta=beta, fwhm=fwhm)
-    dx, dy = rng.uniform(-1.0, 1.0, size=2) * PIXEL_SCALE  # centring jitter of up to one pixel
-    sky = rng.uniform(*SKY_RANGE)
+    scale = variant.pixel_scale  # arcsec / px
+    dx, dy = rng.uniform(-1.0, 1.0, size=2) * scale  # centring jitter of up to one pixel
+    sky = rng.uniform(*variant.sky)
     row: dict[str, Any] = {"true_class": cls, "class_name": CLASS_NAMES[cls], **p, "psf_fwhm": fwhm,
-                           "psf_beta": beta, "offset_x": dx / PIXEL_SCALE, "offset_y": dy / PIXEL_SCALE,
+                           "psf_beta": beta, "offset_x": dx / scale, "offset_y": dy / scale,
                            "sky_level": sky, "noise_sigma": float(np.sqrt(sky))}
     scene = gal.shift(dx, dy)
     has_comp = bool(rng.uniform() < companion_fraction)
     row.update(has_companion=has_comp, companion_type="", companion_x=np.nan, companion_y=np.nan,
                companion_flux=np.nan, companion_hlr=np.nan)
     if has_comp:  # a star or a small galaxy away from the centre, inside the stamp
-        half = size * PIXEL_SCALE / 2
+        half = size * scale / 2
         r = rng.uniform(0.45, 0.8) * half
         ang = rng.uniform(0, 2 * np.pi)
         cx, cy = r * np.cos(ang), r * np.sin(ang)
@@ -151,14 +228,14 @@ def _draw_one(task: _Task) -> tuple[np.ndarray, dict[str, Any]]:
                                  trunc=8 * chlr)
             comp = comp.shear(q=rng.uniform(0.4, 1.0), beta=rng.uniform(0, 180) * galsim.degrees)
         scene = scene + comp.shift(cx, cy)
-        row.update(companion_type=ctype, companion_x=cx / PIXEL_SCALE, companion_y=cy / PIXEL_SCALE,
+        row.update(companion_type=ctype, companion_x=cx / scale, companion_y=cy / scale,
                    companion_flux=cflux, companion_hlr=chlr)
-    image = galsim.ImageF(size, size, scale=PIXEL_SCALE)
+    image = galsim.ImageF(size, size, scale=scale)
     galsim.Convolve(scene, psf).drawImage(image=image)
     image += sky
     image.addNoise(galsim.PoissonNoise(rng=gs_rng))
     # GalSim's row 0 is the bottom of the image (y up); ours is the top: flip, so y and angles read as on the sky.
-    return _stretch(image.array[::-1] - sky), row
+    return _stretch(image.array[::-1] - sky, variant), row
 
 
 def _draw_chunk(tasks: list[_Task]) -> list[tuple[np.ndarray, dict[str, Any]]]:
@@ -178,8 +255,8 @@ _MIN_PARALLEL = 512  # below this many objects a process pool costs more than it
 
 
 def _iter_simulated(n: int, size: int, seed: int, companion_fraction: float,
-                    class_fractions: Sequence[float] | None, workers: int | None,
-                    progress: bool) -> Iterator[tuple[int, list[tuple[np.ndarray, dict[str, Any]]]]]:
+                    class_fractions: Sequence[float] | None, workers: int | None, progress: bool,
+                    variant: Variant = DEFAULT_VARIANT) -> Iterator[tuple[int, list[tuple[np.ndarray, dict]]]]:
     """Yield ``(first_index, [(pixels, row), ...])`` in index order, chunk by chunk."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -190,7 +267,7 @@ def _iter_simulated(n: int, size: int, seed: int, companion_fraction: float,
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     cdf = _class_cdf(class_fractions)
-    tasks: list[_Task] = [(i, int(seed), int(size), float(companion_fraction), cdf) for i in range(n)]
+    tasks: list[_Task] = [(i, int(seed), int(size), float(companion_fraction), cdf, variant) for i in range(n)]
     chunks = [tasks[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     bar = tqdm(total=n, desc="simulating", unit="gal", disable=not progress)
@@ -222,11 +299,12 @@ def _iter_simulated(n: int, size: int, seed: int, companion_fraction: float,
 
 def simulate_galaxies(n: int, size: int = 64, seed: int = 0, companion_fraction: float = 0.2,
                       class_fractions: Sequence[float] | None = None, workers: int | None = None,
-                      progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+                      progress: bool = True, variant: Variant = DEFAULT_VARIANT) -> tuple[np.ndarray, pd.DataFrame]:
     """``n`` simulated galaxies in memory: uint8 images (n, 1, size, size) and their truth catalogue."""
     images = np.empty((n, 1, size, size), np.uint8)
     rows: list[dict[str, Any]] = []
-    for first, res in _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress):
+    for first, res in _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress,
+                                      variant):
         for k, (pix, row) in enumerate(res):
             images[first + k, 0] = pix
             rows.append({"id": first + k, **row})
@@ -235,7 +313,7 @@ def simulate_galaxies(n: int, size: int = 64, seed: int = 0, companion_fraction:
 
 def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_fraction: float = 0.2,
              class_fractions: Sequence[float] | None = None, workers: int | None = None,
-             progress: bool = True) -> Dataset:
+             progress: bool = True, variant: Variant = DEFAULT_VARIANT) -> Dataset:
     """Simulate ``n`` galaxies straight into a packed dataset at ``out`` (bounded memory for any ``n``)."""
     out = Path(out)
     if size < 8 or size % 8:
@@ -247,12 +325,14 @@ def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_f
         raise FileExistsError(f"{out}: already exists and is not an empty directory; "
                               "choose a new output directory")
     meta = {"source": "astrovader.simulate", "seed": int(seed), "n_requested": int(n),
-            "pixel_scale_arcsec": PIXEL_SCALE, "reference_size_px": REFERENCE_SIZE,
+            "pixel_scale_arcsec": variant.pixel_scale, "reference_size_px": REFERENCE_SIZE,
             "companion_fraction": float(companion_fraction), "class_names": list(CLASS_NAMES),
             "class_fractions": None if class_fractions is None else [float(f) for f in class_fractions],
-            "stretch": STRETCH_DOC}
+            "stretch": STRETCH_DOC if variant == DEFAULT_VARIANT else variant.stretch}
+    if variant != DEFAULT_VARIANT:
+        meta["variant"] = variant.describe()
     with DatasetWriter(out, size, 1, meta=meta, commit_every=8192) as writer:
-        chunks = _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress)
+        chunks = _iter_simulated(n, size, seed, companion_fraction, class_fractions, workers, progress, variant)
         for first, res in chunks:
             imgs = np.stack([pix for pix, _ in res])[:, None]
             writer.add(imgs, [{"id": first + k, **row} for k, (_, row) in enumerate(res)])
