@@ -260,3 +260,17 @@ def test_sim_suite_tunes_on_some_surveys_and_reports_the_others(tmp_path: Path):
         record = json.loads((out / f"sim-{sv.name}" / "seed0.json").read_text())
         assert record["settings"]["preprocessing"]["role"] == sv.role
         assert record["settings"]["config"]["model"]["image_size"] == sv.size
+
+
+def test_tasks_option_runs_only_the_named_tasks(tmp_path: Path, capsys):
+    pytest.importorskip("galsim")
+    out = tmp_path / "suite"
+    assert main(["benchmark", "sim-suite", "--tasks", "sim-nonsense", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no task sim-nonsense" in err and "sim-sersic-cf30" in err
+    assert main(["benchmark", "sim-suite", "--tasks", "sim-demo-cf0", "--n", "40", "--seeds", "1",
+                 "--epochs-scale", "0.03", "--set", "train.batch_size=16", "--baselines", "none",
+                 "--out", str(out), "--quiet"]) == 0
+    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == {"sim-demo-cf0"}
+    assert [p.name for p in (out / "cache").iterdir() if p.is_dir() and not p.name.endswith("0.7")] == [
+        "sim-demo-cf0-n40"]  # the other surveys were not simulated

@@ -95,3 +95,19 @@ def test_provenance_names_the_shipped_model():
     cfg, _, _ = load_run("sdss64-k12-gz1")
     meta = provenance("sdss64-k12-gz1", cfg)
     assert meta["RUNDIR"] == "pretrained:sdss64-k12-gz1" and meta["NCOMP"] == "12"
+
+
+def test_package_data_ships_every_model_file():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        pytest.skip("not a source checkout")
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["astrovader"]
+    package = root / "src" / "astrovader"
+    files = [f for name in NAMES for f in (package / "pretrained" / name).iterdir() if f.is_file()]
+    assert len(files) >= 8
+    for f in files:  # an installed (non-editable) package carries them too
+        assert any(fnmatch.fnmatch(str(f.relative_to(package)), g) for g in globs), f

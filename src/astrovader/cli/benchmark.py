@@ -62,6 +62,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                 overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
                                 flux_norm=flux_norm, held_out=None if args.all_rows else HELD_OUT,
                                 colour=args.colour,
+                                only=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "images: k-means on pixels, PCA(20)+GMM, the same network as a plain autoencoder + GMM and as a plain "
         "VAE + GMM. mnist: the 10,000 test digits (VaDE published 0.9446). gz1: SDSS galaxies, elliptical / "
         "spiral / edge-on, K=12 and K=3, plus 5-fold kNN accuracy of the latent means. simulated: built-in GalSim "
-        "galaxies with companion fraction 0 and 0.2. sim-suite: six simulated surveys (two the settings were tuned "
+        "galaxies with companion fraction 0 and 0.2. sim-suite: seven simulated surveys (three the settings were tuned "
         "on, four held out: another galaxy population, companions, size, PSF, noise, stretch, pixel scale), each "
         "fitted on 70%% and scored on 30%%. Every run also reports NaNs and empty mixture components. "
         "Re-running with the same settings skips finished seeds.")
@@ -109,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flux-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="gz1: scale each stamp to the same mean grey level, as `astrovader ingest --flux-norm` "
                         "(default: on)")
+    p.add_argument("--tasks", default=None, metavar="NAMES",
+                   help="run only these tasks, comma-separated (e.g. gz1-k3, or sim-sersic-cf30,sim-demo-cf0); "
+                   "default: all of the benchmark's tasks")
     p.add_argument("--colour", action="store_true",
                    help="gz1: keep the three bands (gri) of each cut-out instead of their mean; sets model.channels=3")
     p.add_argument("--all-rows", action="store_true",
