@@ -253,3 +253,16 @@ def test_alignment_run_resumes_exactly_and_fits_its_labels(blob_dataset, tmp_pat
     (tmp_path / "again" / "init_clusters.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="init_clusters.safetensors"):
         train(cfg, blob_dataset, tmp_path / "again", resume=True, progress=False)
+
+
+def test_umap_initialisation_keeps_the_torch_thread_count():
+    pytest.importorskip("umap")
+    from astrovader.gmm_init import umap_embedding
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        emb = umap_embedding(np.random.default_rng(0).normal(size=(120, 4)), 2, 10, seed=0)
+        assert emb.shape == (120, 2) and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -87,10 +87,16 @@ def umap_embedding(z: np.ndarray, n_components: int, neighbours: int, seed: int)
 
     import umap
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state": the price of repeatability
-        return umap.UMAP(n_components=n_components, n_neighbors=min(neighbours, len(z) - 1), min_dist=0.0,
-                         random_state=seed).fit_transform(z)
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state": the price of repeatability
+            return umap.UMAP(n_components=n_components, n_neighbors=min(neighbours, len(z) - 1), min_dist=0.0,
+                             random_state=seed).fit_transform(z)
+    finally:
+        # numba's OpenMP layer resets the process's OpenMP thread count, which is torch's too: without this, a run
+        # asked to use 1 thread trains on all cores after the initialisation, in another floating-point order
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
