@@ -242,7 +242,7 @@ def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):
         assert set(task["methods"]) == {"astrovader", "pca_gmm"}
 
 
-def test_sim_suite_tunes_on_some_surveys_and_reports_the_others(tmp_path: Path):
+def test_sim_suite_tunes_on_some_surveys_and_reports_only_the_named_tasks(tmp_path: Path, capsys):
     pytest.importorskip("galsim")
     from astrovader.benchmark import SIM_SUITE, sim_suite_config
 
@@ -250,27 +250,21 @@ def test_sim_suite_tunes_on_some_surveys_and_reports_the_others(tmp_path: Path):
     assert roles == {"tune", "held-out"} and sum(sv.role == "held-out" for sv in SIM_SUITE) >= 3
     assert sim_suite_config(64).model.image_size == 64 and sim_suite_config(32).model.n_clusters == 3
     out = tmp_path / "suite"
-    assert main(["benchmark", "sim-suite", "--n", "60", "--seeds", "1", "--epochs-scale", "0.03",
-                 "--set", "train.batch_size=32", "--baselines", "pca_gmm", "--out", str(out), "--quiet"]) == 0
+    assert main(["benchmark", "sim-suite", "--tasks", "sim-nonsense", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no task sim-nonsense" in err and "sim-sersic-cf30" in err
+    chosen = [sv for sv in SIM_SUITE if sv.name in ("demo-cf0", "sersic-64px-noisy")]
+    assert {sv.role for sv in chosen} == {"tune", "held-out"}
+    assert main(["benchmark", "sim-suite", "--tasks", ",".join(f"sim-{sv.name}" for sv in chosen), "--n", "60",
+                 "--seeds", "1", "--epochs-scale", "0.03", "--set", "train.batch_size=32", "--baselines", "pca_gmm",
+                 "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["tasks"]) == {f"sim-{sv.name}" for sv in SIM_SUITE}
-    for sv in SIM_SUITE:
+    assert set(summary["tasks"]) == {f"sim-{sv.name}" for sv in chosen}
+    for sv in chosen:
         task = summary["tasks"][f"sim-{sv.name}"]
         assert task["n_classes"] == 3 and task["evaluated_on"].startswith("held-out 18 of 60")
         record = json.loads((out / f"sim-{sv.name}" / "seed0.json").read_text())
         assert record["settings"]["preprocessing"]["role"] == sv.role
         assert record["settings"]["config"]["model"]["image_size"] == sv.size
-
-
-def test_tasks_option_runs_only_the_named_tasks(tmp_path: Path, capsys):
-    pytest.importorskip("galsim")
-    out = tmp_path / "suite"
-    assert main(["benchmark", "sim-suite", "--tasks", "sim-nonsense", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "no task sim-nonsense" in err and "sim-sersic-cf30" in err
-    assert main(["benchmark", "sim-suite", "--tasks", "sim-demo-cf0", "--n", "40", "--seeds", "1",
-                 "--epochs-scale", "0.03", "--set", "train.batch_size=16", "--baselines", "none",
-                 "--out", str(out), "--quiet"]) == 0
-    assert set(json.loads((out / "summary.json").read_text())["tasks"]) == {"sim-demo-cf0"}
-    assert [p.name for p in (out / "cache").iterdir() if p.is_dir() and not p.name.endswith("0.7")] == [
-        "sim-demo-cf0-n40"]  # the other surveys were not simulated
+    simulated = sorted(p.name for p in (out / "cache").iterdir() if p.is_dir() and not p.name.endswith("0.7"))
+    assert simulated == sorted(f"sim-{sv.name}-n60" for sv in chosen)  # the other surveys were not simulated
