@@ -81,7 +81,7 @@ def main() -> int:
     metric_keys = ("accuracy", "nmi", "ari", "purity", "knn_accuracy", "linear_probe", "recon_mse")
     held_out = {m: {key: round(r[key], 4) for key in metric_keys if key in r} for m, r in methods.items()}
     n_images = settings["n_images"]
-    n_test = round(n_images * settings["preprocessing"]["held_out"])
+    n_test = n_images - len(fit_set)  # the held-out galaxies: every one the model was not fitted on
     card = {
         "name": args.name,
         "summary": (f"K = {k} model of 64 px SDSS galaxy stamps (Galaxy Zoo 1), preset {args.preset}; held-out "
