@@ -40,6 +40,9 @@ def main() -> int:
     p.add_argument("seed", type=int)
     p.add_argument("name", help="the pretrained model's name")
     p.add_argument("--preset", required=True, help="the preset the run's settings came from (its stamp recipe)")
+    p.add_argument("--label", action="append", default=[], metavar="C=TEXT",
+                   help="name component C by what its members look like (e.g. 1='pairs: a galaxy and a companion'), "
+                   "ahead of its majority class; repeatable")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args()
 
@@ -74,6 +77,9 @@ def main() -> int:
         components[str(c)] = {"fit_members": int(len(members)),
                               **{f"share_{n}": round(float(v), 3) for n, v in zip(GZ1_CLASS_NAMES, share, strict=True)}}
         names[str(c)] = {"name": f"{GZ1_CLASS_NAMES[top].replace('_', '-')} {share[top]:.0%}" if len(members) else ""}
+    for item in args.label:
+        c, text = item.split("=", 1)
+        names[c]["name"] = f"{text} ({names[c]['name']})" if names[c]["name"] else text
     weights = weights_sha256(dest)
     atomic_write_json(dest / "component_names.json", {"weights": weights, "components": names})
 
