@@ -23,26 +23,25 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=1, padding=k // 2)  # "same" padding for odd kernels
 
 
-class ConvBlock(nn.Module):
-    """(conv, LeakyReLU, conv, LeakyReLU); with ``residual`` the input, projected by a 1x1 conv where the
-    number of channels changes, is added before the second activation (a ResNet basic block, He et al. 2016)."""
+class ResidualBlock(nn.Module):
+    """(conv, LeakyReLU, conv, LeakyReLU) with the input, projected by a 1x1 conv where the number of channels
+    changes, added before the second activation (a ResNet basic block, He et al. 2016)."""
 
-    def __init__(self, cin: int, cout: int, k: int, slope: float, residual: bool = True):
+    def __init__(self, cin: int, cout: int, k: int, slope: float):
         super().__init__()
         self.conv1, self.conv2 = _conv(cin, cout, k), _conv(cout, cout, k)
         self.act = nn.LeakyReLU(slope)
-        self.skip = (nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)) if residual else None
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv2(self.act(self.conv1(x)))
-        return self.act(h if self.skip is None else h + self.skip(x))
+        return self.act(self.conv2(self.act(self.conv1(x))) + self.skip(x))
 
 
 def _block(cin: int, cout: int, k: int, slope: float, residual: bool) -> list[nn.Module]:
     """One (conv, LeakyReLU, conv, LeakyReLU) block: flat layers (the weight names of every model trained
-    before residual blocks existed) or one :class:`ConvBlock`."""
+    before residual blocks existed) or one :class:`ResidualBlock`."""
     if residual:
-        return [ConvBlock(cin, cout, k, slope, residual=True)]
+        return [ResidualBlock(cin, cout, k, slope)]
     return [_conv(cin, cout, k), nn.LeakyReLU(slope), _conv(cout, cout, k), nn.LeakyReLU(slope)]
 
 

@@ -189,10 +189,10 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
         tasks = simulated_tasks(n, cache)
 
     if only:
-        known = [f"sim-{sv.name}" for sv in SIM_SUITE] if name == "sim-suite" else [t.name for t in tasks]
-        unknown = sorted(set(only) - set(known))
+        unknown = sorted(set(only) - {t.name for t in tasks})
         if unknown:
-            raise ValueError(f"--tasks: {name} has no task {', '.join(unknown)}; its tasks: {', '.join(known)}")
+            raise ValueError(f"--tasks: {name} has no task {', '.join(unknown)}; its tasks: "
+                             f"{', '.join(t.name for t in tasks)}")
         tasks = [t for t in tasks if t.name in only]
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
                                "overrides": list(overrides or []), "tasks": {}}

@@ -23,7 +23,7 @@ from astrovader.baselines import (
 )
 from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, is_dataset, write_dataset
-from astrovader.data.simulate import DEFAULT_VARIANT, Variant
+from astrovader.data.simulate import DEFAULT_VARIANT, Variant, simulate
 
 if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
@@ -190,20 +190,24 @@ def gz2_kaggle_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str]
     return [Task("gz2-kaggle-k2", images, labels, cfg, knn=True, dataset=train_set, preprocessing=pre, test=test)]
 
 
-def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
-    from astrovader.data.simulate import simulate
+def _cached_simulation(out: Path, n: int, size: int, seed: int, companion_fraction: float,
+                       variant: Variant = DEFAULT_VARIANT) -> Dataset:
+    """``n`` simulated galaxies in ``out``, drawn once and reused by later runs (a half-written one is redrawn)."""
+    if not (is_dataset(out) and Dataset(out).complete):
+        if out.exists():
+            shutil.rmtree(out)
+        simulate(out, n, size=size, seed=seed, companion_fraction=companion_fraction, workers=1, progress=False,
+                 variant=variant)
+    return Dataset(out)
 
+
+def simulated_tasks(n: int | None, cache: Path) -> list[Task]:
     n = n or 3000
     tasks = []
     for cf in (0.0, 0.2):
-        out = cache / f"simulated-32px-n{n}-cf{cf:g}"
-        if not (is_dataset(out) and Dataset(out).complete):
-            if out.exists():
-                shutil.rmtree(out)
-            simulate(out, n, size=32, seed=0, companion_fraction=cf, workers=1, progress=False)
-        ds = Dataset(out)
+        ds = _cached_simulation(cache / f"simulated-32px-n{n}-cf{cf:g}", n, 32, 0, cf)
         tasks.append(Task(f"simulated-cf{cf:g}", ds.load(), ds.catalog["true_class"].to_numpy(np.int64),
-                          Config.preset("simulated"), knn=True, dataset=out))
+                          Config.preset("simulated"), knn=True, dataset=ds.path))
     return tasks
 
 
@@ -251,24 +255,20 @@ def sim_suite_tasks(n: int | None, cache: Path, held_out: float | None = HELD_OU
                     only: list[str] | None = None) -> list[Task]:
     """The :data:`SIM_SUITE` surveys (``only``: just the tasks named ``sim-<name>``), simulated once into
     ``cache``; each task is fitted on 70% and scored on the other 30% (``held_out``)."""
-    from astrovader.data.simulate import simulate
-
     n = n or 2000
+    names = [f"sim-{sv.name}" for sv in SIM_SUITE]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:  # checked here, before any survey is simulated
+        raise ValueError(f"--tasks: sim-suite has no task {', '.join(unknown)}; its tasks: {', '.join(names)}")
     tasks = []
-    for sv in SIM_SUITE:
-        if only and f"sim-{sv.name}" not in only:
+    for name, sv in zip(names, SIM_SUITE, strict=True):
+        if only and name not in only:
             continue
-        out = cache / f"sim-{sv.name}-n{n}"
-        if not (is_dataset(out) and Dataset(out).complete):
-            if out.exists():
-                shutil.rmtree(out)
-            simulate(out, n, size=sv.size, seed=1, companion_fraction=sv.companion_fraction, workers=1,
-                     progress=False, variant=sv.variant)
-        ds = Dataset(out)
+        ds = _cached_simulation(cache / f"{name}-n{n}", n, sv.size, 1, sv.companion_fraction, sv.variant)
         labels = ds.catalog["true_class"].to_numpy(np.int64)
         images, test, train_set = _held_out(ds, labels, held_out)
         pre = {"variant": sv.variant.describe(), "size": sv.size, "companion_fraction": sv.companion_fraction,
                "role": sv.role, "held_out": held_out or 0}
-        tasks.append(Task(f"sim-{sv.name}", images, labels, sim_suite_config(sv.size), knn=True, dataset=train_set,
+        tasks.append(Task(name, images, labels, sim_suite_config(sv.size), knn=True, dataset=train_set,
                           preprocessing=pre, test=test))
     return tasks

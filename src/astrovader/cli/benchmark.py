@@ -41,7 +41,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise CLIError(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}, all or none")
-    if args.name not in ("simulated", "sim-suite"):
+    if args.name in DATA_FOLDERS:
         if args.data is None:
             raise CLIError(f"{args.name} needs --data DIR: the {DATA_FOLDERS[args.name]} "
                            "folder of the data release (see the README)")

@@ -122,15 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from astrovader import pretrained
-    from astrovader.data.dataset import Dataset
     from astrovader.predict import predict_dataset, read_names
     from astrovader.runs import load_run, provenance
 
     cfg, net, state = load_run(args.run_dir, args.device)
-    pretrained.check_stamps(args.run_dir, Dataset(args.dataset).meta.get("preprocessing") or {}, args.dataset)
-    if args.names is None and pretrained.is_pretrained(args.run_dir):
-        shipped = pretrained.resolve(args.run_dir) / "component_names.json"
-        args.names = shipped if shipped.is_file() else None
+    pretrained.check_stamps(args.run_dir, args.dataset)
+    args.names = args.names or pretrained.names_file(args.run_dir)
     if not args.allow_unfinished:
         state.require_finished(args.run_dir)
     if args.dask:

@@ -143,7 +143,7 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float,
         gal, p = _sersic_family(cls, rng, size_scale * variant.size_factor)
         p = {"position_angle": pa, **p, "flux": p["flux"] * 10**variant.flux_dex}
         return gal.withScaledFlux(10**variant.flux_dex).rotate(pa * galsim.degrees), p
-    if variant != DEFAULT_VARIANT:
+    if variant != DEFAULT_VARIANT:  # the demo's galaxies, resized and rescaled (they draw their own angle)
         gal, p = _galaxy(cls, rng, gs_rng, size_scale * variant.size_factor)
         p["flux"] *= 10**variant.flux_dex
         return gal.withScaledFlux(10**variant.flux_dex), p

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 CARD = "card.json"
+NAMES = "component_names.json"  # as exported by the explorer page, read by `predict --names`
 PREFIX = "pretrained:"  # how provenance records a shipped model instead of a path on one machine
 
 
@@ -56,12 +57,22 @@ def card_of(run_dir: str | Path) -> dict[str, Any] | None:
     return card(path.name) if (path / CARD).is_file() else None
 
 
-def check_stamps(run_dir: str | Path, preprocessing: dict[str, Any], dataset: str | Path) -> None:
+def names_file(run: str | Path) -> Path | None:
+    """The component names shipped with pretrained model ``run`` (None for a run directory or a model without)."""
+    path = resolve(run) / NAMES
+    return path if is_pretrained(run) and path.is_file() else None
+
+
+def check_stamps(run_dir: str | Path, dataset: str | Path) -> None:
     """Refuse a dataset whose stamps were not made with the pretrained model's recipe: a model trained on
-    derotated, flux-normalised 3xR90 stamps gives confident, meaningless components for anything else."""
+    derotated, flux-normalised 3xR90 stamps gives confident, meaningless components for anything else.
+    Nothing is read for a run directory that is not a shipped model."""
     info = card_of(run_dir)
     if info is None:
         return
+    from astrovader.data.dataset import Dataset
+
+    preprocessing = Dataset(dataset).meta.get("preprocessing") or {}
     want = info["stamps"]
     have = {"crop": preprocessing.get("crop"), "colour": bool(preprocessing.get("colour", False)),
             "size": preprocessing.get("size")}
