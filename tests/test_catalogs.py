@@ -234,4 +234,12 @@ def test_ingest_preset_applies_the_presets_stamp_recipe(kaggle_dir: Path, tmp_pa
                      "--workers", "1", "--quiet"]) == 0
     pre = Dataset(tmp_path / "ds").meta["preprocessing"]
     assert (pre["crop"], pre["size"]) == ("3xR90+derotate+flux20", 64)
+    # gz2-64: the paper's Petrosian-scaled frames, centre 192 of 424 px, which on these 424 px images is the
+    # kaggle source's own 192 px crop
+    assert cli_main(["ingest", "--source", "kaggle", str(kaggle_dir), str(tmp_path / "gz2"), "--preset", "gz2-64",
+                     "--workers", "1", "--quiet"]) == 0
+    assert cli_main(["ingest", "--source", "kaggle", str(kaggle_dir), str(tmp_path / "px"), "--crop-px", "192",
+                     "--size", "64", "--workers", "1", "--quiet"]) == 0
+    assert Dataset(tmp_path / "gz2").meta["preprocessing"]["size"] == 64
+    np.testing.assert_array_equal(Dataset(tmp_path / "gz2").load(), Dataset(tmp_path / "px").load())
     assert cli_main(["ingest", str(kaggle_dir), str(tmp_path / "x"), "--preset", "demo", "--quiet"]) == 2

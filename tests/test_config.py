@@ -57,5 +57,6 @@ def test_presets_are_one_registry_listed_by_the_cli(capsys):
     assert (k12.model.image_size, k12.model.n_clusters, k12.model.covariance) == (64, 12, "full")
     assert (k3.model.n_clusters, k3.model.covariance) == (3, "diag")
     assert PRESETS["sdss64-k12"].stamps["crop"] == "3xR90"
+    assert PRESETS["gz2-64"].stamps["crop"] == "192/424" and not PRESETS["gz2-64"].stamps["derotate"]
     with pytest.raises(ConfigError, match="unknown preset"):
         Config.preset("nope")

@@ -83,8 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "images: k-means on pixels, PCA(20)+GMM, the same network as a plain autoencoder + GMM and as a plain "
         "VAE + GMM. mnist: the 10,000 test digits (VaDE published 0.9446). gz1: SDSS galaxies, elliptical / "
         "spiral / edge-on, K=12 and K=3, plus 5-fold kNN accuracy of the latent means. simulated: built-in GalSim "
-        "galaxies with companion fraction 0 and 0.2. sim-suite: seven simulated surveys (three the settings were tuned "
-        "on, four held out: another galaxy population, companions, size, PSF, noise, stretch, pixel scale), each "
+        "galaxies with companion fraction 0 and 0.2. sim-suite: eight simulated surveys (three the settings were tuned "
+        "on, five held out: another galaxy population, companions, size, PSF, noise, stretch, pixel scale), each "
         "fitted on 70%% and scored on 30%%. Every run also reports NaNs and empty mixture components. "
         "Re-running with the same settings skips finished seeds.")
     p.add_argument("name", choices=("mnist", "gz1", "gz2-kaggle", "simulated", "sim-suite"), help="which benchmark")
