@@ -3,9 +3,10 @@
 For each preset, a dataset of random uint8 images of the preset's size is trained with the preset's network, batch
 and loss for a few gamma-training epochs and a few GMM-phase (static) epochs, through ``astrovader.train.train``
 exactly as ``astrovader train`` runs it (checkpoint after every epoch included). The first epoch of each phase is
-a warm-up and is not counted; the cost does not depend on what the images show. The whole-run estimate is the
-preset's number of epochs times the measured epoch time for the given catalogue size (the GMM initialisation and,
-where a preset has one, the UMAP graph are extra and not included).
+a warm-up and the last also holds the GMM initialisation or the re-seeding, so neither is counted; the cost does
+not depend on what the images show. The whole-run estimate is the preset's number of epochs times the measured
+epoch time for the catalogue the preset was measured on (the GMM initialisation and, where a preset has one, the
+UMAP graph are extra and not included).
 
     python benchmarks/preset_cost.py                                  # survey presets on this CPU
     python benchmarks/preset_cost.py --presets paper --n 360          # the 128 px paper model, few images
@@ -37,8 +38,9 @@ REFERENCE_N = {"demo": 2688, "simulated": 1400, "sdss64-k12": 3180, "sdss64-k3":
                "mnist": 10000, "paper": 4663}
 
 
-def epoch_seconds(preset: str, n: int, device: str, epochs: int = 3) -> dict[str, float]:
-    """Median seconds of the gamma-training and of the static epochs after the first of each phase."""
+def epoch_seconds(preset: str, n: int, device: str, epochs: int = 4) -> dict[str, float]:
+    """Median seconds of the gamma-training and of the static epochs, leaving out the first of each phase (warm-up)
+    and the last (which also times the GMM initialisation, or the re-seeding at the end of a period)."""
     full = Config.preset(preset)
     cfg = Config.preset(preset)
     t = cfg.train
@@ -51,8 +53,8 @@ def epoch_seconds(preset: str, n: int, device: str, epochs: int = 3) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         ds = write_dataset(Path(tmp) / "data", images)
         hist = train(cfg, ds.path, Path(tmp) / "run", progress=False).history
-    gamma = [r["seconds"] for r in hist if r["phase"] == "gamma"][1:]
-    static = [r["seconds"] for r in hist if r["phase"] == "static"][1:]
+    gamma = [r["seconds"] for r in hist if r["phase"] == "gamma"][1:-1]
+    static = [r["seconds"] for r in hist if r["phase"] == "static"][1:-1]
     per_epoch = statistics.median(gamma + static)
     return {"gamma": statistics.median(gamma), "static": statistics.median(static),
             "per_1000": 1000 * per_epoch / n, "epochs": full.train.epochs}

@@ -32,11 +32,14 @@ def plan(cuda: bool, quick: bool) -> list[tuple[str, list[str]]]:
         return [("train demo", ["bench_train.py", "--steps", "3", "--n", "512", "--device", "cpu"]),
                 ("predict demo", ["bench_predict.py", "--n", "512", "--batch-size", "256", "--device", "cpu"]),
                 ("generate demo", ["bench_generate.py", "--seconds", "0.2", "--devices", "cpu"]),
-                ("flops demo", ["flops.py", "--steps", "3", "--n", "512", "--device", "cpu"])]
+                ("flops demo", ["flops.py", "--steps", "3", "--n", "512", "--device", "cpu"]),
+                ("preset cost demo", ["preset_cost.py", "--presets", "demo", "--n", "256", "--device", "cpu"])]
     runs = [("train demo (cpu)", ["bench_train.py", "--steps", "20", "--device", "cpu"]),
             ("predict demo (cpu)", ["bench_predict.py", "--n", "8192", "--device", "cpu"]),
             ("generate demo (cpu)", ["bench_generate.py", "--seconds", "1", "--devices", "cpu"]),
-            ("flops demo (cpu)", ["flops.py", "--steps", "20", "--device", "cpu"])]
+            ("flops demo (cpu)", ["flops.py", "--steps", "20", "--device", "cpu"]),
+            ("preset cost (cpu)", ["preset_cost.py", "--presets", "demo,sdss64-k12", "--n", "1024",
+                                   "--device", "cpu"])]
     if cuda:
         runs += [("train demo (cuda)", ["bench_train.py", "--steps", "50", "--device", "cuda"]),
                  ("train paper (cuda)", ["bench_train.py", "--preset", "paper", "--steps", "30", "--n", "8192",
@@ -45,6 +48,8 @@ def plan(cuda: bool, quick: bool) -> list[tuple[str, list[str]]]:
                                            "--device", "cuda"]),
                  ("generate demo 128px (cuda)", ["bench_generate.py", "--size", "128", "--seconds", "2",
                                                  "--devices", "cuda"]),
+                 ("preset cost (cuda)", ["preset_cost.py", "--presets", "simulated,sdss64-k12,gz2-64,paper",
+                                         "--n", "4096", "--device", "cuda"]),
                  ("flops demo+paper (cuda)", ["flops.py", "--presets", "demo,paper", "--steps", "30",
                                               "--n", "8192", "--device", "cuda"])]
     return runs
