@@ -10,7 +10,7 @@ from astrovader.runs import weights_sha256
 
 from .test_faults import pristine  # noqa: F401 - the module's fixture: a dataset and a finished tiny run
 
-KEYS = ("ASTROVER", "DATE", "RUNDIR", "WEIGHTS", "NCOMP", "NLATENT", "COMMAND")
+KEYS = ("ASTROVER", "DATE", "RUNDIR", "WEIGHTS", "NCOMP", "NLATENT", "SEED", "COMMAND")
 
 
 def test_catalogues_and_cubes_name_their_model(pristine, tmp_path):  # noqa: F811

@@ -266,3 +266,40 @@ def test_umap_initialisation_keeps_the_torch_thread_count():
         assert emb.shape == (120, 2) and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_restarts_keep_the_lowest_final_loss_and_resume(blob_dataset, tmp_path):
+    """train.restarts = 2: two ordinary runs (seeds 0 and 1000); the run is the one with the lower last-epoch loss."""
+    import json
+
+    from astrovader.runs import load_config, load_network, provenance
+
+    cfg = tiny_config(**{"train.restarts": 2, "train.periods": 1})
+    res = train(cfg, blob_dataset, tmp_path / "best", progress=False)
+    singles = {s: train(tiny_config(**{"train.seed": s, "train.periods": 1}), blob_dataset, tmp_path / f"s{s}",
+                        progress=False) for s in (0, 1000)}
+    note = json.loads((tmp_path / "best" / "restarts.json").read_text())
+    losses = {c["seed"]: c["final_train_loss"] for c in note["candidates"]}
+    assert losses == {s: r.history[-1]["train_total"] for s, r in singles.items()}  # each candidate is a plain run
+    chosen = min(losses, key=losses.__getitem__)
+    assert note["chosen_seed"] == chosen and losses[1000] != losses[0]
+    kept = load_network(tmp_path / "best", "cpu", allow_unfinished=False)[1].state_dict()
+    for k, v in singles[chosen].net.state_dict().items():
+        torch.testing.assert_close(kept[k], v, rtol=0, atol=0, msg=k)
+    assert load_config(tmp_path / "best").train.restarts == 2 and res.run_dir == tmp_path / "best"
+    for k, v in res.net.state_dict().items():
+        torch.testing.assert_close(v.cpu(), kept[k], rtol=0, atol=0, msg=k)
+    assert provenance(tmp_path / "best", cfg)["SEED"] == str(chosen)  # outputs say which candidate made them
+    assert [h["train_total"] for h in read_history(tmp_path / "best")] == pytest.approx(
+        [h["train_total"] for h in singles[chosen].history], rel=1e-6)
+    # killed inside the second candidate, then resumed: the same choice and weights
+    n = cfg.train.epochs
+    stopped = train(cfg, blob_dataset, tmp_path / "killed", progress=False, stop_after_epoch=n - 3)
+    assert len(stopped.history) < n and (tmp_path / "killed" / "restarts").is_dir()
+    train(cfg, blob_dataset, tmp_path / "killed", progress=False, stop_after_epoch=n - 3, resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, blob_dataset, tmp_path / "killed", progress=False)
+    train(cfg, blob_dataset, tmp_path / "killed", progress=False, resume=True)
+    assert json.loads((tmp_path / "killed" / "restarts.json").read_text()) == {**note}
+    for k, v in load_network(tmp_path / "killed", "cpu")[1].state_dict().items():
+        torch.testing.assert_close(v, kept[k], rtol=0, atol=0, msg=k)

@@ -77,6 +77,7 @@ class TrainConfig:
     augment_shift: float = 0.0  # random shift of each training image by up to +-this many pixels per axis
     validation_fraction: float = 0.0  # used only when the dataset has no `split` column
     seed: int = 0
+    restarts: int = 1  # train this many models (seeds seed, seed + 1000, ...); keep the lowest final loss (train.py)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     bf16: bool = True  # bf16 autocast where the device has fast bf16 (CUDA; CPUs with AVX512-BF16/AMX)
     channels_last: bool = True  # NHWC memory layout (faster convolutions on CUDA and with oneDNN on CPU)
@@ -232,6 +233,7 @@ class Config:
         _need(t.clip_value >= 0, "train.clip_value", "must be >= 0 (0 disables clipping)")
         _need(t.gmm_init in ("fitted", "s3vdc"), "train.gmm_init", "must be 'fitted' or 's3vdc'")
         _need(t.gmm_init_restarts >= 1, "train.gmm_init_restarts", "must be >= 1")
+        _need(t.restarts >= 1, "train.restarts", "must be >= 1")
         _need(t.gmm_init_embedding in ("none", "umap"), "train.gmm_init_embedding", "must be 'none' or 'umap'")
         _need(t.gmm_init_neighbours >= 2, "train.gmm_init_neighbours", "must be >= 2")
         _need(t.align_epochs >= 0, "train.align_epochs", "must be >= 0")

@@ -2,8 +2,9 @@
 
 A run directory holds ``config.toml``, ``model.safetensors`` (network + mixture prior),
 ``checkpoint.safetensors`` (weights, optimiser state, epoch and history; written atomically after every epoch),
-``history.csv`` and, for runs with an alignment phase, ``init_clusters.safetensors``. Weights are safetensors,
-never pickles.
+``history.csv``, for runs with an alignment phase ``init_clusters.safetensors``, and for runs with
+``train.restarts`` > 1 the candidates under ``restarts/`` and ``restarts.json``. Weights are safetensors, never
+pickles.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ HISTORY_FIELDS = ("epoch", "phase", "beta", "kl_weight", "lr", "train_total", "t
                   "train_kl_gmm", "val_total", "val_recon", "val_kl_unit", "val_kl_gmm", "seconds",
                   "reseeded")  # "d<c ...": component d re-seeded by splitting c at the end of that epoch
 DATASET_NOTE = "dataset.txt"  # the absolute path of the dataset the run was trained on
+RESTARTS_DIR = "restarts"  # with train.restarts > 1: one ordinary run per candidate seed, restarts/seed-S
+RESTARTS_NOTE = "restarts.json"  # every candidate's final loss and the seed kept
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -213,13 +216,21 @@ def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> 
            "RUNDIR": f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve()),
            "WEIGHTS": weights_sha256(run_dir),
            "NCOMP": str(cfg.model.n_clusters), "NLATENT": str(cfg.model.latent_dim),
-           "IMGSIZE": str(cfg.model.image_size)}
+           "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(run_dir, cfg))}
     scale = _training_pixel_scale(resolve(run_dir))
     if scale:
         out["PIXSCALE"] = f"{scale:g}"  # arcsec / pixel of the images the model was trained on
     if command:
         out["COMMAND"] = command
     return out
+
+
+def trained_seed(run_dir: str | Path, cfg: Config) -> int:
+    """The ``train.seed`` the weights were trained with: the kept candidate's when the run had restarts."""
+    try:
+        return int(json.loads((resolve(run_dir) / RESTARTS_NOTE).read_text())["chosen_seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return cfg.train.seed
 
 
 def _training_pixel_scale(run_dir: Path) -> float | None:

@@ -19,6 +19,8 @@ uninterrupted one exactly.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from astrovader.config import Config, TrainConfig
-from astrovader.data.dataset import Dataset, is_dataset, open_dataset
+from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.feeding import BatchFeeder, augment, positions, shard_slice, split_indices, to_float
 from astrovader.gmm_init import alignment_set, initialise_gmm, reseed_empty_components
 from astrovader.model import AstroVaDErNet, vade_losses
@@ -42,6 +44,8 @@ from astrovader.runs import (
     DATASET_NOTE,
     HISTORY,
     INIT_CLUSTERS,
+    RESTARTS_DIR,
+    RESTARTS_NOTE,
     WEIGHTS,
     atomic_save_safetensors,
     load_checkpoint,
@@ -124,6 +128,11 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train (or continue training) a model on ``dataset``, writing everything to ``run_dir``.
 
+    With ``train.restarts = R > 1`` it trains R models, from seeds ``seed + 1000 r``, into
+    ``run_dir/restarts/seed-S`` and makes the one with the lowest mean training loss in its last epoch the run
+    (its files are copied into ``run_dir``; ``restarts.json`` lists every candidate's loss). Like k-means'
+    ``n_init``: the loss is the model's own objective, so choosing by it uses no labels.
+
     ``stop_after_epoch`` ends the run early after that epoch, as a kill would (for tests and for
     splitting a long run into sessions); the run can then be resumed. A run directory that already holds a run
     is continued only with ``resume`` (and the same settings) and replaced only with ``overwrite``.
@@ -134,6 +143,9 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     and is broadcast, and only rank 0 writes checkpoints: an N-rank run follows the 1-rank run with the
     same global batch up to floating-point summation order."""
     cfg.validate()
+    if cfg.train.restarts > 1:
+        return _best_of_restarts(cfg, dataset, Path(run_dir), resume=resume, overwrite=overwrite, progress=progress,
+                                 stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end)
     dist_info = distributed_setup()
     ds = open_dataset(dataset)
     m, t = cfg.model, cfg.train
@@ -272,6 +284,46 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     return TrainResult(net, history, run_dir)
 
 
+RESTART_SEED_STEP = 1000  # far from the small seeds a benchmark uses, so restarts of seed s and s + 1 never meet
+
+
+def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path, **kwargs: Any) -> TrainResult:
+    """``train.restarts`` independent runs; the one with the lowest final training loss becomes ``run_dir``.
+    A kill leaves the candidates resumable (``resume`` continues each); a run stopped early returns unselected."""
+    ds = open_dataset(dataset)
+    _check_run_dir(run_dir, ds, kwargs["resume"], kwargs["overwrite"])
+    n_epochs = len(schedule(cfg))
+    best: TrainResult | None = None
+    candidates = []
+    for r in range(cfg.train.restarts):
+        sub = copy.deepcopy(cfg)
+        sub.train.restarts, sub.train.seed = 1, cfg.train.seed + RESTART_SEED_STEP * r
+        if kwargs["progress"]:
+            tqdm.write(f"restart {r + 1} of {cfg.train.restarts}: train.seed = {sub.train.seed}")
+        res = train(sub, ds, run_dir / RESTARTS_DIR / f"seed-{sub.train.seed}", **kwargs)
+        if len(res.history) < n_epochs:
+            return res
+        loss = float(res.history[-1]["train_total"])
+        candidates.append({"seed": sub.train.seed, "final_train_loss": loss,
+                           "run": str(res.run_dir.relative_to(run_dir))})
+        if best is None or loss < float(best.history[-1]["train_total"]):
+            best = res
+    assert best is not None
+    if distributed_setup().is_main:
+        for name in (WEIGHTS, CHECKPOINT, HISTORY, INIT_CLUSTERS, DATASET_NOTE):
+            if (best.run_dir / name).exists():
+                atomic_write_bytes(run_dir / name, (best.run_dir / name).read_bytes())
+        chosen = next(c for c in candidates if best.run_dir == run_dir / c["run"])
+        note = {"criterion": "lowest mean training loss in the last epoch", "chosen_seed": chosen["seed"],
+                "candidates": candidates}
+        atomic_write_bytes(run_dir / RESTARTS_NOTE, (json.dumps(note, indent=2) + "\n").encode())
+        cfg.save(run_dir / CONFIG)
+        if kwargs["progress"]:
+            tqdm.write(f"kept train.seed = {chosen['seed']}: final training loss "
+                       + ", ".join(f"{c['final_train_loss']:.4g} (seed {c['seed']})" for c in candidates))
+    return TrainResult(best.net, best.history, run_dir)
+
+
 # Settings that change where or how fast a run computes, not what it computes: a resumed run may change them.
 RUNTIME_KEYS = ("train.device", "train.bf16", "train.channels_last", "train.compile", "train.max_resident_gb",
                 "train.tensorboard")
@@ -297,7 +349,7 @@ def _check_run_dir(run_dir: Path, ds: Dataset, resume: bool, overwrite: bool) ->
     if not overwrite:
         raise FileExistsError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume to continue it, "
                               "--overwrite to replace it, or choose a new run directory")
-    for name in (CHECKPOINT, WEIGHTS, CONFIG, HISTORY, INIT_CLUSTERS):
+    for name in (CHECKPOINT, WEIGHTS, CONFIG, HISTORY, INIT_CLUSTERS, RESTARTS_NOTE):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -84,7 +84,7 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     Training stops after gamma-training (plus GMM init) and is resumed, which on CPU reproduces an
     uninterrupted run exactly; the extra score shows how much of the final accuracy the initialisation
-    already had, the main question when tuning."""
+    already had, the main question when tuning. With ``train.restarts`` > 1 it is the first candidate's."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     k = cfg.model.n_clusters
