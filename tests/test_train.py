@@ -299,6 +299,10 @@ def test_restarts_keep_the_lowest_final_loss_and_resume(blob_dataset, tmp_path):
     train(cfg, blob_dataset, tmp_path / "killed", progress=False, stop_after_epoch=n - 3, resume=True)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, blob_dataset, tmp_path / "killed", progress=False)
+    assert load_config(tmp_path / "killed") == cfg  # written first: `--resume` alone finds the settings
+    with pytest.raises(ValueError, match="train.restarts"):
+        train(tiny_config(**{"train.restarts": 3, "train.periods": 1}), blob_dataset, tmp_path / "killed",
+              progress=False, resume=True)
     train(cfg, blob_dataset, tmp_path / "killed", progress=False, resume=True)
     assert json.loads((tmp_path / "killed" / "restarts.json").read_text()) == {**note}
     for k, v in load_network(tmp_path / "killed", "cpu")[1].state_dict().items():

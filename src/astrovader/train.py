@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,12 +175,7 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     start = 0
     _check_run_dir(run_dir, ds, resume, overwrite)
     if resume and (run_dir / CHECKPOINT).exists():
-        changed = _changed_settings(load_config(run_dir), cfg)
-        if changed:
-            raise ValueError(f"{run_dir}: cannot resume with settings that differ from the run's {CONFIG} "
-                             f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}): that would be "
-                             f"another run; resume with the run's own config (`--resume` alone) or train into a "
-                             "new run directory")
+        _refuse_changed_settings(run_dir, cfg)
         start, history = load_checkpoint(run_dir, net, opt, device)
         start += 1
         history = history[:start]
@@ -292,6 +288,13 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
     A kill leaves the candidates resumable (``resume`` continues each); a run stopped early returns unselected."""
     ds = open_dataset(dataset)
     _check_run_dir(run_dir, ds, kwargs["resume"], kwargs["overwrite"])
+    if kwargs["resume"] and (run_dir / CONFIG).exists():
+        _refuse_changed_settings(run_dir, cfg)
+    if distributed_setup().is_main:  # first, so that `--resume` alone finds the settings of a killed run
+        if kwargs["overwrite"]:
+            shutil.rmtree(run_dir / RESTARTS_DIR, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
     n_epochs = len(schedule(cfg))
     best: TrainResult | None = None
     candidates = []
@@ -317,7 +320,6 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
         note = {"criterion": "lowest mean training loss in the last epoch", "chosen_seed": chosen["seed"],
                 "candidates": candidates}
         atomic_write_bytes(run_dir / RESTARTS_NOTE, (json.dumps(note, indent=2) + "\n").encode())
-        cfg.save(run_dir / CONFIG)
         if kwargs["progress"]:
             tqdm.write(f"kept train.seed = {chosen['seed']}: final training loss "
                        + ", ".join(f"{c['final_train_loss']:.4g} (seed {c['seed']})" for c in candidates))
@@ -327,6 +329,15 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
 # Settings that change where or how fast a run computes, not what it computes: a resumed run may change them.
 RUNTIME_KEYS = ("train.device", "train.bf16", "train.channels_last", "train.compile", "train.max_resident_gb",
                 "train.tensorboard")
+
+
+def _refuse_changed_settings(run_dir: Path, cfg: Config) -> None:
+    changed = _changed_settings(load_config(run_dir), cfg)
+    if changed:
+        raise ValueError(f"{run_dir}: cannot resume with settings that differ from the run's {CONFIG} "
+                         f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}): that would be "
+                         f"another run; resume with the run's own config (`--resume` alone) or train into a "
+                         "new run directory")
 
 
 def _changed_settings(saved: Config, cfg: Config) -> list[str]:
@@ -341,7 +352,7 @@ def _check_run_dir(run_dir: Path, ds: Dataset, resume: bool, overwrite: bool) ->
     if run_dir.resolve() == Path(ds.path).resolve() or is_dataset(run_dir):
         raise ValueError(f"{run_dir}: is a dataset directory; give training its own run directory")
     held = [name for name in (CHECKPOINT, WEIGHTS, CONFIG) if (run_dir / name).exists()]
-    if not held or (resume and (run_dir / CHECKPOINT).exists()):
+    if not held or (resume and ((run_dir / CHECKPOINT).exists() or (run_dir / RESTARTS_DIR).is_dir())):
         return
     if resume:
         raise FileExistsError(f"{run_dir}: holds {', '.join(held)} but no {CHECKPOINT} to resume from; choose a "
