@@ -202,6 +202,7 @@ def test_make_report_writes_everything(tmp_path_factory):
     assert "test" in banner and "held out from training" in banner and "60 galaxies" in banner
     # metric names in words, what a good value is, the version and the next commands
     assert "normalised mutual information" in text and "1 is perfect" in text and "astrovader 0." in text
+    assert f"trained with train.seed = {metrics['provenance']['SEED']})" in text  # which weights, which seed
     assert "astrovader describe" in text and "astrovader predict" in text
     # every component is described with numbers and a sentence
     desc = pd.read_csv(out / "tables" / "components.csv")
@@ -248,3 +249,9 @@ def test_choose_k_cli(tmp_path_factory, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "consensus K =" in text and "over 2 mini-batches of 60" in text
     assert out.stat().st_size > 1000
+
+
+def test_undefined_metrics_are_said_in_words():
+    from astrovader.analysis.report import _fmt_metric
+
+    assert _fmt_metric(float("nan")).startswith("undefined") and _fmt_metric(0.12345) == "0.1235"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,8 @@ def _log(progress: bool, msg: str) -> None:
 
 
 def _fmt_metric(v: Any) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "undefined (too few components with members)"
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
@@ -431,7 +434,8 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     header = (f'<p class="banner">Galaxies analysed: {html.escape(rows_text)}.</p>'
               f'<p class="note">astrovader {html.escape(prov["ASTROVER"])}, made {html.escape(prov["DATE"])} UTC '
               f'by <code>{html.escape(command or "make_report(...)")}</code>. Run <code>{rd}</code> (weights '
-              f'sha256 {html.escape(prov["WEIGHTS"])}), dataset <code>{dd}</code>. Tables: '
+              f'sha256 {html.escape(prov["WEIGHTS"])}, trained with train.seed = {html.escape(prov["SEED"])}), '
+              f'dataset <code>{dd}</code>. Tables: '
               '<a href="tables/">tables/</a>; predictions: <a href="predictions.parquet">predictions.parquet</a>; '
               '<a href="metrics.json">metrics.json</a>.</p>'
               '<table class="data metrics"><tr><th>measure</th><th>value</th><th>what it means</th></tr>'

@@ -115,8 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         raise CLIError(str(exc)) from None
     last = res.history[-1] if res.history else {}
-    print(f"trained to epoch {last.get('epoch', -1) + 1}/{cfg.train.epochs}; run directory {run_dir} "
-          f"(model.safetensors, history.csv, config.toml)")
+    where = (f"{run_dir} (model.safetensors, history.csv, config.toml)" if res.run_dir == run_dir else
+             f"{run_dir}, candidate {res.run_dir.name} of train.restarts = {cfg.train.restarts}; continue with "
+             f"`astrovader train {args.dataset} {run_dir} --resume`")
+    print(f"trained to epoch {last.get('epoch', -1) + 1}/{cfg.train.epochs}; run directory {where}")
     return 0
 
 
