@@ -4,9 +4,9 @@ For each preset, a dataset of random uint8 images of the preset's size is traine
 and loss for a few gamma-training epochs and a few GMM-phase (static) epochs, through ``astrovader.train.train``
 exactly as ``astrovader train`` runs it (checkpoint after every epoch included). The first epoch of each phase is
 a warm-up and the last also holds the GMM initialisation or the re-seeding, so neither is counted; the cost does
-not depend on what the images show. The whole-run estimate is the preset's number of epochs times the measured
-epoch time for the catalogue the preset was measured on (the GMM initialisation and, where a preset has one, the
-UMAP graph are extra and not included).
+not depend on what the images show. The whole-run estimate is the preset's number of epochs (times its
+``train.restarts``) times the measured epoch time for the catalogue the preset was measured on (the GMM
+initialisation and, where a preset has one, the UMAP graph are extra and not included).
 
     python benchmarks/preset_cost.py                                  # survey presets on this CPU
     python benchmarks/preset_cost.py --presets paper --n 360          # the 128 px paper model, few images
@@ -43,7 +43,8 @@ def epoch_seconds(preset: str, n: int, device: str, epochs: int = 4) -> dict[str
     and the last (which also times the GMM initialisation, or the re-seeding at the end of a period)."""
     cfg = Config.preset(preset)
     t = cfg.train
-    whole_run = t.epochs  # the preset's schedule, before it is cut down to the timed epochs
+    whole_run = t.epochs * t.restarts  # the preset's schedule (every restart), before it is cut down to time it
+    t.restarts = 1
     t.gamma_epochs, t.align_epochs, t.periods, t.anneal_epochs, t.static_epochs = epochs, 0, 1, 0, epochs
     t.gmm_init_embedding, t.validation_fraction, t.device = "none", 0.0, device
     t.gmm_init_batches = max(1, min(t.gmm_init_batches, n // t.batch_size))
