@@ -290,14 +290,15 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
     _check_run_dir(run_dir, ds, kwargs["resume"], kwargs["overwrite"])
     if kwargs["resume"] and (run_dir / CONFIG).exists():
         _refuse_changed_settings(run_dir, cfg)
-    if distributed_setup().is_main:  # first, so that `--resume` alone finds the settings of a killed run
+    is_main = distributed_setup().is_main
+    if is_main:  # first, so that `--resume` alone finds the settings of a killed run
         if kwargs["overwrite"]:
             shutil.rmtree(run_dir / RESTARTS_DIR, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG)
     n_epochs = len(schedule(cfg))
+    candidates: list[dict[str, Any]] = []
     best: TrainResult | None = None
-    candidates = []
     for r in range(cfg.train.restarts):
         sub = copy.deepcopy(cfg)
         sub.train.restarts, sub.train.seed = 1, cfg.train.seed + RESTART_SEED_STEP * r
@@ -307,21 +308,20 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
         if len(res.history) < n_epochs:
             return res
         loss = float(res.history[-1]["train_total"])
+        if not candidates or loss < min(c["final_train_loss"] for c in candidates):
+            best, chosen_seed = res, sub.train.seed
         candidates.append({"seed": sub.train.seed, "final_train_loss": loss,
                            "run": str(res.run_dir.relative_to(run_dir))})
-        if best is None or loss < float(best.history[-1]["train_total"]):
-            best = res
     assert best is not None
-    if distributed_setup().is_main:
+    if is_main:
         for name in (WEIGHTS, CHECKPOINT, HISTORY, INIT_CLUSTERS, DATASET_NOTE):
             if (best.run_dir / name).exists():
                 atomic_write_bytes(run_dir / name, (best.run_dir / name).read_bytes())
-        chosen = next(c for c in candidates if best.run_dir == run_dir / c["run"])
-        note = {"criterion": "lowest mean training loss in the last epoch", "chosen_seed": chosen["seed"],
+        note = {"criterion": "lowest mean training loss in the last epoch", "chosen_seed": chosen_seed,
                 "candidates": candidates}
         atomic_write_bytes(run_dir / RESTARTS_NOTE, (json.dumps(note, indent=2) + "\n").encode())
         if kwargs["progress"]:
-            tqdm.write(f"kept train.seed = {chosen['seed']}: final training loss "
+            tqdm.write(f"kept train.seed = {chosen_seed}: final training loss "
                        + ", ".join(f"{c['final_train_loss']:.4g} (seed {c['seed']})" for c in candidates))
     return TrainResult(best.net, best.history, run_dir)
 
