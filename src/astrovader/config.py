@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from astrovader.data.limits import MAX_STAMP_SIZE
+
 
 class ConfigError(ValueError):
     """An invalid setting: the message names the key and what is allowed."""
@@ -210,6 +212,8 @@ class Config:
         step = 2**blocks
         _need(m.image_size >= step and m.image_size % step == 0, "model.image_size",
               f"must be a positive multiple of {step} (2^blocks for {blocks} pooling blocks), got {m.image_size}")
+        _need(m.image_size <= MAX_STAMP_SIZE, "model.image_size",
+              f"must be at most {MAX_STAMP_SIZE} pixels (stamps are cut-outs), got {m.image_size}")
         _need(m.channels in (1, 3), "model.channels", f"must be 1 (grey) or 3 (colour), got {m.channels}")
         _need(1 <= m.latent_dim <= 1024, "model.latent_dim", f"must be in 1..1024, got {m.latent_dim}")
         _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
+from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import load_network, weights_sha256
@@ -47,7 +48,8 @@ CATALOG_SUFFIXES = (".parquet", ".fits", ".fit", ".fits.gz")
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output name that is not a catalogue, is a directory, or exists (without ``overwrite``)."""
     if not out.name.lower().endswith(CATALOG_SUFFIXES):
-        raise ValueError(f"{out}: a prediction catalogue is .parquet or .fits; name the output accordingly")
+        raise ValueError(f"{out}: a prediction catalogue is .parquet, .fits or .fits.gz; name the output "
+                         "accordingly")
     if out.is_dir():
         raise ValueError(f"{out}: is a directory; give a file name ending in .parquet or .fits")
     if out.exists() and not overwrite:
@@ -75,12 +77,10 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
         metadata = {**(metadata or {}), "CNAMES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     stop = len(ds) if stop is None else min(stop, len(ds))
     ids = ds.ids
-    fits = out.suffix.lower() in (".fits", ".fit", ".fits.gz")
+    fits_suffix = next((s for s in (".fits.gz", ".fits", ".fit") if out.name.lower().endswith(s)), None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A process killed mid-write (e.g. a Dask worker) leaves its temporary file, named by its pid, behind.
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    parquet_path = out.with_name(f".{out.name}.tmp-{os.getpid()}.parquet")
+    remove_stale_temporaries(out)  # left by a killed process (e.g. a Dask worker); a live job's are kept
+    parquet_path = temporary_name(out, ".parquet")
     writer: pq.ParquetWriter | None = None
     try:
         for rows, res in iter_inference(net, ds, start=start, stop=stop, batch_size=batch_size, progress=progress,
@@ -102,16 +102,19 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
         else:
             writer.close()
             writer = None
-        if fits:
+        if fits_suffix:
             from astropy.table import Table
 
-            tmp_fits = out.with_name(f".{out.name}.tmp-{os.getpid()}.fits")
+            tmp_fits = temporary_name(out, fits_suffix)  # astropy compresses a name ending in .gz
             with warnings.catch_warnings():  # string columns (component_name): astropy measures their width itself
                 warnings.filterwarnings("ignore", message="No table::len::")
                 table = Table.read(str(parquet_path), format="parquet")
             table.meta["EXTNAME"] = "PREDICTIONS"
             for key, value in (metadata or {}).items():
-                table.meta[key.upper()[:8]] = value
+                table.meta[key.upper()[:8]] = fits_text(value)
+            for name in table.colnames:
+                if table[name].dtype.kind in "OU":
+                    table[name] = [fits_text(v) for v in table[name]]
             table.write(str(tmp_fits), format="fits", overwrite=True)
             os.replace(tmp_fits, out)
             parquet_path.unlink()
@@ -169,7 +172,16 @@ def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
     """Make ``out_dir`` this job's: continue the same job, refuse another's parts, or clear them on request."""
     job_file = out_dir / JOB
     parts = sorted(out_dir.glob("part-*.parquet")) if out_dir.is_dir() else []
-    old = json.loads(job_file.read_text()) if job_file.is_file() else None
+    old = None
+    if job_file.is_file():
+        try:
+            old = json.loads(job_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{job_file}: unreadable ({' '.join(str(exc).split())}); pass --overwrite to start "
+                             "this folder afresh, or choose a new output directory") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{job_file}: holds a JSON {type(old).__name__}, not the object astrovader writes; pass "
+                             "--overwrite to start this folder afresh, or choose a new output directory")
     if old == job:
         return
     if (parts or old is not None) and not overwrite:
@@ -213,8 +225,9 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
             n_workers = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
             if n_workers < 1:
                 raise ValueError(f"--dask local:N needs N >= 1, got {scheduler!r}")
+            # ":0": distributed still opens an HTTP port when given None (8787, shared by every job on the host)
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=":0", scheduler_kwargs={"dashboard": False})
             client = Client(cluster)
         else:
             cluster, client = None, Client(scheduler)

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
+from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import provenance
@@ -270,7 +271,8 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
 
 def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                     *, progress: bool = True, run_dir: str | Path | None = None) -> Path:
+                     *, progress: bool = True, run_dir: str | Path | None = None,
+                     command: str | None = None) -> Path:
     """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
     then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
     every format holds the same images; rows are stored bottom first, as FITS viewers expect.
@@ -283,7 +285,8 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     spec = _spec(clusters, weights, temperature, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(out)  # a killed earlier run's partial cube
+    tmp = temporary_name(out, ".fits")
     shape = (n, m.image_size, m.image_size) if m.channels == 1 else (n, m.channels, m.image_size, m.image_size)
     header = fits.Header()
     header["SIMPLE"] = True
@@ -295,8 +298,8 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     header["ORIGIN"] = "astrovader generate"
     header["BUNIT"] = ("", "dimensionless: dataset pixel values / 255 (asinh-stretched)")
     header["MODEL"] = (model_fingerprint(net), "hash of the decoder and mixture prior weights")
-    for key, val in (provenance(run_dir, net.cfg) if run_dir else {}).items():
-        header[key] = val
+    for key, val in (provenance(run_dir, net.cfg, command) if run_dir else {}).items():
+        header[key] = fits_text(val)
     for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("DRAW", spec.weights),
                      ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)))):
         header[key] = val
@@ -401,5 +404,11 @@ def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None,
     im = png_grid(images, ncols, gap, scale, labels)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    im.save(out)
+    remove_stale_temporaries(out)
+    tmp = temporary_name(out)  # a kill leaves no 0-byte or half-written PNG under the final name
+    try:
+        im.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

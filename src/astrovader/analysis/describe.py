@@ -283,12 +283,13 @@ def override_flags(table: pd.DataFrame, non_morphological: Sequence[int]) -> pd.
 
 def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """``frame`` as CSV or Parquet (by suffix; Parquet carries ``metadata`` in its schema), written atomically."""
-    from astrovader.data.dataset import atomic_write_bytes, atomic_write_parquet
+    from astrovader.data.dataset import atomic_write_parquet
+    from astrovader.data.outputs import write_csv
 
     if out.suffix.lower() == ".parquet":
         atomic_write_parquet(out, frame, metadata)
     else:
-        atomic_write_bytes(out, frame.to_csv(index=False).encode("utf-8"))
+        write_csv(frame, out)
     return out
 
 

@@ -119,7 +119,7 @@ def plot_traversal(images: np.ndarray, out: str | Path, latents: np.ndarray | No
     for j in range(J):
         for i in range(M):
             show_image(axes[j, i], images[j, i], 0.0, vmax, frame=False)
-        label = f"$z_{{{j}}}$"
+        label = f"z{j}"
         if latents is not None:
             label += f"\n[{latents[:, j].min():.1f}, {latents[:, j].max():.1f}]"
         axes[j, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")

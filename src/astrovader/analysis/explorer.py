@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from astrovader.analysis.describe import (
     pixel_scale_of,
 )
 from astrovader.analysis.figures import cluster_colors
+from astrovader.analysis.page import script_json
 from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
 from astrovader.inference import Predictions, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
@@ -287,7 +287,7 @@ padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;heig
             "<h2>Components</h2><p><button id='export'>Export names as component_names.json</button> "
             "<span class='note'>then <code>astrovader predict RUN DATASET OUT --names component_names.json</code> "
             "adds a component_name column.</span></p>"
-            f"{panels}{script}<script>window.AV = {json.dumps(av)};</script><script>{js}</script></body></html>\n")
+            f"{panels}{script}<script>window.AV = {script_json(av)};</script><script>{js}</script></body></html>\n")
 
 
 def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,

@@ -11,6 +11,7 @@ backend or keeps figures alive.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,11 +65,17 @@ def figure_output(dpi: int = 110, vector: Sequence[str] = ()) -> Iterator[None]:
 def save_figure(fig: Figure, out: str | Path, dpi: int | None = None) -> Path:
     """Write ``fig`` to ``out`` (the format follows the suffix; PNG at the ``figure_output`` dpi unless given)
     and, inside ``figure_output(vector=...)``, a PDF / SVG copy beside it."""
+    from matplotlib.text import Text
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi or _OUTPUT["dpi"], bbox_inches="tight", facecolor="white")
-    for fmt in _OUTPUT["vector"]:
-        fig.savefig(out.with_suffix(f".{fmt}"), bbox_inches="tight", facecolor="white")
+    for text in fig.findobj(Text):  # labels, ids and names are data: "$x$" is drawn as typed, never as TeX
+        text.set_parse_math(False)
+    for path, kwargs in [(out, {"dpi": dpi or _OUTPUT["dpi"]}),
+                         *((out.with_suffix(f".{fmt}"), {}) for fmt in _OUTPUT["vector"])]:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")  # a kill leaves no half-written figure
+        fig.savefig(tmp, bbox_inches="tight", facecolor="white", format=path.suffix[1:] or None, **kwargs)
+        os.replace(tmp, path)
     return out
 
 

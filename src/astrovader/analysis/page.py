@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from astrovader.analysis import figures as F
+from astrovader.data.outputs import write_csv
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
@@ -92,10 +93,21 @@ class Page:
                 f"<h1>{html.escape(title)}</h1>{header}{''.join(toc)}{body}</body></html>\n")
 
 
+def script_json(obj: object) -> str:
+    """``obj`` as JSON that is safe inside an HTML ``<script>`` element: ``<``, ``>`` and ``&`` (which could close
+    the element or open a comment) and the line separators U+2028/9 are written as ``\\u`` escapes, which JSON and
+    JavaScript read back as the same characters."""
+    import json
+
+    text = json.dumps(obj)
+    for ch in ("<", ">", "&", "\u2028", "\u2029"):
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
 def write_table(df: pd.DataFrame, tables: Path, name: str, title: str, png: bool = True) -> tuple[Path, Path | None]:
     """CSV + standalone HTML (+ PNG rendering) of one table."""
-    csv = tables / f"{name}.csv"
-    df.to_csv(csv, index=False)
+    csv = write_csv(df, tables / f"{name}.csv")
     (tables / f"{name}.html").write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h2>{html.escape(title)}</h2>"

@@ -45,6 +45,7 @@ from astrovader.analysis.metrics import (
 )
 from astrovader.analysis.page import Page, write_table
 from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.data.outputs import write_csv
 from astrovader.data.selection import select_rows
 from astrovader.inference import infer, reconstruct
 from astrovader.predict import prediction_table
@@ -205,7 +206,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         for r in desc.table.itertuples()) + "</ul>")
     show = desc.table.drop(columns=["sentence"])
     csv, _ = write_table(desc.table, tables, "components", "Component descriptions", png=False)
-    desc.measurements.to_csv(tables / "component_galaxies.csv", index=False)
+    write_csv(desc.measurements, tables / "component_galaxies.csv")
     page.table(show, "Component descriptions", csv,
                f"Medians over {describe.max_members} random members per component ({describe.n_detailed} for the "
                f"statmorph columns); the core is the most probable {describe.core_fraction:.0%} of the members "
@@ -256,7 +257,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     ov = overlap_matrix(pred.probs, pred.labels)
     ov_df = pd.DataFrame(ov, columns=[f"p_{c}" for c in range(K)])
     ov_df.insert(0, "members_of", list(range(K)))
-    ov_df.to_csv(tables / "overlap.csv", index=False)
+    write_csv(ov_df, tables / "overlap.csv")
     page.section("overlap", "Component overlap (Figure 5)",
                  "Whether the components are distinct or blend into each other. Row c is the mean probability "
                  "vector of the galaxies whose most probable component is c: a diagonal near 1 means confident "
@@ -287,7 +288,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         sec = secondary_labels(pred.probs, nm)
         in_nm = np.isin(sec["primary"].to_numpy(), nm)
         sec_df = pd.concat([catalog[["id"]], sec], axis=1)[in_nm].reset_index(drop=True)
-        sec_df.to_csv(tables / "secondary_labels.csv", index=False)
+        write_csv(sec_df, tables / "secondary_labels.csv")
         cross = pd.crosstab(sec_df["primary"], sec_df["secondary"]).reset_index() if len(sec_df) else \
             pd.DataFrame({"primary": list(nm)})
         cross.columns = [str(c) if i == 0 else f"secondary_{c}" for i, c in enumerate(cross.columns)]
@@ -411,7 +412,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     page.section("next", "Next steps",
                  "Commands that take this analysis further, with this report's run and dataset filled in.")
     rd, dd = html.escape(str(run_dir)), html.escape(str(ds.path))
-    steps = [(f"astrovader describe {rd} {dd} components.csv" + (f" --split {split}" if split else ""),
+    steps = [(f"astrovader describe {rd} {dd} components.csv" + (f" --split {html.escape(split)}" if split else ""),
               "the description table and per-galaxy measurements as CSV, for your own selections"),
              (f"astrovader predict {rd} {dd} predictions.fits", "component probabilities of every galaxy, for "
               "a catalogue cross-match (FITS with provenance keys)"),

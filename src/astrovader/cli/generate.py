@@ -15,7 +15,11 @@ def _format(args: argparse.Namespace) -> str:
     if args.format:
         return args.format
     suffix = Path(args.out).suffix.lower()
-    return {".png": "png", ".fits": "fits", ".fit": "fits"}.get(suffix, "dataset")
+    fmt = {".png": "png", ".fits": "fits", ".fit": "fits", "": "dataset"}.get(suffix)
+    if fmt is None:  # e.g. .fits.gz or .jpg: never silently write something else under that name
+        raise CLIError(f"{args.out}: generate writes .png, .fits or a dataset directory (a name without a suffix), "
+                       f"not {suffix}; rename the output, or pass --format dataset for a directory of that name")
+    return fmt
 
 
 def _clear_output(out: Path, fmt: str, overwrite: bool) -> None:
@@ -63,7 +67,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
         return 0
     if fmt == "fits":
-        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)
+        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir,
+                                        command=args.command_line)
         print(f"wrote {args.n} synthetic galaxies (float32 cube + CATALOG table) to {out}")
         return 0
     out = sampling.generate_to_dataset(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)

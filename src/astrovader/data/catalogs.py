@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from astrovader.data.limits import read_csv_checked
+
 # GZ2 answer number -> short name (Willett et al. 2013, table 2). Kaggle ClassN.M follow the same order.
 GZ2_ANSWERS: dict[int, str] = {
     1: "smooth", 2: "featured", 3: "artifact",
@@ -83,9 +85,9 @@ def _read_table(path: str | os.PathLike, text_columns: tuple[str, ...] = ()) -> 
         frame = pd.read_parquet(path)
         frame.columns = [str(c) for c in frame.columns]
         return frame
-    header = pd.read_csv(path, nrows=0).columns
+    header = read_csv_checked(path, nrows=0).columns
     dtypes = {c: str for c in header if c.lower() in text_columns}
-    return pd.read_csv(path, dtype=dtypes)
+    return read_csv_checked(path, dtype=dtypes)
 
 
 def _to_int64(values: pd.Series, path: Path | str, column: str) -> pd.Series:
@@ -185,7 +187,7 @@ def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
         raise CatalogError(f"{path}: no id column (looked for {', '.join(_ID_ALIASES)})")
     out = raw.rename(columns={id_col: "id"})
     out["id"] = _to_int64(raw[id_col], path, id_col) if raw[id_col].astype(str).str.fullmatch(
-        r"\s*[+-]?\d+\s*").all() else raw[id_col].astype(str)
+        r"\s*[+-]?\d+\s*").all() else raw[id_col].map(lambda v: None if pd.isna(v) else str(v))  # empty stays empty
     petro = _find(out, _PETRO_ALIASES)
     if petro and petro != "petro_r90":
         out = out.rename(columns={petro: "petro_r90"})

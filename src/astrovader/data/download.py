@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.data.dataset import atomic_write_bytes
+from astrovader.data.limits import plain_file_name
 
 # Cut-out services, all taking ra, dec (degrees), scale (arcsec per pixel), width and height (pixels). SkyServer's
 # REST service (DR17) is the current one; the retired DR7 CasJobs service the paper used is kept by name.
@@ -99,9 +100,11 @@ def verify_image(data: bytes, size: int) -> str | None:
         return "empty response body"
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.size != (size, size):
+            if im.size != (size, size):  # the header's size, checked before a single pixel is decoded
                 return f"wrong size: {im.size[0]}x{im.size[1]}, expected {size}x{size}"
+            im.load()
+    except Image.DecompressionBombError as exc:
+        return f"refused as a possible decompression bomb ({exc})"
     except UnidentifiedImageError:
         head = data[:60].decode("ascii", "replace").replace("\n", " ")
         return f"not an image (body starts {head!r})"
@@ -130,10 +133,17 @@ class _RateLimiter:
 
 
 def _fetch_once(url: str, timeout: float, size: int) -> bytes:
+    max_bytes = 64 * 2**10 + 4 * 3 * size * size  # an uncompressed RGB image plus headers: no JPEG is larger
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            data = resp.read()
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+                raise _Permanent(f"response of {int(declared):,} bytes, above the {max_bytes:,} a "
+                                 f"{size}x{size} cut-out can need")
+            data = resp.read(max_bytes + 1)  # never more than a cut-out can be, whatever the server says
+            if len(data) > max_bytes:
+                raise _Permanent(f"response longer than the {max_bytes:,} bytes a {size}x{size} cut-out can need")
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code in (408, 429):
             raise _Retryable(f"HTTP {exc.code} {exc.reason}") from None
@@ -198,7 +208,7 @@ def _load_targets(catalog: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}): ra/dec must be finite and "
                          f"petro_r90 > 0, got ra={frame['ra'].iloc[row]}, dec={frame['dec'].iloc[row]}, "
                          f"petro_r90={frame['petro_r90'].iloc[row]}")
-    if frame["id"].duplicated().any():
+    if frame["id"].dropna().duplicated().any():
         raise ValueError(f"{name}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]} appears more than once")
     return frame
 
@@ -221,7 +231,13 @@ def download_cutouts(catalog: str | os.PathLike | pd.DataFrame, out: str | os.Pa
                                     targets["dec"].astype(float), targets["petro_r90"].astype(float), strict=True):
         url = url_template.format(ra=f"{ra:.6f}", dec=f"{dec:.6f}", scale=f"{scale_factor * r90:.6f}", size=size,
                                   id=obj_id)
-        dest = out / f"{obj_id}.jpg"
+        name = plain_file_name(obj_id)
+        if name is None:  # '../x', 'sub/x', '' would write outside OUT or nowhere: reported, never joined
+            report.results.append(DownloadResult(obj_id, "", "failed", "id is not a plain file name (empty, or "
+                                                 "holds a path separator, '..' or a control character); skipped",
+                                                 0, url))
+            continue
+        dest = out / f"{name}.jpg"
         if dest.is_file() and verify_image(dest.read_bytes(), size) is None:
             report.results.append(DownloadResult(obj_id, dest.name, "ok", "", 0, url, cached=True))
         else:
@@ -255,5 +271,6 @@ def _write_manifest(path: Path, results: list[DownloadResult]) -> None:
     w = csv.writer(buf)
     w.writerow(["id", "file", "status", "reason", "attempts", "url"])
     for r in results:
-        w.writerow([r.id, r.file if r.status == "ok" else "", r.status, r.reason, r.attempts, r.url])
+        w.writerow(["" if pd.isna(r.id) else r.id, r.file if r.status == "ok" else "", r.status, r.reason,
+                    r.attempts, r.url])
     atomic_write_bytes(path, buf.getvalue().encode())

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from astrovader.data.decode import IMAGE_EXTENSIONS
+from astrovader.data.limits import read_csv_checked
 from astrovader.data.stamps import Crop
 
 SOURCES = ("folder", "kaggle", "gz2", "galaxy10")
@@ -111,12 +112,11 @@ def read_labels_csv(path: Path, id_column: str | None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file {path} does not exist")
-    header = pd.read_csv(path, nrows=0).columns
-    text_cols = {c: str for c in header if c in ("file", id_column or "id")}
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, dtype=text_cols, keep_default_na=True)
+    header = read_csv_checked(path, nrows=0).columns
+    text_cols = {c: str for c in header if c in ("file", id_column or "id")}
+    return read_csv_checked(path, dtype=text_cols, keep_default_na=True)
 
 
 def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
