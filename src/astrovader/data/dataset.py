@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from astrovader.data.store import ImageStoreError, check_image_store
+
 FORMAT_NAME = "astrovader-dataset"
 FORMAT_VERSION = 1
 IMAGES = "images.zarr"
@@ -159,85 +161,6 @@ def _check_ids(ids: pd.Series, where: Path) -> None:
                            "unique: fix the catalogue or re-ingest")
 
 
-# The codecs astrovader writes, and the lossless standard ones another zarr writer may have used. Anything else
-# (a pickle- or object-based codec, a filter, a storage transformer) is refused before zarr sees the store, so
-# opening a dataset can never run code named by its metadata.
-SAFE_CODECS_V3 = {"bytes", "zstd", "blosc", "gzip", "crc32c", "transpose", "sharding_indexed"}
-SAFE_COMPRESSORS_V2 = {"zstd", "blosc", "gzip", "zlib", "bz2", "lzma", "lz4"}
-
-
-def _v3_codec_names(codecs: Any) -> list[str]:
-    names = []
-    for codec in codecs if isinstance(codecs, list) else [codecs]:
-        if not isinstance(codec, dict):
-            names.append(repr(codec))
-            continue
-        names.append(str(codec.get("name")))
-        config = codec.get("configuration") or {}
-        if isinstance(config, dict):  # sharding nests its own codec lists
-            for key in ("codecs", "index_codecs"):
-                if key in config:
-                    names += _v3_codec_names(config[key])
-    return names
-
-
-def check_image_store(store: Path):
-    """Validate an image store's metadata before zarr opens it; return its chunk-key function (row chunk -> path).
-
-    Accepts zarr v3 and v2 arrays of uint8 ``(N, C, S, S)`` (C 1 or 3, S at most the stamp limit) whose codecs
-    are all in the allowlists above; refuses anything else with one line naming the file and the problem.
-    """
-    from astrovader.data.limits import MAX_STAMP_SIZE
-
-    v3, v2 = store / "zarr.json", store / ".zarray"
-    meta_path = v3 if v3.is_file() else v2
-    if not meta_path.is_file():
-        raise DatasetError(f"{store}: no zarr.json (zarr v3) or .zarray (zarr v2) metadata; the image store is "
-                           "missing or not a zarr array: restore it or re-create the dataset")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise DatasetError(f"{meta_path}: unreadable zarr metadata ({exc}); restore it or re-create the "
-                           "dataset") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
-    if meta_path == v3:
-        if meta.get("node_type", "array") != "array":
-            raise DatasetError(f"{meta_path}: a zarr {meta.get('node_type')}, not an array")
-        dtype_ok = meta.get("data_type") == "uint8"
-        codecs = _v3_codec_names(meta.get("codecs", []))
-        unsafe = [c for c in codecs if c not in SAFE_CODECS_V3]
-        if meta.get("storage_transformers"):
-            unsafe.append("storage_transformers")
-        enc = meta.get("chunk_key_encoding") or {}
-        sep = str((enc.get("configuration") or {}).get("separator", "/" if enc.get("name", "default") == "default"
-                                                       else "."))
-        prefix = "c" + sep if enc.get("name", "default") == "default" else ""
-    else:
-        dtype_ok = meta.get("dtype") in ("|u1", "u1", "uint8")
-        comp = meta.get("compressor")
-        unsafe = [] if comp is None else [str(comp.get("id")) if isinstance(comp, dict) else repr(comp)]
-        unsafe = [c for c in unsafe if c not in SAFE_COMPRESSORS_V2]
-        unsafe += [str(f.get("id")) if isinstance(f, dict) else repr(f) for f in meta.get("filters") or []]
-        if meta.get("object_codec") is not None:
-            unsafe.append("object_codec")
-        sep, prefix = str(meta.get("dimension_separator") or "."), ""
-    if unsafe:
-        raise DatasetError(f"{meta_path}: names codec(s) {', '.join(sorted(set(unsafe)))}, which astrovader does "
-                           f"not open (allowed: {', '.join(sorted(SAFE_CODECS_V3 | SAFE_COMPRESSORS_V2))}); "
-                           "re-create the dataset with `astrovader ingest`")
-    shape = meta.get("shape")
-    if not dtype_ok or not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape)):
-        raise DatasetError(f"{meta_path}: expected a uint8 array of shape (N, C, H, W), found "
-                           f"{meta.get('data_type', meta.get('dtype'))} {shape}")
-    if shape[1] not in (1, 3) or shape[2] != shape[3] or not 1 <= shape[2] <= MAX_STAMP_SIZE:
-        raise DatasetError(f"{meta_path}: images of {shape[1]} x {shape[2]} x {shape[3]}; astrovader datasets hold "
-                           f"square stamps of 1 or 3 bands and at most {MAX_STAMP_SIZE} px a side")
-    if sep not in ("/", "."):
-        raise DatasetError(f"{meta_path}: chunk key separator {sep!r} is neither '/' nor '.'")
-    return lambda index: Path(prefix + sep.join([str(index), "0", "0", "0"]))
-
-
 def is_dataset(path: str | os.PathLike) -> bool:
     return (Path(path) / META).is_file()
 
@@ -274,7 +197,10 @@ class Dataset:
             raise DatasetError(f"{cat_path}: {missing} but {META} records n={recorded} images; restore "
                                f"{CATALOG} or re-create the dataset")
         _check_ids(self.catalog["id"], cat_path)
-        self._chunk_key = check_image_store(self.path / IMAGES)
+        try:
+            self._chunk_key = check_image_store(self.path / IMAGES)
+        except ImageStoreError as exc:
+            raise DatasetError(str(exc)) from None
         try:
             self.images = zarr.open_array(str(self.path / IMAGES), mode="r")
         except Exception as exc:  # noqa: BLE001  # zarr raises several types for a missing/broken store
