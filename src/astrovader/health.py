@@ -16,8 +16,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from astrovader.data.dataset import IMAGES, META, Dataset, DatasetError, is_dataset
-from astrovader.runs import CHECKPOINT, CONFIG, HISTORY, WEIGHTS, RunError, load_run, read_history
+from astrovader.data.dataset import CATALOG, IMAGES, META, Dataset, DatasetError, is_dataset
+from astrovader.data.fingerprint import IMAGE_IDS, chunk_digest
+from astrovader.runs import (
+    CHECKPOINT,
+    CONFIG,
+    DATASET_NOTE,
+    HISTORY,
+    TRAINING_ROWS,
+    WEIGHTS,
+    RunError,
+    load_run,
+    read_history,
+    training_ids,
+)
 
 
 @dataclass
@@ -57,13 +69,27 @@ def check_dataset(path: str | Path, progress: bool = False) -> Health:
     if meta_geometry != (None, None) and meta_geometry != (ds.channels, ds.image_size):
         health.problems.append(f"{path / META}: records {meta_geometry[0]} x {meta_geometry[1]} px images but "
                                f"{path / IMAGES} holds {ds.channels} x {ds.image_size} px")
+    if ds.realigned:
+        health.problems.append(f"{path / CATALOG}: rows are not in the images' order (the catalogue was re-sorted "
+                               "after writing); astrovader re-aligns them by id when it reads the dataset, but other "
+                               f"tools will not: sort it back into the order of {IMAGE_IDS}")
+    recorded = ds.meta.get("fingerprint") if isinstance(ds.meta.get("fingerprint"), dict) else {}
+    digests = recorded.get("chunks", []) if recorded.get("chunk_rows") == ds.chunk_rows else []
+    if not (path / IMAGE_IDS).is_file():
+        health.summary.append("no row-image fingerprint (a dataset written before astrovader recorded one)")
     n_chunks = -(-len(ds) // ds.chunk_rows)
     bad: list[str] = []
+    ids = ds.catalog["id"].tolist()
     for c in tqdm(range(n_chunks), desc="checking chunks", unit="chunk", disable=not progress):
+        lo, hi = c * ds.chunk_rows, min((c + 1) * ds.chunk_rows, len(ds))
         try:
-            ds.read(c * ds.chunk_rows, (c + 1) * ds.chunk_rows)
+            pixels = ds.read(lo, hi)
         except DatasetError as exc:
             bad.append(str(exc))
+            continue
+        if c < len(digests) and chunk_digest(ids[lo:hi], pixels) != digests[c]:
+            bad.append(f"{ds.chunk_path(c)}: image chunk {c} (rows {lo}..{hi - 1}) does not hold the pixels and ids "
+                       "recorded when it was written (images changed or moved); restore it or re-create the dataset")
     health.problems.extend(bad[:10])
     if len(bad) > 10:
         health.problems.append(f"... and {len(bad) - 10} more damaged chunks")
@@ -95,12 +121,35 @@ def check_run(path: str | Path) -> Health:
         health.problems.append(f"{path / WEIGHTS}: mixture weights do not form a distribution (sum {weights.sum()})")
     if (path / CHECKPOINT).is_file():
         health.problems.extend(_checkpoint_problems(path, cfg.train.epochs, state.epoch))
+    health.problems.extend(_split_problems(path))
     if (path / HISTORY).is_file():
         try:
             health.summary.append(f"{len(read_history(path))} epochs in {HISTORY}")
         except (OSError, ValueError, KeyError) as exc:
             health.problems.append(f"{path / HISTORY}: unreadable ({exc})")
     return health
+
+
+def _split_problems(path: Path) -> list[str]:
+    """The run's recorded training rows against its dataset's current 'train' split: a split rewritten after
+    training makes every later 'held-out' number a number on training galaxies."""
+    trained = training_ids(path)
+    note = path / DATASET_NOTE
+    if trained is None or not note.is_file():
+        return []
+    try:
+        ds = Dataset(note.read_text().strip())
+    except (DatasetError, OSError):
+        return []  # the dataset moved or was removed: nothing to compare with
+    if "split" not in ds.catalog.columns:
+        return []
+    now = set(ds.catalog["id"].to_numpy()[ds.split_indices("train")].tolist())
+    if now == trained:
+        return []
+    leaked = len(trained - now)
+    return [f"{path / TRAINING_ROWS}: the 'split' column of {ds.path} was rewritten after training: {leaked:,} of the "
+            f"{len(trained):,} galaxies the run trained on are no longer in its 'train' split, so its test rows are "
+            "not held out; restore the old split (kept as column split_previous) or train again"]
 
 
 def _checkpoint_problems(path: Path, epochs: int, weights_epoch: int | None) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
+from astrovader.data.locks import exclusive
 from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
@@ -206,7 +207,6 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     so a killed run is finished by running it again. ``_job.json`` records what the parts belong to (the model's
     weights, the dataset and the chunking): a folder holding parts of another job is refused, or emptied with
     ``overwrite``. Worker memory is bounded by the chunk size."""
-    from dask.distributed import Client, LocalCluster, as_completed
 
     ds = open_dataset(dataset)
     out_dir = Path(out_dir)
@@ -214,6 +214,14 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
+    with exclusive(out_dir):  # two jobs on one folder would share and delete each other's parts
+        return _run_dask(run_dir, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite)
+
+
+def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, chunk_rows: int, batch_size: int,
+              device: str, progress: bool, overwrite: bool) -> Path:
+    from dask.distributed import Client, LocalCluster, as_completed
+
     _claim(out_dir, _job(run_dir, ds, chunk_rows), overwrite)
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
+from astrovader.data.fingerprint import TRAINING_ROWS
 from astrovader.model import AstroVaDErNet
 from astrovader.pretrained import PREFIX, is_pretrained, resolve
 from astrovader.runtime import resolve_device
@@ -44,9 +45,14 @@ RESTARTS_NOTE = "restarts.json"  # every candidate's final loss and the seed kep
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); the previous file is "
+                      "intact: free disk space, then resume with --resume") from None
     os.replace(tmp, path)
 
 
@@ -74,6 +80,13 @@ def load_weights(net: AstroVaDErNet, path: Path) -> dict[str, str]:
     if bad:
         raise RunError(f"{path}: tensor {bad[0]!r} holds NaN or infinite values ({len(bad)} tensors in all); "
                        "the file is damaged: restore it or train again")
+    own = net.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # load_state_dict raises on these even with strict=False
+        raise RunError(f"{path}: tensor {wrong[0]!r} has shape {tuple(state[wrong[0]].shape)} but {CONFIG} builds "
+                       f"{tuple(own[wrong[0]].shape)} ({len(wrong)} tensors differ); the weights and {CONFIG} come "
+                       f"from different runs (was {CONFIG} edited, or did two commands write this run?): restore "
+                       f"{CONFIG} or train again")
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RunError(f"{path}: weights do not match the config's architecture "
@@ -242,3 +255,34 @@ def _training_pixel_scale(run_dir: Path) -> float | None:
         return None
     v = meta.get("pixel_scale_arcsec") if isinstance(meta, dict) else None
     return float(v) if isinstance(v, int | float) and v > 0 else None
+
+
+def record_training_rows(run_dir: Path, ids: Any, dataset_ids_digest: str | None) -> None:
+    """Write the ids of the rows a run trains on, with the id fingerprint of its dataset (see
+    :mod:`astrovader.data.fingerprint`), so analyses can tell held-out rows from training rows."""
+    import pandas as pd
+
+    from astrovader.data.dataset import atomic_write_parquet
+
+    atomic_write_parquet(run_dir / TRAINING_ROWS, pd.DataFrame({"id": list(ids)}),
+                         {"dataset_ids_sha256": dataset_ids_digest or ""})
+
+
+def training_ids(run_dir: str | Path) -> set | None:
+    """The ids of the rows the run trained on, or None when the run does not record them (older runs,
+    pretrained models)."""
+    import pandas as pd
+
+    path = resolve(run_dir) / TRAINING_ROWS
+    if not path.is_file():
+        return None
+    try:
+        return set(pd.read_parquet(path)["id"].tolist())
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"{path}: unreadable ({' '.join(str(exc).split())}); restore it or train again") from None
+
+
+def trained_on_rows(run_dir: str | Path, ids: Any) -> int | None:
+    """How many of ``ids`` the run trained on (None when it does not record its training rows)."""
+    trained = training_ids(run_dir)
+    return None if trained is None else sum(1 for i in ids if i in trained)

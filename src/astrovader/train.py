@@ -22,9 +22,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 
 from astrovader.config import Config, TrainConfig
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
+from astrovader.data.locks import exclusive
 from astrovader.feeding import BatchFeeder, augment, positions, shard_slice, split_indices, to_float
 from astrovader.gmm_init import alignment_set, initialise_gmm, reseed_empty_components
 from astrovader.model import AstroVaDErNet, vade_losses
@@ -47,10 +50,12 @@ from astrovader.runs import (
     INIT_CLUSTERS,
     RESTARTS_DIR,
     RESTARTS_NOTE,
+    TRAINING_ROWS,
     WEIGHTS,
     atomic_save_safetensors,
     load_checkpoint,
     load_config,
+    record_training_rows,
     save_checkpoint,
 )
 from astrovader.runtime import (
@@ -142,7 +147,19 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     Every rank draws the same global permutation, flips and reparameterisation noise and uses its slice,
     gradients are averaged with one coalesced all-reduce per step, the GMM initialisation runs on rank 0
     and is broadcast, and only rank 0 writes checkpoints: an N-rank run follows the 1-rank run with the
-    same global batch up to floating-point summation order."""
+    same global batch up to floating-point summation order.
+
+    The run directory is locked for the whole call (:mod:`astrovader.data.locks`): a second ``train`` into it,
+    ``--overwrite`` included, is refused while this one runs."""
+    locked = exclusive(run_dir) if os.environ.get("RANK", "0") == "0" else nullcontext()  # torchrun: rank 0 writes
+    with locked:
+        return _train(cfg, dataset, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                      stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end)
+
+
+def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, resume: bool = False,
+           overwrite: bool = False, progress: bool = True, stop_after_epoch: int | None = None,
+           on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     cfg.validate()
     if cfg.train.restarts > 1:
         return _best_of_restarts(cfg, dataset, Path(run_dir), resume=resume, overwrite=overwrite, progress=progress,
@@ -189,6 +206,9 @@ def train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, re
     train_idx, val_idx = split_indices(ds, t)
     if len(train_idx) < t.batch_size:
         raise ValueError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
+    if dist_info.is_main and (start == 0 or not (run_dir / TRAINING_ROWS).exists()):
+        fingerprint = ds.meta.get("fingerprint") if isinstance(ds.meta.get("fingerprint"), dict) else {}
+        record_training_rows(run_dir, ds.ids[train_idx].tolist(), fingerprint.get("ids"))
     feeder = BatchFeeder(ds, train_idx, device, t.max_resident_gb)
     val_idx = val_idx[dist_info.rank::dist_info.world]
     val_feeder = BatchFeeder(ds, val_idx, device, t.max_resident_gb) if len(val_idx) else None
@@ -314,7 +334,7 @@ def _best_of_restarts(cfg: Config, dataset: str | Path | Dataset, run_dir: Path,
                            "run": str(res.run_dir.relative_to(run_dir))})
     assert best is not None
     if is_main:
-        for name in (WEIGHTS, CHECKPOINT, HISTORY, INIT_CLUSTERS, DATASET_NOTE):
+        for name in (WEIGHTS, CHECKPOINT, HISTORY, INIT_CLUSTERS, DATASET_NOTE, TRAINING_ROWS):
             if (best.run_dir / name).exists():
                 atomic_write_bytes(run_dir / name, (best.run_dir / name).read_bytes())
         note = {"criterion": "lowest mean training loss in the last epoch", "chosen_seed": chosen_seed,
@@ -360,7 +380,7 @@ def _check_run_dir(run_dir: Path, ds: Dataset, resume: bool, overwrite: bool) ->
     if not overwrite:
         raise FileExistsError(f"{run_dir}: already holds a run ({', '.join(held)}); pass --resume to continue it, "
                               "--overwrite to replace it, or choose a new run directory")
-    for name in (CHECKPOINT, WEIGHTS, CONFIG, HISTORY, INIT_CLUSTERS, RESTARTS_NOTE):
+    for name in (CHECKPOINT, WEIGHTS, CONFIG, HISTORY, INIT_CLUSTERS, RESTARTS_NOTE, TRAINING_ROWS):
         (run_dir / name).unlink(missing_ok=True)
 
 

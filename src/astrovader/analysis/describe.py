@@ -23,6 +23,7 @@ other within one dataset, not how they compare with galaxies in general.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +282,18 @@ def override_flags(table: pd.DataFrame, non_morphological: Sequence[int]) -> pd.
     return out
 
 
+def training_overlap(run_dir: str | Path, ids: np.ndarray) -> str:
+    """A warning when some of the analysed galaxies ``ids`` are rows the run trained on (for example after the
+    dataset's split was rewritten), else "". Runs that do not record their training rows give ""."""
+    from astrovader.runs import trained_on_rows
+
+    n = trained_on_rows(run_dir, ids.tolist())
+    if not n:
+        return ""
+    return (f"{n:,} of the {len(ids):,} galaxies analysed were in the run's training rows, so these numbers are "
+            "not held out (was the split rewritten after training? `astrovader check RUN` says)")
+
+
 def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """``frame`` as CSV or Parquet (by suffix; Parquet carries ``metadata`` in its schema), written atomically."""
     from astrovader.data.dataset import atomic_write_parquet
@@ -319,12 +332,17 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
     rows = select_rows(ds, split, max_images, settings.seed)
     if len(rows) == 0:
         raise ValueError("no images selected: the dataset (or the chosen split) is empty")
+    leak = training_overlap(run_dir, ds.ids[rows])
+    if leak:
+        print(f"astrovader describe: WARNING: {leak}", file=sys.stderr)
     pred = infer(net, ds, rows=rows, reconstruct=False, progress=progress)
     desc = describe_components(pred, ds, weights=net.gmm.weights.detach().cpu().numpy(),
                                label_column=label_column, pixel_scale=pixel_scale_of(ds), settings=settings,
                                progress=progress)
     meta = provenance(run_dir, cfg, command)
     meta.update(DATASET=str(ds.path), SPLIT=split or "all", NROWS=str(len(rows)))
+    if leak:
+        meta["TRAINOVL"] = leak
     if names is not None:
         named = read_names(names, cfg.model.n_clusters, meta["WEIGHTS"])
         desc.table.insert(1, "component_name", [named.get(int(c), "") for c in desc.table["component"]])

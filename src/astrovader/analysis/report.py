@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from astrovader.analysis.describe import (
     describe_components,
     detect_label_column,
     pixel_scale_of,
+    training_overlap,
 )
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.metrics import (
@@ -45,7 +47,8 @@ from astrovader.analysis.metrics import (
 )
 from astrovader.analysis.page import Page, write_table
 from astrovader.data.dataset import Dataset, open_dataset
-from astrovader.data.outputs import write_csv
+from astrovader.data.locks import exclusive
+from astrovader.data.outputs import remove_stale_temporaries, swap_in, temporary_name, write_csv
 from astrovader.data.selection import select_rows
 from astrovader.inference import infer, reconstruct
 from astrovader.predict import prediction_table
@@ -104,7 +107,8 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
                 label_column: str | None = None, max_images: int | None = None, progress: bool = True,
                 gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None,
                 allow_unfinished: bool = False, dpi: int = 110, vector: Sequence[str] = (),
-                command: str | None = None, describe: DescribeSettings | None = None) -> Path:
+                command: str | None = None, describe: DescribeSettings | None = None,
+                overwrite: bool = False) -> Path:
     """Write the section-5 analyses of a trained run on ``dataset`` to ``out_dir``; returns report.html.
 
     ``split`` restricts to catalogue rows with that ``split`` value; by default the report uses the ``test``
@@ -112,11 +116,29 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     back to all rows; ``split="all"`` asks for every row. ``max_images`` randomly thins the rows (seeded).
     ``non_morphological`` lists components that group galaxies by something other than their shape; by
     default the components ``describe`` flags. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts. Figures
-    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg")."""
-    with F.figure_output(dpi, vector):
-        return _make_report(Path(run_dir), dataset, Path(out_dir), split, cuts, non_morphological, label_column,
-                            max_images, progress, gz_cuts, seed, device, allow_unfinished, command,
-                            describe or DescribeSettings(seed=seed))
+    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg").
+
+    The report is built in a temporary folder beside ``out_dir`` and swapped in when complete, so a killed report
+    never mixes new files with an old one; a non-empty ``out_dir`` is replaced only with ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: is a file; a report is a folder (report.html, figures/, tables/)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it, or "
+                              "choose another folder")
+    with exclusive(out_dir):
+        remove_stale_temporaries(out_dir)  # the half-built folder of a killed report
+        tmp = temporary_name(out_dir, "")
+        try:
+            with F.figure_output(dpi, vector):
+                _make_report(Path(run_dir), dataset, tmp, split, cuts, non_morphological, label_column,
+                             max_images, progress, gz_cuts, seed, device, allow_unfinished, command,
+                             describe or DescribeSettings(seed=seed), shown_dir=out_dir)
+            swap_in(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _log(progress, f"wrote {out_dir / 'report.html'}")
+    return out_dir / "report.html"
 
 
 def _rows_used(ds: Dataset, split: str | None) -> tuple[str | None, str]:
@@ -138,7 +160,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                  cuts: Sequence[float], non_morphological: Sequence[int] | None, label_column: str | None,
                  max_images: int | None, progress: bool, gz_cuts: dict[str, float] | None, seed: int,
                  device: str | None, allow_unfinished: bool, command: str | None,
-                 describe: DescribeSettings) -> Path:
+                 describe: DescribeSettings, shown_dir: Path) -> Path:
     import pyarrow.parquet as pq
 
     cuts = tuple(float(c) for c in cuts)
@@ -157,6 +179,10 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
 
     split, rows_note = _rows_used(ds, split)
     rows = select_rows(ds, split, max_images, seed)
+    leak = training_overlap(run_dir, ds.ids[rows])
+    if leak:  # the banner must not call training galaxies held out
+        rows_note = f"{rows_note.replace(', held out from training', '')}. WARNING: {leak}"
+        print(f"astrovader report: WARNING: {leak}", file=sys.stderr)
     _log(progress, f"inference on {len(rows):,} images ({rows_note})")
     if len(rows) == 0:
         raise ValueError("no images selected: the dataset (or the chosen split) is empty")
@@ -418,7 +444,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
               "a catalogue cross-match (FITS with provenance keys)"),
              (f"astrovader explore {rd} {dd} figures/", "the exploration figures with other settings, e.g. "
               "--companion C to deblend from another component"),
-             (f"astrovader report {rd} {dd} {html.escape(str(out_dir))} --non-morphological C1,C2",
+             (f"astrovader report {rd} {dd} {html.escape(str(shown_dir))} --overwrite --non-morphological C1,C2",
               "if you judge other components to be grouped by something other than shape"),
              (f"astrovader choose-k {rd} {dd} --sweep", "whether the data support another number of components")]
     if split is None and "split" not in ds.catalog.columns:
@@ -443,5 +469,4 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
               + "".join(metric_row(k, v) for k, v in shown.items()) + "</table>")
     out = out_dir / "report.html"
     out.write_text(page.render(f"AstroVaDEr report: {run_dir.name}", header), encoding="utf-8")
-    _log(progress, f"wrote {out}")
     return out

@@ -62,7 +62,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
                       max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
                       seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished, dpi=args.dpi,
-                      vector=args.vector, command=args.command_line)
+                      vector=args.vector, command=args.command_line, overwrite=args.overwrite)
     print(f"wrote {out} (open it in a browser; figures/ and tables/ beside it)")
     return 0
 
@@ -92,12 +92,16 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
     from astrovader.data.dataset import open_dataset
     from astrovader.data.selection import select_rows
     from astrovader.inference import infer
+    from astrovader.pretrained import resolve
     from astrovader.runs import load_network
 
     if args.repeats < 1 or args.batch < 2 or args.max_components < 1:
         raise CLIError("--repeats must be >= 1, --batch >= 2 and --max-components >= 1")
     if not 0 < args.threshold < 1:
         raise CLIError("--threshold must lie in (0, 1)")
+    out = Path(args.out) if args.out else resolve(args.run_dir) / "choose_k.png"
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out}: already exists; pass --overwrite to replace it, or name another file with --out")
     cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     ds = open_dataset(_dataset_arg(args.run_dir, args.dataset))
     rows = select_rows(ds, args.split, args.max_images, args.seed)
@@ -119,7 +123,6 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
         print(sweep.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         best = sweep.loc[np.nanargmax(sweep["calinski_harabasz"].to_numpy()), "k"]
         print(f"highest Calinski-Harabasz at K = {best}; read together with the silhouette and BIC columns")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "choose_k.png"
     plot_choose_k(res, out, sweep)
     print(f"wrote {out}")
     return 0
@@ -160,6 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="use a run whose training has not finished (default: refuse it)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds files")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_report)
 
@@ -214,6 +218,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="use only catalogue rows with this split value")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N images")
     p.add_argument("--out", default=None, help="figure path (default: RUN_DIR/choose_k.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace the figure if it exists")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--allow-unfinished", action="store_true",

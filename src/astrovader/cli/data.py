@@ -73,7 +73,7 @@ def cmd_split(args: argparse.Namespace) -> int:
             raise CLIError(f"--fractions needs three values (train,validation,test), got {args.fractions!r}")
     counts = apply_split(args.dataset, fractions=fractions, paper_counts=args.paper_counts, id_lists=args.id_lists,
                          seed=args.seed, batch_size=args.batch_size, min_votes=args.min_votes,
-                         votes_column=args.votes_column)
+                         votes_column=args.votes_column, overwrite=args.overwrite)
     print(", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" -> {Path(args.dataset) / 'catalog.parquet'}")
     return 0
 
@@ -147,6 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--id-lists", metavar="DIR", help="folder of *Train*/*Valid*/*Test* .npy id lists (e.g. "
                    "astrovader-splits)")
     s.add_argument("--seed", type=int, default=0, help="random seed for --fractions/--paper-counts (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing, different split column (the old "
+                   "one is kept as split_previous; runs trained on it then fail `astrovader check`)")
     s.add_argument("--batch-size", type=positive_int("--batch-size"), default=100,
                    help="train count is rounded down to a multiple of this (default 100)")
     s.add_argument("--min-votes", type=int, default=None, metavar="N",

@@ -87,6 +87,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# what explore writes into OUT_DIR (PDF/SVG copies are not made here)
+EXPLORE_OUTPUTS = ("gallery.png", "interpolation.png", "interpolation.gif", "interpolation_strip.png", "traversal.png",
+                   "deblending.png", "explorer.html")
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from astrovader.analysis.explore_figures import generation_figures
     from astrovader.explore import latent_summary
@@ -94,6 +99,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     if args.steps < 2 or args.traverse_steps < 2:
         raise CLIError("--steps and --traverse-steps must be >= 2")
+    out_dir = Path(args.out_dir)
+    there = [n for n in EXPLORE_OUTPUTS if (out_dir / n).exists()]
+    if there and not args.overwrite:
+        raise CLIError(f"{out_dir}: already holds {', '.join(there)}; pass --overwrite to replace them, or choose "
+                       "another folder")
     _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     # encoded once: the figures and the explorer page share these predictions
     summary = latent_summary(net, args.dataset, args.predictions, progress=not args.quiet)
@@ -176,6 +186,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="galaxies on the explorer's map; a seeded random sample beyond N (default 20000)")
     p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace figures and explorer.html already in OUT_DIR")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--allow-unfinished", action="store_true",
                    help="use a run whose training has not finished (default: refuse it)")

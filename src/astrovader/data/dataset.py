@@ -27,6 +27,15 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from astrovader.data.fingerprint import (
+    IMAGE_IDS,
+    chunk_digest,
+    describe_mismatch,
+    ids_digest,
+    realign_order,
+    same_ids,
+)
+from astrovader.data.locks import exclusive
 from astrovader.data.store import ImageStoreError, check_image_store
 
 FORMAT_NAME = "astrovader-dataset"
@@ -197,6 +206,7 @@ class Dataset:
             raise DatasetError(f"{cat_path}: {missing} but {META} records n={recorded} images; restore "
                                f"{CATALOG} or re-create the dataset")
         _check_ids(self.catalog["id"], cat_path)
+        self.realigned = self._link_rows_to_images(cat_path)
         try:
             self._chunk_key = check_image_store(self.path / IMAGES)
         except ImageStoreError as exc:
@@ -211,6 +221,31 @@ class Dataset:
         if self.images.shape[0] < len(self.catalog):
             raise DatasetError(f"{self.path}: catalogue lists {len(self.catalog)} images but the image store "
                                f"holds only {self.images.shape[0]}; the dataset is corrupt")
+
+    def _link_rows_to_images(self, cat_path: Path) -> bool:
+        """Compare the catalogue's ids with the ids the images were stored under (``image_ids.parquet``):
+        re-align a re-ordered catalogue (True), refuse any other difference. Datasets written before the
+        file existed are taken as they are."""
+        ids_path = self.path / IMAGE_IDS
+        if not ids_path.is_file():
+            return False
+        try:
+            stored = pd.read_parquet(ids_path)["id"].to_numpy()
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{ids_path}: unreadable ({' '.join(str(exc).split())}); restore it or re-create "
+                               "the dataset") from None
+        ids = self.catalog["id"].to_numpy()
+        if not self.complete:  # a writer is appending: rows beyond the last close are not recorded yet
+            ids = ids[:len(stored)]
+        if same_ids(ids, stored):
+            return False
+        order = realign_order(ids, stored) if self.complete else None
+        if order is None:
+            raise DatasetError(f"{cat_path}: does not match the stored images ({describe_mismatch(ids, stored)}); "
+                               "the catalogue was edited (rows dropped or added, or ids changed): restore it from a "
+                               "backup or re-create the dataset (to add columns, keep every row and its id)")
+        self.catalog = self.catalog.iloc[order].reset_index(drop=True)
+        return True
 
     # geometry -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -315,6 +350,21 @@ class DatasetWriter:
     def __init__(self, path: str | os.PathLike, image_size: int, channels: int, *, append: bool = False,
                  chunk_rows: int = 256, meta: dict[str, Any] | None = None, commit_every: int = 4096):
         self.path = Path(path)
+        self._lock = exclusive(self.path)  # one writer per dataset, held until close
+        self._lock.__enter__()
+        try:
+            self._open(image_size, channels, append, chunk_rows, meta, commit_every)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
+
+    def _open(self, image_size: int, channels: int, append: bool, chunk_rows: int, meta: dict[str, Any] | None,
+              commit_every: int) -> None:
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.commit_every = commit_every
@@ -344,6 +394,7 @@ class DatasetWriter:
             self.meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
             self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})
         self._n_committed = len(self._catalog)
+        self._n_at_open = self._n_committed
         self._next_part = len(list((self.path / CATALOG_PARTS).glob("part-*.parquet")))
         self.meta.update(meta or {})
         self.meta.update(image_size=self.image_size, channels=self.channels, complete=False)
@@ -402,10 +453,26 @@ class DatasetWriter:
         self.commit()
         if (self.path / CATALOG_PARTS).is_dir():
             write_catalog(self.path, read_catalog_file(self.path))  # one consolidation, at the end
+        self._record_fingerprint()
         self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})  # no longer needed in memory
         self.meta["complete"] = complete
         self.meta["n"] = self._n_committed
         atomic_write_json(self.path / META, self.meta)
+        self._release()
+
+    def _record_fingerprint(self) -> None:
+        """``image_ids.parquet`` and the chunk digests in dataset.json (see :mod:`astrovader.data.fingerprint`);
+        chunks the writer did not touch keep their recorded digests."""
+        ids = read_catalog_file(self.path)["id"]
+        atomic_write_parquet(self.path / IMAGE_IDS, pd.DataFrame({"id": ids}))
+        rows = int(self.images.chunks[0])
+        old = self.meta.get("fingerprint", {}) if isinstance(self.meta.get("fingerprint"), dict) else {}
+        digests = list(old.get("chunks", []))[: self._n_at_open // rows]
+        values = ids.tolist()
+        for c in range(len(digests), -(-self._n_committed // rows)):
+            lo, hi = c * rows, min((c + 1) * rows, self._n_committed)
+            digests.append(chunk_digest(values[lo:hi], np.asarray(self.images[lo:hi])))
+        self.meta["fingerprint"] = {"ids": ids_digest(values), "chunks": digests, "chunk_rows": rows}
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -415,7 +482,10 @@ class DatasetWriter:
         if exc_type is None:
             self.close(complete=True)
         else:
-            self.commit()
+            try:
+                self.commit()
+            finally:
+                self._release()
 
 
 def write_dataset(path: str | os.PathLike, images: np.ndarray, catalog: pd.DataFrame | None = None,

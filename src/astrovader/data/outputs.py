@@ -93,3 +93,17 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def swap_in(built: Path, final: Path) -> None:
+    """Replace folder ``final`` by the complete folder ``built`` (same parent): two renames, the old folder
+    removed after. A kill between them leaves the old folder as ``.<name>.old-<pid>`` beside, never a mix."""
+    import shutil
+
+    if not final.exists():
+        os.replace(built, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    os.replace(built, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.data.dataset import Dataset, write_catalog
+from astrovader.data.locks import exclusive
 
 SPLITS = ("train", "validation", "test")
 PAPER_COUNTS = {"train": 159_600, "validation": 5_000, "test": 41_100}
@@ -129,11 +130,19 @@ def split_from_id_lists(ids: np.ndarray, lists: dict[str, np.ndarray]) -> np.nda
 def apply_split(dataset: str | os.PathLike, *, fractions: tuple[float, float, float] | None = None,
                 paper_counts: bool = False, id_lists: str | os.PathLike | None = None, seed: int = 0,
                 batch_size: int = 100, min_votes: int | None = None,
-                votes_column: str | None = None) -> dict[str, int]:
-    """Write the ``split`` column of ``dataset``'s catalogue atomically; returns counts per split value."""
+                votes_column: str | None = None, overwrite: bool = False) -> dict[str, int]:
+    """Write the ``split`` column of ``dataset``'s catalogue atomically; returns counts per split value.
+    A different existing ``split`` column is replaced only with ``overwrite`` and kept as ``split_previous``."""
     if sum(x is not None and x is not False for x in (fractions, paper_counts or None, id_lists)) != 1:
         raise ValueError("choose exactly one of fractions, paper_counts or id_lists")
-    ds = Dataset(dataset)
+    with exclusive(dataset):  # no writer may append while the catalogue is rewritten
+        return _apply_split(Dataset(dataset), fractions, paper_counts, id_lists, seed, batch_size, min_votes,
+                            votes_column, overwrite)
+
+
+def _apply_split(ds: Dataset, fractions: tuple[float, float, float] | None, paper_counts: bool,
+                 id_lists: str | os.PathLike | None, seed: int, batch_size: int, min_votes: int | None,
+                 votes_column: str | None, overwrite: bool) -> dict[str, int]:
     if not ds.complete:
         raise ValueError(f"{ds.path}: dataset is incomplete (an ingest is running or was killed); finish it first")
     cat = ds.catalog.copy()
@@ -150,7 +159,17 @@ def apply_split(dataset: str | os.PathLike, *, fractions: tuple[float, float, fl
         counts = (split_counts_from_fractions(n, fractions, batch_size) if fractions is not None
                   else paper_split_counts(n))
         split[keep] = random_split(ids[keep], counts, seed)
-    cat["split"] = pd.Series(split, dtype=object).astype(str).to_numpy()
+    new = pd.Series(split, dtype=object).astype(str).to_numpy()
+    if "split" in cat.columns:
+        old = cat["split"].astype(str).to_numpy()
+        if (old != new).any():
+            if not overwrite:  # a run trained on the old split would report its training rows as held out
+                raise FileExistsError(
+                    f"{ds.path / 'catalog.parquet'}: already has a 'split' column, and this one differs in "
+                    f"{int((old != new).sum()):,} rows; runs trained on the old split would report training "
+                    "galaxies as held out: pass --overwrite to replace it (the old one is kept as split_previous)")
+            cat["split_previous"] = old
+    cat["split"] = new
     write_catalog(ds.path, cat)
     values, n = np.unique(cat["split"].to_numpy(), return_counts=True)
     order = {k: i for i, k in enumerate((*SPLITS, UNASSIGNED, EXCLUDED))}

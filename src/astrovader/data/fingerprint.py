@@ -1,0 +1,79 @@
+"""The row-image link of a dataset, and the rows a run trained on: fingerprints that make a mismatch loud.
+
+A dataset's catalogue can be edited by hand (re-sorted in pandas, rows dropped, ids changed) and saved back;
+its images cannot follow. So every writer records, beside the images:
+
+- ``image_ids.parquet``: the id of every stored image, in image order. Opening a dataset compares the catalogue's
+  ids with it: a catalogue that is a re-ordering of the same ids is re-aligned to the images by id (and ``check``
+  says so); any other difference (rows dropped or added, ids changed) is refused with the first mismatch named.
+- ``dataset.json`` ``fingerprint``: a SHA-256 of all ids in order (``ids``) and one per image chunk of its ids and
+  pixels (``chunks``), which ``astrovader check`` recomputes, finding pixels that moved or changed.
+
+A run records the dataset's id fingerprint and the ids of the rows it trained on (``training_rows.parquet``), so
+an analysis of "held-out" rows can tell whether they really were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+IMAGE_IDS = "image_ids.parquet"
+TRAINING_ROWS = "training_rows.parquet"
+
+
+def _id_bytes(ids: Iterable[object]) -> bytes:
+    # type-tagged so that the integer 5 and the text "5" differ, as they do when joining on them
+    parts = [(b"i" if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else b"s") + str(v).encode()
+             for v in ids]
+    return b"\0".join(parts)
+
+
+def ids_digest(ids: Iterable[object]) -> str:
+    """SHA-256 of a sequence of ids, in order."""
+    return hashlib.sha256(_id_bytes(ids)).hexdigest()
+
+
+def chunk_digest(ids: Iterable[object], pixels: np.ndarray) -> str:
+    """SHA-256 of one chunk's ids and its uint8 pixels (rows in order)."""
+    h = hashlib.sha256(_id_bytes(ids))
+    h.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def describe_mismatch(catalog_ids: np.ndarray, image_ids: np.ndarray) -> str:
+    """Where a catalogue's ids stop matching the stored images', in words (first differing row)."""
+    n = min(len(catalog_ids), len(image_ids))
+    differ = np.flatnonzero(pd.Series(catalog_ids[:n]).astype(str).to_numpy()
+                            != pd.Series(image_ids[:n]).astype(str).to_numpy())
+    def show(v: object) -> str:
+        return repr(v.item() if isinstance(v, np.generic) else v)
+
+    where = (f"row {differ[0]} has id {show(catalog_ids[differ[0]])} but the image at row {differ[0]} was stored "
+             f"as id {show(image_ids[differ[0]])}" if len(differ) else "")
+    count = (f"{len(catalog_ids):,} catalogue rows for {len(image_ids):,} stored images"
+             if len(catalog_ids) != len(image_ids) else "")
+    return "; ".join(p for p in (count, where) if p)
+
+
+def same_ids(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) == len(b) and ids_digest(a.tolist()) == ids_digest(b.tolist())
+
+
+def realign_order(catalog_ids: np.ndarray, image_ids: np.ndarray) -> np.ndarray | None:
+    """Catalogue row positions in image order when the catalogue holds exactly the stored ids, re-ordered;
+    None when it does not (rows dropped, added or ids changed)."""
+    if len(catalog_ids) != len(image_ids):
+        return None
+    position = pd.Index(pd.Series(catalog_ids).astype(str))
+    if not position.is_unique:
+        return None
+    order = position.get_indexer(pd.Series(image_ids).astype(str))
+    if (order < 0).any():
+        return None
+    if not same_ids(np.asarray(catalog_ids)[order], np.asarray(image_ids)):  # same text, another type (5 vs "5")
+        return None
+    return order
