@@ -29,7 +29,8 @@ def test_interrupted_writer_keeps_committed_rows_and_resumes(tmp_path):
     w = DatasetWriter(tmp_path / "d", 8, 1, commit_every=100)
     for s in range(0, 250, 50):  # 200 committed in two parts, 50 pending
         w.add(x[s:s + 50], [{"id": i} for i in range(s, s + 50)])
-    # a "kill" now: the writer is never closed
+    # a "kill" now: the writer is never closed, and its lock goes with the killed process
+    w._release()
     ds = Dataset(tmp_path / "d")
     assert len(ds) == 200 and not ds.complete
     np.testing.assert_array_equal(ds.load(), x[:200])

@@ -167,7 +167,7 @@ CASES = [
     Case("predict over an existing file", _existing,
          lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "already exists"),
     Case("predict to a .csv name", _none,
-         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.csv")], ".parquet or .fits"),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.csv")], ".parquet, .fits"),
     Case("predict into a directory", lambda w: (w / "outdir.parquet").mkdir(),
          lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "outdir.parquet")], "is a directory"),
     Case("generate fewer into a larger output", _generated8,

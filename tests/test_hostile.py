@@ -245,8 +245,8 @@ def _bombs(root: Path) -> dict[str, Path]:
 # of the command and its ingest workers.
 _MEASURE = """
 import resource, subprocess, sys
-proc = subprocess.run([sys.executable, "-c", "import sys; from astrovader.cli import main; sys.exit(main(sys.argv[1:]))",
-                       *sys.argv[1:]])
+run = "import sys; from astrovader.cli import main; sys.exit(main(sys.argv[1:]))"
+proc = subprocess.run([sys.executable, "-c", run, *sys.argv[1:]])
 print(f"PEAK_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
 sys.exit(proc.returncode)
 """
@@ -325,7 +325,8 @@ def test_describe_csv_neutralises_formula_names(pristine, tmp_path, capsys):  # 
     names = {"weights": None, "components": {"0": {"name": "=cmd|' /C calc'!A0"}}}
     (tmp_path / "names.json").write_text(json.dumps(names))
     assert main(["describe", str(pristine / "run"), str(pristine / "ds"), str(tmp_path / "c.csv"), "--names",
-                 str(tmp_path / "names.json"), "--quiet"]) == 0
+                 str(tmp_path / "names.json"), "--max-images", "90", "--members", "20", "--detailed", "4",
+                 "--quiet"]) == 0
     text = (tmp_path / "c.csv").read_text()
     assert "'=cmd|" in text and ",=cmd" not in text
 
@@ -335,7 +336,8 @@ def test_fits_outputs_escape_non_ascii_paths_and_names(pristine, tmp_path, capsy
 
     run = tmp_path / "runs é α" / "run"
     shutil.copytree(pristine / "run", run)
-    (tmp_path / "names.json").write_text(json.dumps({"components": {str(k): {"name": "spirale à bras α"} for k in range(3)}}))
+    names = {"components": {str(k): {"name": "spirale à bras α"} for k in range(3)}}
+    (tmp_path / "names.json").write_text(json.dumps(names))
     out = tmp_path / "préd.fits"
     assert main(["predict", str(run), str(pristine / "ds"), str(out), "--names", str(tmp_path / "names.json"),
                  "--quiet"]) == 0

@@ -27,14 +27,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from astrovader.data.fingerprint import (
-    IMAGE_IDS,
-    chunk_digest,
-    describe_mismatch,
-    ids_digest,
-    realign_order,
-    same_ids,
-)
+from astrovader.data.fingerprint import IMAGE_IDS, chunk_digest, ids_digest, link_catalog
 from astrovader.data.locks import exclusive
 from astrovader.data.store import ImageStoreError, check_image_store
 
@@ -223,29 +216,13 @@ class Dataset:
                                f"holds only {self.images.shape[0]}; the dataset is corrupt")
 
     def _link_rows_to_images(self, cat_path: Path) -> bool:
-        """Compare the catalogue's ids with the ids the images were stored under (``image_ids.parquet``):
-        re-align a re-ordered catalogue (True), refuse any other difference. Datasets written before the
-        file existed are taken as they are."""
-        ids_path = self.path / IMAGE_IDS
-        if not ids_path.is_file():
-            return False
+        """Re-align a re-ordered catalogue to the stored images (True) or refuse an edited one (see
+        :func:`~astrovader.data.fingerprint.link_catalog`)."""
         try:
-            stored = pd.read_parquet(ids_path)["id"].to_numpy()
-        except (OSError, ValueError, KeyError) as exc:
-            raise DatasetError(f"{ids_path}: unreadable ({' '.join(str(exc).split())}); restore it or re-create "
-                               "the dataset") from None
-        ids = self.catalog["id"].to_numpy()
-        if not self.complete:  # a writer is appending: rows beyond the last close are not recorded yet
-            ids = ids[:len(stored)]
-        if same_ids(ids, stored):
-            return False
-        order = realign_order(ids, stored) if self.complete else None
-        if order is None:
-            raise DatasetError(f"{cat_path}: does not match the stored images ({describe_mismatch(ids, stored)}); "
-                               "the catalogue was edited (rows dropped or added, or ids changed): restore it from a "
-                               "backup or re-create the dataset (to add columns, keep every row and its id)")
-        self.catalog = self.catalog.iloc[order].reset_index(drop=True)
-        return True
+            self.catalog, realigned = link_catalog(self.catalog, self.path / IMAGE_IDS, cat_path, self.complete)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        return realigned
 
     # geometry -----------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -77,3 +78,28 @@ def realign_order(catalog_ids: np.ndarray, image_ids: np.ndarray) -> np.ndarray 
     if not same_ids(np.asarray(catalog_ids)[order], np.asarray(image_ids)):  # same text, another type (5 vs "5")
         return None
     return order
+
+
+def link_catalog(catalog: pd.DataFrame, ids_path: Path, cat_path: Path,
+                 complete: bool) -> tuple[pd.DataFrame, bool]:
+    """``catalog`` checked against the ids its images were stored under (``ids_path``): unchanged, re-aligned to
+    image order when it is a re-ordering of them (second value True), or a ValueError naming the first mismatch.
+    Datasets written before ``image_ids.parquet`` existed are taken as they are."""
+    if not ids_path.is_file():
+        return catalog, False
+    try:
+        stored = pd.read_parquet(ids_path)["id"].to_numpy()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{ids_path}: unreadable ({' '.join(str(exc).split())}); restore it or re-create the "
+                         "dataset") from None
+    ids = catalog["id"].to_numpy()
+    if not complete:  # a writer is appending: rows beyond its last close are not recorded yet
+        ids = ids[:len(stored)]
+    if same_ids(ids, stored):
+        return catalog, False
+    order = realign_order(ids, stored) if complete else None
+    if order is None:
+        raise ValueError(f"{cat_path}: does not match the stored images ({describe_mismatch(ids, stored)}); the "
+                         "catalogue was edited (rows dropped or added, or ids changed): restore it from a backup or "
+                         "re-create the dataset (to add columns, keep every row and its id)")
+    return catalog.iloc[order].reset_index(drop=True), True

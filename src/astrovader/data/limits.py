@@ -56,18 +56,19 @@ def max_table_columns() -> int:
 def check_image_pixels(height: int, width: int, where: str | os.PathLike, bands: int = 1) -> None:
     """Refuse an image whose declared size exceeds the pixel limit, before anything is decoded.
 
-    ``height`` x ``width`` is compared with :func:`max_image_pixels`; ``bands`` (colour planes, FITS cube
-    slices) may be at most 3, as no stamp has more.
+    ``height`` x ``width`` is compared with :func:`max_image_pixels`, and ``height`` x ``width`` x ``bands``
+    (colour planes, FITS cube slices) with three times it, so that a cube of many small planes is bounded too.
+    Whether the number of bands suits a stamp is the reader's question, not this one.
     """
     height, width, bands = int(height), int(width), int(bands)
     if min(height, width, bands) < 0:
         raise InputLimitError(f"{where}: declares a negative image dimension ({height} x {width} x {bands})")
     limit = max_image_pixels()
-    if height * width > limit or bands > 3:
+    if height * width > limit or height * width * bands > 3 * limit:
         planes = f" x {bands:,} bands" if bands != 1 else ""
         raise InputLimitError(
-            f"{where}: declares {width:,} x {height:,} pixels{planes}, above the limit of {limit:,} pixels and 3 "
-            "bands per image; cut a stamp out of it first, or raise ASTROVADER_MAX_PIXELS if you mean it")
+            f"{where}: declares {width:,} x {height:,} pixels{planes}, above the limit of {limit:,} pixels per "
+            "image (3 bands); cut a stamp out of it first, or raise ASTROVADER_MAX_PIXELS if you mean it")
 
 
 def check_stamp_size(size: object, where: str) -> int:
