@@ -125,6 +125,49 @@ def _bad_configs(w: Path) -> None:
     (w / "latin1.toml").write_bytes("[train]\nseed = 1 # caf\xe9\n".encode("latin-1"))
 
 
+def _edit_catalogue(w: Path, how: str) -> None:
+    """A catalogue edited in pandas and saved back, with dataset.json's n 'fixed' to match, as a user would."""
+    cat = pd.read_parquet(w / "ds" / "catalog.parquet")
+    cat = cat.iloc[30:] if how == "truncate" else cat.assign(id=cat["id"] + 1000)
+    cat.to_parquet(w / "ds" / "catalog.parquet", index=False)
+    meta = json.loads((w / "ds" / "dataset.json").read_text())
+    meta["n"] = len(cat)
+    (w / "ds" / "dataset.json").write_text(json.dumps(meta))
+
+
+def _config_edited(w: Path) -> None:
+    cfg = w / "run" / "config.toml"
+    cfg.write_text(cfg.read_text().replace("latent_dim = 4", "latent_dim = 8"))
+
+
+def _users_files(w: Path) -> None:
+    for folder, name in (("rep", "predictions.parquet"), ("fig", "gallery.png"), (".", "k.png")):
+        (w / folder).mkdir(exist_ok=True)
+        (w / folder / name).write_bytes(b"the user's own file")
+
+
+def _split(w: Path) -> None:
+    assert main(["split", str(w / "ds"), "--fractions", "0.8,0.1,0.1", "--batch-size", "10"]) == 0
+
+
+def _job_list(w: Path) -> None:
+    (w / "parts").mkdir()
+    (w / "parts" / "_job.json").write_text("[1, 2, 3]")
+
+
+def _pickle_codec(w: Path) -> None:
+    meta_path = w / "ds" / "images.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"] = [{"name": "bytes"}, {"name": "numcodecs.pickle", "configuration": {"protocol": 4}}]
+    meta_path.write_text(json.dumps(meta))
+
+
+def _cp1252_labels(w: Path) -> None:
+    (w / "imgs").mkdir()
+    Image.new("L", (32, 32), 90).save(w / "imgs" / "a.png")
+    (w / "labels.csv").write_bytes("file,kind\na.png,caf\xe9\n".encode("cp1252"))
+
+
 PRED = ["predict", "{run}", "{ds}", "{out}/p.parquet", "--quiet"]
 TRAIN_SETS = [a for o in TINY for a in ("--set", o)]
 
@@ -188,6 +231,35 @@ CASES = [
     Case("simulate an odd size", _none,
          lambda w: ["simulate", str(w / "sim"), "--n", "10", "--size", "33"], "multiple of 8"),
     Case("demo with no galaxies", _none, lambda w: ["demo", str(w / "demo"), "--n", "0"], "at least"),
+    # data that cannot be silently mismatched
+    Case("catalogue truncated, n fixed", lambda w: _edit_catalogue(w, "truncate"),
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "does not match the stored", "ds"),
+    Case("catalogue ids edited", lambda w: _edit_catalogue(w, "ids"),
+         lambda w: ["report", str(w / "run"), str(w / "ds"), str(w / "rep")], "does not match the stored", "ds"),
+    Case("split rewritten", _split,
+         lambda w: ["split", str(w / "ds"), "--fractions", "0.5,0.1,0.4", "--batch-size", "10"], "--overwrite"),
+    Case("weights do not fit config.toml", _config_edited,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "config.toml", "run"),
+    Case("device gpu", _none,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet"), "--device", "gpu"], "'gpu'"),
+    Case("device cuda:7", _none,
+         lambda w: ["train", str(w / "ds"), str(w / "new"), "--preset", "demo", *TRAIN_SETS, "--device", "cuda:7"],
+         "'cuda:7'"),
+    Case("report into a folder of the user's", _users_files,
+         lambda w: ["report", str(w / "run"), str(w / "ds"), str(w / "rep")], "--overwrite"),
+    Case("explore over the user's figures", _users_files,
+         lambda w: ["explore", str(w / "run"), str(w / "ds"), str(w / "fig")], "gallery.png"),
+    Case("choose-k over the user's figure", _users_files,
+         lambda w: ["choose-k", str(w / "run"), str(w / "ds"), "--out", str(w / "k.png")], "k.png"),
+    Case("dask job file not an object", _job_list,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "parts"), "--dask", "local:1"], "JSON list"),
+    Case("image store names a pickle codec", _pickle_codec,
+         lambda w: ["predict", str(w / "run"), str(w / "ds"), str(w / "p.parquet")], "numcodecs.pickle", "ds"),
+    Case("labels CSV not UTF-8", _cp1252_labels,
+         lambda w: ["ingest", str(w / "imgs"), str(w / "out"), "--labels", str(w / "labels.csv"), "--workers", "1"],
+         "not UTF-8"),
+    Case("generate to an unwritable suffix", _none,
+         lambda w: ["generate", str(w / "run"), str(w / "g.fits.gz"), "--n", "2"], "--format"),
 ]
 
 
