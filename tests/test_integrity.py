@@ -248,7 +248,9 @@ _WORKER = textwrap.dedent("""
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = main(argv)
-        (sync / f"done-{me}-{i}").write_text(json.dumps({"code": code, "err": err.getvalue()}))
+        tmp = sync / f".done-{me}-{i}"
+        tmp.write_text(json.dumps({"code": code, "err": err.getvalue()}))
+        tmp.rename(sync / f"done-{me}-{i}")  # whole when it appears
 """)
 
 
