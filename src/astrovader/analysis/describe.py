@@ -7,14 +7,18 @@ measures (``analysis.morphology``) a seeded random sample of its members and, se
 members it claims most confidently (its most probable 5%, at least 10 and at most 100). Two kinds of
 component are flagged automatically:
 
-* **companions**: at least ``companion_core_min`` of the core (or of all its members) has a second source in the
-  stamp, and at least ``companion_enrichment`` times the share among all measured galaxies. The core is what
-  the component is *about*; on the demo's simulation a component whose core is 97% galaxies with a companion
-  holds only 30% of them among all its members, because it also keeps the morphological class it shares the
-  space with.
+* **companions**: at least ``companion_core_min`` of its members have a second source in the stamp, and at
+  least ``companion_enrichment`` times the share among all measured galaxies. A component whose *core* is pairs
+  but whose members mostly are not is not flagged: its sentence says "its most probable members are pairs". On
+  the demo's simulation the face-on-disc component (87% face-on discs) had a core of 97% pairs, and flagging it
+  by its core dismissed a real class.
 * **orientation**: the elongated members' major axes point one way (mean resultant length of the doubled
   position angles at least ``orientation_min``) while the dataset's do not (at most ``orientation_all_max``).
   Derotated stamps all point one way, so the flag cannot fire on them.
+
+Measurements are made on linear flux where the dataset records its display stretch, and statmorph fits
+PSF-convolved Sersic profiles where it records its PSF (:mod:`astrovader.analysis.morphology`); the table's
+``flux`` attribute says which ("linear" or "stored").
 
 Words in the sentences compare a component's median with the terciles of all measured galaxies ("compact"
 below the lower tercile of R50, "extended" above the upper), so they say how the components differ from each
@@ -32,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis.metrics import gz_vote_classes
-from astrovader.analysis.morphology import DEFAULT, MorphologySettings, measure
+from astrovader.analysis.morphology import DEFAULT, MorphologySettings, measure, psf_image
 from astrovader.data.dataset import Dataset
+from astrovader.data.stretch import PixelStretch
 from astrovader.inference import Predictions
 
 LABEL_COLUMNS = ("true_class", "gz1_label", "label")
@@ -138,9 +143,12 @@ def sentence(row: pd.Series, terciles: dict[str, tuple[float, float]]) -> str:
     text = f"{row['share']:.0%} of the galaxies: " + "; ".join(parts)
     flags = str(row.get("flags", "") or "")
     if FLAG_COMPANIONS in flags:
-        text += (f". {row['companion_fraction_core']:.0%} of its most probable members have a second source in "
-                 f"the stamp ({row['companion_fraction']:.0%} of all members): grouped by companions, probably "
-                 "not morphological")
+        text += (f". {row['companion_fraction']:.0%} of its members have a second source in the stamp "
+                 f"({row['companion_fraction_core']:.0%} of its most probable ones): grouped by companions, "
+                 "probably not morphological")
+    elif row.get("companion_fraction_core", 0) >= 0.5:
+        text += (f". Its most probable members are pairs ({row['companion_fraction_core']:.0%} have a second "
+                 f"source, against {row['companion_fraction']:.0%} of all its members)")
     if FLAG_ORIENTATION in flags:
         text += (f". Its elongated members point one way (coherence {row['orientation_coherence']:.2f}): grouped "
                  "by orientation on the sky, probably not morphological")
@@ -186,6 +194,7 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     lab = label_values(catalog, label_column)
     gz = gz_vote_classes(catalog)
 
+    stretch, psf = PixelStretch.from_meta(dataset.meta), psf_image(dataset.meta)
     picks: list[tuple[int, str, np.ndarray]] = []  # (component, "core" | "sample", local positions)
     for c in range(K):
         members = np.flatnonzero(labels == c)
@@ -204,7 +213,8 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
         order = np.argsort(pred.rows[part], kind="stable")  # the dataset reads rows in order
         imgs = np.empty((len(part), dataset.channels, dataset.image_size, dataset.image_size), np.uint8)
         imgs[order] = dataset.take(pred.rows[part][order])
-        frames.append(measure(imgs, detailed=np.isin(part, detailed_local), settings=morphology))
+        frames.append(measure(imgs, detailed=np.isin(part, detailed_local), settings=morphology, stretch=stretch,
+                              psf=psf))
         bar.update(len(part))
     bar.close()
     meas = pd.concat(frames, ignore_index=True)
@@ -239,8 +249,10 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
         row["orientation_coherence"] = _coherence(smp["position_angle"].to_numpy(), smp["axis_ratio"].to_numpy(),
                                                   settings.elongated_below)
         flags = []
-        # the core says what a component is about; a small component can be companions throughout
-        share = max(row["companion_fraction_core"], row["companion_fraction"]) if len(core) else np.nan
+        # Grouped by companions only when its members, not just its most probable ones, mostly have a second
+        # source: the demo's face-on-disc component (87% face-on discs) put its densest region on pairs, and
+        # flagging it for its core dismissed a real class (the sentence still mentions such a core).
+        share = row["companion_fraction"]
         if share >= settings.companion_core_min and share >= settings.companion_enrichment * companion_all:
             flags.append(FLAG_COMPANIONS)
         if (np.isfinite(row["orientation_coherence"]) and row["orientation_coherence"] >= settings.orientation_min
@@ -263,6 +275,7 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     table = pd.DataFrame(rows)
     table["sentence"] = [sentence(r, terciles) for _, r in table.iterrows()]
     table.attrs.update(label_column=label_column or "", companion_fraction_all=companion_all,
+                       flux="linear" if stretch is not None else "stored",
                        orientation_coherence_all=coherence_all, pixel_scale=pixel_scale or np.nan)
     return Description(table=table, measurements=meas.reset_index(drop=True))
 

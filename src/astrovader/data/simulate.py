@@ -48,6 +48,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, DatasetWriter
+from astrovader.data.stretch import PixelStretch
 
 CLASS_NAMES: tuple[str, ...] = ("elliptical", "face_on_disc", "edge_on_disc")
 PIXEL_SCALE = 0.396  # arcsec / px, SDSS
@@ -55,6 +56,8 @@ REFERENCE_SIZE = 32  # px; angular sizes below are for a 32 px stamp and scale w
 SKY_RANGE = (90.0, 160.0)  # counts / px, sky level drawn per image; Poisson noise sigma = sqrt(sky)
 STRETCH_SOFTENING = 12.0  # counts: the asinh stretch is linear below about this, logarithmic above
 STRETCH_MAX = 2500.0  # counts above sky mapped to 255
+PSF_BETA = (3.0, 4.8)  # Moffat beta range of the PSF drawn per image
+PSF_BETA_MID = 3.9
 SKY_GREY = 0.06  # fraction of 255 where the sky (zero counts above sky) lands: a dark grey, noise both ways
 STRETCH_DOC = (f"uint8 = clip(255 * ({SKY_GREY} + {1 - SKY_GREY:.2f}"
                f" * asinh((counts - sky) / {STRETCH_SOFTENING})"
@@ -99,13 +102,15 @@ class Variant:
 DEFAULT_VARIANT = Variant()
 
 
+def pixel_stretch(variant: Variant = DEFAULT_VARIANT) -> PixelStretch:
+    """The variant's display stretch, as recorded in the dataset (so measurements can invert it)."""
+    return PixelStretch(kind=variant.stretch, zero=SKY_GREY, span=1 - SKY_GREY, softening=variant.softening,
+                        maximum=variant.stretch_max, unit="counts")
+
+
 def _stretch(counts_above_sky: np.ndarray, variant: Variant = DEFAULT_VARIANT) -> np.ndarray:
     """Fixed display stretch (SDSS-JPEG-like asinh by default) to uint8; the same for every image."""
-    if variant.stretch == "linear":
-        v = counts_above_sky / variant.stretch_max
-    else:
-        v = np.arcsinh(counts_above_sky / variant.softening) / np.arcsinh(variant.stretch_max / variant.softening)
-    return np.clip(np.rint((SKY_GREY + (1 - SKY_GREY) * v) * 255), 0, 255).astype(np.uint8)
+    return np.rint(pixel_stretch(variant).forward(counts_above_sky) * 255).astype(np.uint8)
 
 
 def _sersic_family(cls: int, rng: np.random.Generator, size_scale: float) -> tuple[Any, dict[str, Any]]:
@@ -201,7 +206,7 @@ def _draw_one(task: _Task) -> tuple[np.ndarray, dict[str, Any]]:
     size_scale = size / REFERENCE_SIZE  # angular sizes grow with the stamp, so galaxies fill it alike
     gal, p = _galaxy(cls, rng, gs_rng, size_scale, variant)
     fwhm = rng.uniform(*variant.psf_fwhm)
-    beta = rng.uniform(3.0, 4.8)
+    beta = rng.uniform(*PSF_BETA)
     psf = galsim.Moffat(beta=beta, fwhm=fwhm)
     scale = variant.pixel_scale  # arcsec / px
     dx, dy = rng.uniform(-1.0, 1.0, size=2) * scale  # centring jitter of up to one pixel
@@ -328,7 +333,10 @@ def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_f
             "pixel_scale_arcsec": variant.pixel_scale, "reference_size_px": REFERENCE_SIZE,
             "companion_fraction": float(companion_fraction), "class_names": list(CLASS_NAMES),
             "class_fractions": None if class_fractions is None else [float(f) for f in class_fractions],
-            "stretch": STRETCH_DOC if variant == DEFAULT_VARIANT else variant.stretch}
+            "stretch": STRETCH_DOC if variant == DEFAULT_VARIANT else variant.stretch,
+            "pixel_stretch": pixel_stretch(variant).as_meta(),
+            # the typical PSF of these stamps (each draws its own FWHM and beta from these ranges)
+            "psf": {"kind": "moffat", "fwhm_arcsec": float(np.mean(variant.psf_fwhm)), "beta": PSF_BETA_MID}}
     if variant != DEFAULT_VARIANT:
         meta["variant"] = variant.describe()
     with DatasetWriter(out, size, 1, meta=meta, commit_every=8192) as writer:
