@@ -44,7 +44,10 @@ def test_morphology_measures_size_shape_and_companions():
     assert m.loc[0, "r90"] > m.loc[0, "r50"] * 1.5
     assert m.loc[0, "axis_ratio"] > 0.85 and m.loc[1, "axis_ratio"] == pytest.approx(0.4, abs=0.1)
     assert list(m["has_companion"]) == [False, False, True, False]  # knots inside a disc are not companions
-    assert m.loc[2, "companion_x"] == pytest.approx(25, abs=1) and m.loc[2, "companion_y"] == pytest.approx(6, abs=1)
+    # offsets from the centre (15.5, 15.5), x right and y up: the companion at row 6, column 25 is up and right
+    assert m.loc[2, "companion_x"] == pytest.approx(9.5, abs=1) and m.loc[2, "companion_y"] == pytest.approx(9.5, abs=1)
+    # the elongated galaxy is turned 30 degrees from +x towards +row, i.e. clockwise as shown: 150 anticlockwise
+    assert m.loc[1, "position_angle"] == pytest.approx(150, abs=4)
     assert m[["concentration", "gini", "m20", "asymmetry"]].notna().all().all()
     assert (m["statmorph_flag"] <= 1).all()
     # the strict test used to pick companion-free galaxies agrees here; the mask covers the companion only
@@ -176,3 +179,31 @@ def test_estimator_follows_scikit_learn(tmp_path_factory):
     with pytest.raises(AttributeError, match="not fitted"):
         _ = fresh.weights_
     assert isinstance(Config.preset("demo"), Config)
+
+
+def test_measurements_on_linear_flux_match_the_simulators_truth(tmp_path):
+    """Sizes, profiles, shapes, angles and companion offsets against the simulator's catalogue (demo galaxies):
+    the stretch recorded in dataset.json is inverted and the recorded PSF is given to the Sersic fit."""
+    from astrovader.analysis.morphology import psf_image
+    from astrovader.data.simulate import simulate
+    from astrovader.data.stretch import PixelStretch
+
+    ds = simulate(tmp_path / "sim", n=240, size=32, seed=3, companion_fraction=0.2, progress=False)
+    cat = ds.catalog
+    detailed = np.zeros(len(cat), bool)
+    for name in cat["class_name"].unique():
+        detailed[np.flatnonzero(cat["class_name"].to_numpy() == name)[:20]] = True
+    m = pd.concat([cat, measure(ds.load(), detailed=detailed, stretch=PixelStretch.from_meta(ds.meta),
+                                psf=psf_image(ds.meta)).add_prefix("m_")], axis=1)
+    by = {name: g for name, g in m.groupby("class_name")}
+    assert by["elliptical"]["m_sersic_n"].median() > 2
+    assert by["face_on_disc"]["m_sersic_n"].median() < 2 and by["edge_on_disc"]["m_sersic_n"].median() < 2
+    assert by["edge_on_disc"]["m_axis_ratio"].median() < 0.4 < by["elliptical"]["m_axis_ratio"].median()
+    assert by["elliptical"]["m_r50"].median() < by["face_on_disc"]["m_r50"].median()
+    elongated = m[m["axis_ratio"] < 0.6]
+    diff = np.abs((elongated["m_position_angle"] - elongated["position_angle"] + 90) % 180 - 90)
+    assert len(elongated) > 50 and diff.median() < 15  # anticlockwise as shown, as the catalogue's
+    pairs = m[m["has_companion"] & m["m_has_companion"]]
+    assert len(pairs) > 20  # offsets from the centre with y up, as the catalogue's
+    assert (pairs["m_companion_x"] - pairs["companion_x"]).abs().median() < 1
+    assert (pairs["m_companion_y"] - pairs["companion_y"]).abs().median() < 1

@@ -205,3 +205,15 @@ def gz_vote_classes(catalog: pd.DataFrame, cuts: dict[str, float] | None = None)
         out["edge_on"] = ft & (e > c["edge_on"])
         out["not_edge_on"] = ft & ~(e > c["edge_on"])
     return out
+
+
+def sky_noise_variance(images: np.ndarray) -> float:
+    """Median over ``images`` (uint8 (N, C, H, W)) of the sigma-clipped variance of their 2-pixel border, in stored
+    units / 255: the part of every pixel that no reconstruction can predict, the floor of the reconstruction MSE."""
+    from astropy.stats import sigma_clipped_stats
+
+    imgs = np.asarray(images, np.float64).mean(1) / 255.0
+    n = len(imgs)
+    border = np.concatenate([imgs[:, :2].reshape(n, -1), imgs[:, -2:].reshape(n, -1),
+                             imgs[:, 2:-2, :2].reshape(n, -1), imgs[:, 2:-2, -2:].reshape(n, -1)], 1)
+    return float(np.median([sigma_clipped_stats(b, sigma=3.0)[2] ** 2 for b in border])) if n else float("nan")

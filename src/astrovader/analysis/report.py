@@ -44,12 +44,15 @@ from astrovader.analysis.metrics import (
     overlap_matrix,
     secondary_labels,
     simplified_silhouette_samples,
+    sky_noise_variance,
 )
+from astrovader.analysis.morphology import companions_in
 from astrovader.analysis.page import Page, write_table
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.data.outputs import remove_stale_temporaries, swap_in, temporary_name, write_csv
 from astrovader.data.selection import select_rows
+from astrovader.data.stretch import PixelStretch
 from astrovader.inference import infer, reconstruct
 from astrovader.predict import prediction_table
 from astrovader.runs import CONFIG, HISTORY, load_network, provenance, read_history
@@ -78,8 +81,13 @@ METRIC_WORDS: dict[str, tuple[str, str]] = {
     "n_components": ("mixture components K", ""),
     "latent_dim": ("latent dimensions J", ""),
     "mean_recon_mse": ("mean reconstruction error", "mean squared difference per pixel between input and "
-                       "reconstruction, pixels scaled to [0, 1]; lower is better, ~1e-3 is a close but blurred copy"),
+                       "reconstruction, pixels scaled to [0, 1]; read it against the sky-noise variance below"),
     "median_recon_mse": ("median reconstruction error", "as above, less sensitive to a few bad images"),
+    "sky_noise_variance": ("sky-noise variance", "variance of the stamps' border pixels (sigma-clipped), pixels "
+                           "scaled to [0, 1]: what no model can reproduce, the floor of the reconstruction error"),
+    "recon_mse_over_noise": ("reconstruction error / sky noise", "mean reconstruction error over the sky-noise "
+                             "variance: ~1 is at the noise floor (only noise is missed), well above 1 means galaxy "
+                             "structure is missed"),
     "simplified_silhouette": ("simplified silhouette", "separation of the components in latent space, from -1 to "
                               "1; above 0.25 the components are distinct, near 0 they touch"),
     "calinski_harabasz": ("Calinski-Harabasz index", "between- over within-component spread of the latent means; "
@@ -208,6 +216,10 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                                "rows": rows_text, "n_objects": int(len(rows)), "n_components": K, "latent_dim": J,
                                "mean_recon_mse": float(pred.recon_mse.mean()),
                                "median_recon_mse": float(np.median(pred.recon_mse))}
+    metrics["sky_noise_variance"] = sky_noise_variance(ds.take(np.sort(rng.choice(rows, min(500, len(rows)),
+                                                                                  replace=False))))
+    metrics["recon_mse_over_noise"] = metrics["mean_recon_mse"] / metrics["sky_noise_variance"] \
+        if metrics["sky_noise_variance"] > 0 else float("nan")
     stretch = ds.meta.get("stretch") or (ds.meta.get("preprocessing") or {}).get("stretch")
     stretch_text = (f"the dataset's stretch ({html.escape(str(stretch))})" if stretch else
                     "the stretch of the images as ingested, for SDSS JPEGs the survey's asinh colour stretch")
@@ -257,7 +269,9 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         caps = [f"MSE {pred.recon_mse[i]:.2e}\ncomp. {pred.labels[i]}" for i in local]
         page.figure(F.plot_reconstructions(x, r, figs / f"{name}.png", title, caps), title)
     page.raw(f"<p>Mean reconstruction MSE {metrics['mean_recon_mse']:.4g}, median "
-             f"{metrics['median_recon_mse']:.4g} (pixels scaled to [0, 1]).</p>")
+             f"{metrics['median_recon_mse']:.4g} (pixels scaled to [0, 1]), {metrics['recon_mse_over_noise']:.2f} "
+             f"times the sky-noise variance of the stamps' borders ({metrics['sky_noise_variance']:.3g}): 1 is the "
+             "noise floor, where only the noise is missed.</p>")
 
     # 2. cluster statistics -------------------------------------------------------------------------
     _log(progress, "component statistics")
@@ -313,6 +327,16 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     if nm and len(nm) < K:
         sec = secondary_labels(pred.probs, nm)
         in_nm = np.isin(sec["primary"].to_numpy(), nm)
+        kept_note = ""
+        if non_morphological is None and desc.companion_components:
+            # a galaxy of a companion-grouped component is given another label only if its own stamp has a
+            # second source: the others are what the component holds besides pairs, and keep it
+            cand = np.flatnonzero(np.isin(pred.labels, desc.companion_components))
+            paired = companions_in(ds.take(pred.rows[cand]), stretch=PixelStretch.from_meta(ds.meta))
+            in_nm[cand[~paired]] = False
+            kept_note = (f" Of the {len(cand):,} members of companion-grouped components, the {int(paired.sum()):,} "
+                         "with a second source detected in their stamp are relabelled; the others keep their "
+                         "component.")
         sec_df = pd.concat([catalog[["id"]], sec], axis=1)[in_nm].reset_index(drop=True)
         write_csv(sec_df, tables / "secondary_labels.csv")
         cross = pd.crosstab(sec_df["primary"], sec_df["secondary"]).reset_index() if len(sec_df) else \
@@ -321,11 +345,11 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         csv, _ = write_table(cross, tables, "secondary_counts", "Secondary morphological labels", png=False)
         page.table(cross, "Secondary morphological labels", csv,
                    f"Galaxies in non-morphological components {list(nm)} counted by their most probable "
-                   "remaining component (probabilities renormalised over the others). Per-galaxy labels: "
-                   "tables/secondary_labels.csv.")
+                   "remaining component (probabilities renormalised over the others)." + kept_note
+                   + " Per-galaxy labels: tables/secondary_labels.csv.")
         groups = []
         for c in nm:
-            sel = np.flatnonzero(sec["primary"].to_numpy() == c)
+            sel = np.flatnonzero((sec["primary"].to_numpy() == c) & in_nm)
             for s, cnt in pd.Series(sec["secondary"].to_numpy()[sel]).value_counts().items():
                 pick = sel[sec["secondary"].to_numpy()[sel] == s]
                 pick = pick[np.argsort(-sec["secondary_prob"].to_numpy()[pick])][:N_MEMBERS]
