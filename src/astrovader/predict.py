@@ -20,7 +20,7 @@ from astrovader.data.locks import exclusive
 from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import load_network, weights_sha256
+from astrovader.runs import fits_cards, load_network, weights_sha256
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray], names: dict[int, str] | None = None) -> pa.Table:
@@ -78,6 +78,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
         metadata = {**(metadata or {}), "CNAMES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     stop = len(ds) if stop is None else min(stop, len(ds))
     ids = ds.ids
+    splits = ds.catalog["split"].to_numpy() if "split" in ds.catalog.columns else None
     fits_suffix = next((s for s in (".fits.gz", ".fits", ".fit") if out.name.lower().endswith(s)), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # left by a killed process (e.g. a Dask worker); a live job's are kept
@@ -92,6 +93,8 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                                  f"{ids[rows[bad[0]]]!r}, row {rows[bad[0]]}); check those images and the run with "
                                  "`astrovader check`")
             table = prediction_table(ids[rows], res, names)
+            if splits is not None:  # which rows were held out, beside every prediction
+                table = table.append_column("split", pa.array(splits[rows].astype(str)))
             if writer is None:
                 writer = pq.ParquetWriter(str(parquet_path), _with_metadata(table, metadata).schema)
             writer.write_table(table)
@@ -99,7 +102,10 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
             J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
             empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
                      "recon_mse": np.zeros(0)}
-            pq.write_table(_with_metadata(prediction_table(ids[:0], empty, names), metadata), str(parquet_path))
+            table = prediction_table(ids[:0], empty, names)
+            if splits is not None:
+                table = table.append_column("split", pa.array([], pa.string()))
+            pq.write_table(_with_metadata(table, metadata), str(parquet_path))
         else:
             writer.close()
             writer = None
@@ -111,8 +117,8 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                 warnings.filterwarnings("ignore", message="No table::len::")
                 table = Table.read(str(parquet_path), format="parquet")
             table.meta["EXTNAME"] = "PREDICTIONS"
-            for key, value in (metadata or {}).items():
-                table.meta[key.upper()[:8]] = fits_text(value)
+            for key, value, comment in fits_cards(metadata or {}):
+                table.meta[key] = (value, comment) if comment else value
             for name in table.colnames:
                 if table[name].dtype.kind in "OU":
                     table[name] = [fits_text(v) for v in table[name]]

@@ -238,6 +238,43 @@ def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> 
     return out
 
 
+# Provenance keys as FITS cards: the value's type and a comment with its unit. Parquet metadata holds the same
+# keys as text (its metadata values are strings).
+FITS_PROVENANCE: dict[str, tuple[type, str]] = {
+    "ASTROVER": (str, "astrovader version"),
+    "DATE": (str, "UTC time this file was written"),
+    "RUNDIR": (str, "run directory (or pretrained model) of the weights"),
+    "WEIGHTS": (str, "sha256(model.safetensors), first 16 hex"),
+    "NCOMP": (int, "number of mixture components K"),
+    "NLATENT": (int, "number of latent dimensions J"),
+    "IMGSIZE": (int, "[pixel] stamp side the model takes"),
+    "SEED": (int, "train.seed the weights were trained with"),
+    "PIXSCALE": (float, "[arcsec/pixel] of the training stamps"),
+    "DATASET": (str, "dataset the rows come from"),
+    "SPLIT": (str, "catalogue split of the rows (all: every row)"),
+    "NROWS": (int, "number of rows"),
+    "COMMAND": (str, "command line that wrote this file"),
+    "RUNSTATE": (str, "training state of the run (when unfinished)"),
+}
+
+
+def fits_cards(meta: dict[str, str]) -> list[tuple[str, Any, str]]:
+    """Provenance ``meta`` as FITS cards (key <= 8 characters, typed value, comment); non-ASCII text escaped."""
+    from astrovader.data.outputs import fits_text
+
+    cards = []
+    for key, value in meta.items():
+        kind, comment = FITS_PROVENANCE.get(key.upper()[:8], (str, ""))
+        try:
+            typed = kind(value) if kind is not str else fits_text(value)
+        except (TypeError, ValueError):
+            typed = fits_text(value)
+        width = max(20, len(typed) + 2) if isinstance(typed, str) else 20  # the card's value field
+        fits = 10 + width + 3 + len(comment) <= 80  # else astropy would truncate it (or CONTINUE a long string)
+        cards.append((key.upper()[:8], typed, comment if fits else ""))
+    return cards
+
+
 def trained_seed(run_dir: str | Path, cfg: Config) -> int:
     """The ``train.seed`` the weights were trained with: the kept candidate's when the run had restarts."""
     try:

@@ -31,10 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
-from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
+from astrovader.data.outputs import remove_stale_temporaries, temporary_name
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import provenance
+from astrovader.runs import fits_cards, provenance
 
 RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
 COMPONENT_DRAWS = ("mixture", "uniform")  # how a component is chosen when none is given
@@ -297,9 +297,16 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     header["EXTEND"] = True
     header["ORIGIN"] = "astrovader generate"
     header["BUNIT"] = ("", "dimensionless: dataset pixel values / 255 (asinh-stretched)")
-    header["MODEL"] = (model_fingerprint(net), "hash of the decoder and mixture prior weights")
-    for key, val in (provenance(run_dir, net.cfg, command) if run_dir else {}).items():
-        header[key] = fits_text(val)
+    prov = provenance(run_dir, net.cfg, command) if run_dir else {}
+    for key, val, comment in fits_cards(prov):
+        header[key] = (val, comment)
+    if "PIXSCALE" in prov:  # the stamps' angular scale, offsets from the stamp centre (no sky position)
+        for axis in (1, 2):
+            header[f"CTYPE{axis}"] = ("OFFSET", "angular offset from the stamp centre")
+            header[f"CUNIT{axis}"] = "arcsec"
+            header[f"CDELT{axis}"] = (float(prov["PIXSCALE"]), "[arcsec/pixel]")
+            header[f"CRPIX{axis}"] = ((m.image_size + 1) / 2, "the stamp centre")
+            header[f"CRVAL{axis}"] = 0.0
     for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("DRAW", spec.weights),
                      ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)))):
         header[key] = val

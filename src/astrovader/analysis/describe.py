@@ -59,7 +59,14 @@ MEASURES: dict[str, str] = {
            "knots or bars",
     "sersic_n": "Sersic index of a single-Sersic fit (statmorph)",
     "axis_ratio": "minor / major axis of the galaxy's light (1 round, < 0.4 edge-on or very elongated)",
-    "surface_brightness": "mean sky-subtracted grey level inside R50 (stretched units / px)",
+    "surface_brightness": "mean sky-subtracted flux per px inside R50 (linear flux in the dataset's units where it "
+                          "records its stretch, else stored grey levels / 255)",
+    "position_angle": "major axis, degrees anticlockwise from +x as the stamp is shown (row 0 at the top), 0-180",
+    "companion_x": "second source's offset from the stamp centre, px, x to the right",
+    "companion_y": "second source's offset from the stamp centre, px, y up (towards row 0)",
+    "companion_x_arcsec": "companion_x in arcsec (where the dataset states its pixel scale)",
+    "companion_y_arcsec": "companion_y in arcsec",
+    "sersic_rhalf": "half-light radius of the Sersic fit (px; PSF-convolved fit where the dataset records its PSF)",
     "companion_fraction": "share of members with a second source in the stamp",
     "companion_fraction_core": "the same among the component's most probable members",
     "orientation_coherence": "how much the elongated members' major axes point one way (0 random, 1 aligned)",
@@ -221,6 +228,9 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     meas.insert(0, "local", local)
     meas.insert(1, "id", catalog["id"].to_numpy()[local])
     meas.insert(2, "component", labels[local])
+    if pixel_scale:
+        for col in ("r50", "r90", "companion_x", "companion_y"):
+            meas[f"{col}_arcsec"] = meas[col] * pixel_scale
     meas = meas.set_index("local", drop=False)
 
     all_sample = np.unique(np.concatenate([p for _, kind, p in picks if kind == "sample"]))
@@ -308,14 +318,15 @@ def training_overlap(run_dir: str | Path, ids: np.ndarray) -> str:
 
 
 def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
-    """``frame`` as CSV or Parquet (by suffix; Parquet carries ``metadata`` in its schema), written atomically."""
+    """``frame`` as CSV or Parquet (by suffix), written atomically; Parquet carries ``metadata`` in its schema, a CSV
+    in a sidecar ``<out>.provenance.json``."""
     from astrovader.data.dataset import atomic_write_parquet
     from astrovader.data.outputs import write_csv
 
     if out.suffix.lower() == ".parquet":
         atomic_write_parquet(out, frame, metadata)
     else:
-        write_csv(frame, out)
+        write_csv(frame, out, metadata)
     return out
 
 

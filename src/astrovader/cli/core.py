@@ -145,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
         return 0
 
-    metadata = provenance(args.run_dir, cfg, args.command_line)
+    metadata = {**provenance(args.run_dir, cfg, args.command_line), "DATASET": str(Path(args.dataset).resolve())}
     if not state.finished:
         metadata["RUNSTATE"] = state.describe()
     names = read_names(args.names, cfg.model.n_clusters, metadata["WEIGHTS"]) if args.names else None

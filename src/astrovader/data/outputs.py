@@ -83,9 +83,17 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``frame`` as UTF-8 CSV at ``path``, formula-safe (:func:`csv_safe`) and written atomically."""
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike, provenance: dict[str, str] | None = None) -> Path:
+    """``frame`` as UTF-8 CSV at ``path``, formula-safe (:func:`csv_safe`) and written atomically. CSV has no
+    place for metadata, so ``provenance`` goes to a sidecar ``<path>.provenance.json`` beside it."""
     path = Path(path)
+    if provenance:
+        import json
+
+        side = path.with_name(path.name + ".provenance.json")
+        tmp = temporary_name(side)
+        tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, side)
     tmp = temporary_name(path)
     try:
         csv_safe(frame).to_csv(tmp, index=False, encoding="utf-8")
