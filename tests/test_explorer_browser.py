@@ -63,6 +63,11 @@ def test_explorer_page_browse_filter_name_and_export(browser, tmp_path_factory, 
     errors = [e for e in browser.get_log("browser") if e.get("level") in ("SEVERE", "ERROR")]
     assert not errors, f"console errors: {errors}"
     assert browser.execute_script("return document.querySelectorAll('section.comp[id]').length") == 3
+    # the page opens on the report's rows (the test split); show every galaxy for what follows
+    assert browser.execute_script("return document.getElementById('f-split').value") == "test"
+    assert browser.execute_script("return document.getElementById('f-count').textContent") == "60"
+    browser.execute_script("const el = document.getElementById('f-split'); el.value = '';"
+                           "el.dispatchEvent(new Event('input'));")
     assert browser.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 
     # hovering a point shows that galaxy; a click pins it
@@ -120,3 +125,42 @@ def test_names_file_errors_are_one_line(tmp_path_factory, tmp_path, capsys):
         assert err.count("\n") == 1
     with pytest.raises(SystemExit):
         main(["predict", "--names"])
+
+
+def test_explorer_filters_leave_out_missing_values_and_filter_booleans(browser, tmp_path_factory, tmp_path):  # noqa: F811
+    import numpy as np
+    import pandas as pd
+
+    from astrovader.data.dataset import Dataset, write_dataset
+
+    run, ds = tiny_run(tmp_path_factory)
+    imgs = Dataset(ds).load()[:80]
+    flux = np.where(np.arange(80) % 3 == 0, np.arange(80) * 10.0, np.nan)  # a value only where there is a companion
+    write_dataset(tmp_path / "ds", imgs, pd.DataFrame({"id": np.arange(80), "companion_flux": flux,
+                                                       "has_companion": np.arange(80) % 3 == 0,
+                                                       "kind": np.where(np.arange(80) % 2 == 0, "a", "b")}))
+    out = tmp_path / "explore"
+    from astrovader.analysis.explorer import write_explorer
+    from astrovader.runs import load_network
+
+    page = write_explorer(run, load_network(run, "cpu")[1], tmp_path / "ds", out / "explorer.html")
+    browser.get(page.resolve().as_uri())
+    _wait(browser, "return document.body.dataset.ready === 'yes'")
+    count = "return Bokeh.documents[0].get_model_by_name('shown').booleans.filter(Boolean).length"
+    assert browser.execute_script(count) == 80  # no split column: everything shown
+    browser.execute_script("""
+        document.getElementById('f-column').value = 'col_companion_flux';
+        const lo = document.getElementById('f-min'); lo.value = '0'; lo.dispatchEvent(new Event('input'));""")
+    assert browser.execute_script(count) == 27  # the 53 galaxies without a value are in no range
+    browser.execute_script("""
+        document.getElementById('f-min').value = '';
+        const c = document.getElementById('f-cat'); c.value = 'cat_has_companion';
+        c.dispatchEvent(new Event('input'));
+        const v = document.getElementById('f-cat-value'); v.value = 'False'; v.dispatchEvent(new Event('input'));""")
+    assert browser.execute_script(count) == 53
+    assert browser.execute_script("return document.getElementById('f-count').textContent") == "53"
+    assert browser.execute_script(
+        "return Array.from(document.getElementById('f-cat').options).map(o => o.text)") == ["none", "has_companion",
+                                                                                             "kind"]
+    errors = [e for e in browser.get_log("browser") if e.get("level") in ("SEVERE", "ERROR")]
+    assert not errors, f"console errors: {errors}"

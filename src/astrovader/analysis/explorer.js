@@ -32,16 +32,29 @@ function readFilters(data) {
   const label = document.getElementById("f-label").value;
   const column = document.getElementById("f-column").value;
   const lo = parseFloat(document.getElementById("f-min").value), hi = parseFloat(document.getElementById("f-max").value);
+  const bounded = !Number.isNaN(lo) || !Number.isNaN(hi);
+  const cat = document.getElementById("f-cat").value, catValue = document.getElementById("f-cat-value").value;
+  const split = document.getElementById("f-split").value;
   const keep = [];
   for (let i = 0; i < data.id.length; i++) {
     let ok = data.max_prob[i] >= minP && (label === "" || data.label[i] === label);
-    if (ok && column !== "") {
+    if (ok && column !== "" && bounded) {
       const v = data[column][i];
-      ok = !(v < lo) && !(v > hi);  // NaN-safe: empty bounds do not filter
+      // a missing value is in no range; an empty bound does not filter
+      ok = v !== null && !Number.isNaN(v) && !(v < lo) && !(v > hi);
     }
+    if (ok && cat !== "" && catValue !== "") ok = data[cat][i] === catValue;
+    if (ok && split !== "") ok = data.cat_split[i] === split;
     keep.push(ok);
   }
   return keep;
+}
+
+// The values of the chosen category column, as options of the "is" menu.
+function fillCategoryValues(data) {
+  const menu = document.getElementById("f-cat-value"), cat = document.getElementById("f-cat").value;
+  const values = cat === "" ? [] : [...new Set(data[cat])].sort();
+  menu.replaceChildren(new Option("any", ""), ...values.map((v) => new Option(v, v)));
 }
 
 function storageKey() { return "astrovader-names-" + AV.weights; }
@@ -101,7 +114,11 @@ whenBokeh((doc) => {
     source.change.emit();
     document.getElementById("f-count").textContent = shown.booleans.filter(Boolean).length.toLocaleString();
   };
+  document.getElementById("f-cat").addEventListener("input", () => fillCategoryValues(data));
   for (const el of document.querySelectorAll("#filters input, #filters select")) el.addEventListener("input", apply);
+  document.getElementById("f-bright").addEventListener("input", (e) => {
+    document.body.style.setProperty("--tile-bright", e.target.value);
+  });
   document.getElementById("f-prob").addEventListener("input", (e) => {
     document.getElementById("f-prob-value").textContent = parseFloat(e.target.value).toFixed(2);
   });
@@ -112,5 +129,6 @@ whenBokeh((doc) => {
   loadNames();
   saveNames();
   compare();
+  apply();  // the default split (the report's) is selected from the start
   document.body.dataset.ready = "yes";
 });

@@ -156,6 +156,20 @@ def _panel(k: int, row: pd.Series, pred: Predictions, ds: Dataset, net: AstroVaD
             f'</label><label>Note <textarea class="note" data-c="{k}" rows="2"></textarea></label></div></section>')
 
 
+def _category_columns(catalog: pd.DataFrame, max_values: int = 50) -> list[str]:
+    """Catalogue columns to filter by value: booleans, and text columns with few distinct values (split, class
+    names, flags), ``split`` first."""
+    out = []
+    for c in catalog.columns:
+        col = catalog[c]
+        if c == "id" or pd.api.types.is_float_dtype(col) or (pd.api.types.is_integer_dtype(col)
+                                                             and not pd.api.types.is_bool_dtype(col)):
+            continue
+        if pd.api.types.is_bool_dtype(col) or col.nunique(dropna=True) <= max_values:
+            out.append(str(c))
+    return sorted(out, key=lambda c: c != "split")[:20]
+
+
 def _hex(k: int, K: int) -> str:
     r, g, b, _ = cluster_colors(K)[k]
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
@@ -176,8 +190,9 @@ def _map(frame: pd.DataFrame, K: int):
     p.scatter("x", "y", source=source, view=CDSView(filter=shown), color="color", size=size, alpha=0.75,
               line_color=None, legend_group="component_label", nonselection_alpha=0.75,
               selection_line_color="black", selection_line_width=2)
-    p.legend.location = "top_right"
-    p.legend.click_policy = "none"
+    legend = p.legend[0]
+    legend.click_policy = "none"
+    p.add_layout(legend, "right")  # beside the map, not over its points
     hover = HoverTool(tooltips=None, callback=CustomJS(
         code="const i = cb_data.index.indices; if (i.length && window.AVshow) AVshow(i[0], false);"))
     wheel = WheelZoomTool()
@@ -222,6 +237,9 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
     for c in numeric:
         frame[f"col_{c}"] = catalog[c].to_numpy(dtype=float)
     frame["recon_mse"] = pred.recon_mse
+    categories = _category_columns(catalog)
+    for c in categories:
+        frame[f"cat_{c}"] = catalog[c].astype(object).where(catalog[c].notna(), "(missing)").astype(str).to_numpy()
     script, div = components(_map(frame, K))
 
     rng = np.random.default_rng(seed)
@@ -237,6 +255,14 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
                          for v in (sorted(set(labels)) if labels is not None else []))
     col_opts = "".join(f'<option value="col_{html.escape(c)}">{html.escape(c)}</option>' for c in numeric)
     col_opts += '<option value="recon_mse">recon_mse</option>'
+    cat_opts = "".join(f'<option value="cat_{html.escape(c)}">{html.escape(c)}</option>' for c in categories
+                       if c != "split")
+    splits = sorted(frame["cat_split"].unique()) if "cat_split" in frame else []
+    default_split = "test" if "test" in splits else ""  # the rows the report analyses by default
+    split_opts = "".join(f'<option value="{html.escape(v)}"{" selected" if v == default_split else ""}>'
+                         f'{html.escape(v)}</option>' for v in splits)
+    split_filter = (f"<label>split <select id='f-split'><option value=''>all</option>{split_opts}</select></label>"
+                    if splits else "<select id='f-split' hidden><option value=''></option></select>")
     sampled = (f" A seeded random sample of {n:,} of the {n_total:,} galaxies is shown (the page stays responsive "
                "up to about 20,000); every panel and number uses the same sample." if n_total and n_total > n else "")
     css = f"""
@@ -246,12 +272,14 @@ color:#222;line-height:1.4}}h1{{border-bottom:2px solid #333}}.note{{color:#555;
 #top{{display:flex;gap:1em;align-items:flex-start}}
 .card{{border:1px solid #ccc;border-radius:4px;padding:.5em;width:260px;margin-bottom:.8em;font-size:.85em}}
 .card .tiles{{display:flex;gap:6px}}.card .tiles div{{width:{TILE_DISPLAY}px;height:{TILE_DISPLAY}px;
+filter:brightness(var(--tile-bright,1));
 image-rendering:pixelated;background-repeat:no-repeat;border:1px solid #999}}
 .card .text{{white-space:pre-line;margin-top:.3em}}.input{{background-image:url({_sprite(thumbs_in)})}}
 .recon{{background-image:url({_sprite(thumbs_rec)})}}#filters{{display:flex;flex-wrap:wrap;gap:1.2em;margin:.8em 0;
 padding:.5em;background:#f4f7fb}}section.comp{{border-top:1px solid #bbb;padding:.3em 0 1em}}
 #compare-panels{{display:grid;grid-template-columns:1fr 1fr;gap:1em}}#compare-panels section{{font-size:.85em}}
-figure{{margin:.5em 0}}figure img{{max-width:100%;image-rendering:pixelated}}figcaption{{font-size:.85em;color:#555}}
+figure{{margin:.5em 0}}figure img{{max-width:100%;image-rendering:pixelated;
+filter:brightness(var(--tile-bright,1))}}figcaption{{font-size:.85em;color:#555}}
 table.data{{border-collapse:collapse;font-size:.85em}}table.data th,table.data td{{border:1px solid #ccc;
 padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;height:.8em;margin-right:.4em}}
 .flag{{color:#a33}}.naming label{{display:block;margin:.3em 0}}.naming input{{width:20em}}
@@ -280,7 +308,13 @@ padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;heig
             f"<label>column <select id='f-column'><option value=''>none</option>{col_opts}</select></label>"
             "<label>from <input id='f-min' type='number' step='any' style='width:7em'></label>"
             "<label>to <input id='f-max' type='number' step='any' style='width:7em'></label>"
-            f"<span>shown: <b id='f-count'>{n:,}</b></span></div>"
+            f"<label>category <select id='f-cat'><option value=''>none</option>{cat_opts}</select></label>"
+            "<label>is <select id='f-cat-value'><option value=''>any</option></select></label>"
+            f"{split_filter}"
+            "<label>tile brightness <input id='f-bright' type='range' min='1' max='8' step='0.5' value='1'></label>"
+            f"<span>shown: <b id='f-count'>{n:,}</b> of {n:,}</span>"
+            "<span class='note'>A range keeps only galaxies with a value in it (missing values are left out).</span>"
+            "</div>"
             f"<h2>Compare two components</h2><p><select id='cmp-a'>{options}</select> with "
             f"<select id='cmp-b'>{options_b}</select></p>"
             "<div id='compare-panels'></div>"
