@@ -209,7 +209,7 @@ def test_make_report_writes_everything(tmp_path_factory):
     used = desc["n_members"] > 0
     assert list(desc["component"]) == [0, 1, 2] and used.any() and desc.loc[used, "r50"].notna().all()
     assert desc["sentence"].str.len().min() > 20 and desc["n_members"].sum() == 60
-    assert text.count("<li><b>Component ") == 3
+    assert text.count("<li><b>Component ") == 6  # once in the descriptions, once in the closing summary
 
 
 def test_report_cli_split_and_errors(tmp_path_factory, tmp_path, capsys):

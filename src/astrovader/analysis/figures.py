@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
            "plot_secondary", "plot_tsne", "plot_latent_histograms", "plot_label_counts", "plot_history",
-           "cluster_colors"]
+           "cluster_colors", "scale_bar"]
 
 PHASE_COLORS = {"gamma": "#d9d9d9", "anneal": "#fde0c5", "static": "#c6dbef"}
 PHASE_NAMES = {"gamma": "gamma-training", "anneal": "annealing", "static": "static"}
@@ -120,9 +120,23 @@ def show_image(ax: Axes, img: np.ndarray, vmin: float, vmax: float, cmap: str = 
         ax.imshow(plane, origin="upper", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
 
 
+def scale_bar(ax: Axes, pixel_scale: float | None, stamp_px: int, x0: float = 0.0) -> None:
+    """An angular scale bar along the bottom of the stamp that starts at column ``x0`` of ``ax``'s image: a round
+    number of arcsec near a third of the stamp, labelled. Nothing where the pixel scale is unknown."""
+    if not pixel_scale or stamp_px < 8:
+        return
+    target = stamp_px * pixel_scale / 3
+    arcsec = min((v for v in (0.5, 1, 2, 5, 10, 20, 30, 60, 120) if v >= target * 0.6), default=target)
+    length = arcsec / pixel_scale
+    y = stamp_px - 2.5
+    ax.plot([x0 + 1.5, x0 + 1.5 + length], [y, y], color="white", lw=1.6, solid_capstyle="butt")
+    ax.text(x0 + 1.5 + length / 2, y - 1.0, f'{arcsec:g}"', color="white", fontsize=6, ha="center", va="bottom")
+
+
 def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path, title: str,
-                         captions: Sequence[str] | None = None) -> Path:
-    """Input, reconstruction and residual rows for a handful of galaxies (float images in [0, 1])."""
+                         captions: Sequence[str] | None = None, pixel_scale: float | None = None) -> Path:
+    """Input, reconstruction and residual rows for a handful of galaxies (float images in [0, 1]), with an angular
+    scale bar on the first input where ``pixel_scale`` (arcsec/px) is known."""
     n = len(inputs)
     vmin, vmax = display_range(inputs)
     res = (inputs - recons).mean(1)
@@ -139,6 +153,8 @@ def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, out: str | Path
             axes[2, i].set_xlabel(captions[i], fontsize=7)
     for r, name in enumerate(("input", "reconstruction", "residual")):
         axes[r, 0].set_ylabel(name, fontsize=9)
+    if n:
+        scale_bar(axes[0, 0], pixel_scale, inputs.shape[-1])
     im_img = axes[0, -1].images[0] if inputs.shape[1] != 3 else None
     if im_img is not None:
         fig.colorbar(im_img, ax=axes[:2, :].ravel().tolist(), fraction=0.02, pad=0.01,
@@ -232,7 +248,7 @@ def _show_mosaic(ax: Axes, mosaic: np.ndarray) -> None:
 
 
 def plot_members(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], out: str | Path, title: str,
-                 n_cols: int) -> Path:
+                 n_cols: int, pixel_scale: float | None = None) -> Path:
     """One row per component: ``n_cols`` inputs, then the same galaxies' reconstructions.
 
     ``rows`` holds (label, inputs, reconstructions, probabilities) per component; a component with fewer
@@ -251,6 +267,8 @@ def plot_members(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], out
                 axes[r, 0].text(j * (w + 2) + 0.5, 0.5, f"{probs[j]:.2f}", fontsize=6, color="yellow",
                                 va="top", ha="left")  # top-left corner of each stamp (row 0 is the top)
         axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        if len(imgs):
+            scale_bar(axes[r, 0], pixel_scale, w)
         if not len(imgs):
             axes[r, 0].text(0.02, 0.5, "no members", fontsize=8, transform=axes[r, 0].transAxes, va="center")
     axes[0, 0].set_title("inputs (component probability in yellow)", fontsize=9)
@@ -348,10 +366,12 @@ def plot_label_counts(counts: pd.DataFrame, out: str | Path, title: str, normali
     fig, ax = subplots(figsize=(max(5.0, 0.5 * k * max(m, 2) * 0.45 + 2.5), 3.8))
     width = 0.8 / max(m, 1)
     x = np.arange(k)
-    colors = matplotlib.colormaps.get_cmap("Set2")(np.arange(m) % 8)
+    # classes in greys with hatches: colours are the components' everywhere else in the report
+    colors = matplotlib.colormaps.get_cmap("Greys")(np.linspace(0.15, 0.8, max(m, 1)))
+    hatches = ("", "//", "..", "xx", "\\\\", "oo", "--", "++")
     for i, col in enumerate(counts.columns):
         ax.bar(x - 0.4 + width * (i + 0.5), data[:, i], width, color=colors[i], edgecolor="black", lw=0.4,
-               label=str(col))
+               hatch=hatches[i % len(hatches)], label=str(col))
     ax.set_xticks(x)
     ax.set_xticklabels([str(i) for i in counts.index])
     ax.set_xlabel("component (most probable)")

@@ -217,3 +217,36 @@ def sky_noise_variance(images: np.ndarray) -> float:
     border = np.concatenate([imgs[:, :2].reshape(n, -1), imgs[:, -2:].reshape(n, -1),
                              imgs[:, 2:-2, :2].reshape(n, -1), imgs[:, 2:-2, -2:].reshape(n, -1)], 1)
     return float(np.median([sigma_clipped_stats(b, sigma=3.0)[2] ** 2 for b in border])) if n else float("nan")
+
+
+# (name in words, what it measures and what a good value looks like) for every key of metrics.json
+METRIC_WORDS: dict[str, tuple[str, str]] = {
+    "rows": ("galaxies analysed", "which rows of the dataset every number below comes from"),
+    "n_objects": ("number of galaxies", ""),
+    "n_components": ("mixture components K", ""),
+    "latent_dim": ("latent dimensions J", ""),
+    "mean_recon_mse": ("mean reconstruction error", "mean squared difference per pixel between input and "
+                       "reconstruction, pixels scaled to [0, 1]; read it against the sky-noise variance below"),
+    "median_recon_mse": ("median reconstruction error", "as above, less sensitive to a few bad images"),
+    "sky_noise_variance": ("sky-noise variance", "variance of the stamps' border pixels (sigma-clipped), pixels "
+                           "scaled to [0, 1]: what no model can reproduce, the floor of the reconstruction error"),
+    "recon_mse_over_noise": ("reconstruction error / sky noise", "mean reconstruction error over the sky-noise "
+                             "variance: ~1 is at the noise floor (only noise is missed), well above 1 means galaxy "
+                             "structure is missed"),
+    "simplified_silhouette": ("simplified silhouette", "separation of the components in latent space, from -1 to "
+                              "1; above 0.25 the components are distinct, near 0 they touch"),
+    "calinski_harabasz": ("Calinski-Harabasz index", "between- over within-component spread of the latent means; "
+                          "higher is better, only comparable between models of one dataset"),
+    "occupied_components": ("components with members", "components that are some galaxy's most probable; "
+                            "fewer than K means unused components"),
+    "non_morphological": ("not morphological", "components flagged as grouped by companions or orientation "
+                          "(automatically, or as given with --non-morphological)"),
+    "label_column": ("label column", "the catalogue column the components are compared with"),
+    "label_accuracy": ("accuracy", "share of galaxies in their component's class after the best one-to-one "
+                       "matching of components to classes; 1 is perfect"),
+    "label_nmi": ("normalised mutual information", "0 when the components say nothing about the labels, 1 when "
+                  "they determine them"),
+    "label_ari": ("adjusted Rand index", "pairwise agreement with the labels corrected for chance; 0 chance, 1 "
+                  "perfect"),
+    "label_purity": ("purity", "share of galaxies in their component's majority class; 1 is perfect, rises with K"),
+}

@@ -37,6 +37,7 @@ from astrovader.analysis.describe import (
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.metrics import (
     GZ_DEFAULT_CUTS,
+    METRIC_WORDS,
     calinski_harabasz,
     clustering_scores,
     gz_vote_classes,
@@ -74,37 +75,6 @@ def _fmt_metric(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
 
-# (name in words, what it measures and what a good value looks like) for every key of metrics.json
-METRIC_WORDS: dict[str, tuple[str, str]] = {
-    "rows": ("galaxies analysed", "which rows of the dataset every number below comes from"),
-    "n_objects": ("number of galaxies", ""),
-    "n_components": ("mixture components K", ""),
-    "latent_dim": ("latent dimensions J", ""),
-    "mean_recon_mse": ("mean reconstruction error", "mean squared difference per pixel between input and "
-                       "reconstruction, pixels scaled to [0, 1]; read it against the sky-noise variance below"),
-    "median_recon_mse": ("median reconstruction error", "as above, less sensitive to a few bad images"),
-    "sky_noise_variance": ("sky-noise variance", "variance of the stamps' border pixels (sigma-clipped), pixels "
-                           "scaled to [0, 1]: what no model can reproduce, the floor of the reconstruction error"),
-    "recon_mse_over_noise": ("reconstruction error / sky noise", "mean reconstruction error over the sky-noise "
-                             "variance: ~1 is at the noise floor (only noise is missed), well above 1 means galaxy "
-                             "structure is missed"),
-    "simplified_silhouette": ("simplified silhouette", "separation of the components in latent space, from -1 to "
-                              "1; above 0.25 the components are distinct, near 0 they touch"),
-    "calinski_harabasz": ("Calinski-Harabasz index", "between- over within-component spread of the latent means; "
-                          "higher is better, only comparable between models of one dataset"),
-    "occupied_components": ("components with members", "components that are some galaxy's most probable; "
-                            "fewer than K means unused components"),
-    "non_morphological": ("not morphological", "components flagged as grouped by companions or orientation "
-                          "(automatically, or as given with --non-morphological)"),
-    "label_column": ("label column", "the catalogue column the components are compared with"),
-    "label_accuracy": ("accuracy", "share of galaxies in their component's class after the best one-to-one "
-                       "matching of components to classes; 1 is perfect"),
-    "label_nmi": ("normalised mutual information", "0 when the components say nothing about the labels, 1 when "
-                  "they determine them"),
-    "label_ari": ("adjusted Rand index", "pairwise agreement with the labels corrected for chance; 0 chance, 1 "
-                  "perfect"),
-    "label_purity": ("purity", "share of galaxies in their component's majority class; 1 is perfect, rises with K"),
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,8 +202,12 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         tuple(desc.non_morphological)
     metrics["non_morphological"] = ("components " + ", ".join(map(str, nm))) if nm else "none"
     page.section("components", "What each component is",
-                 "Each mixture component described by its members, measured with photutils and statmorph on "
-                 f"the stored pixels ({stretch_text}): sizes, shape, light concentration and second sources in "
+                 "Each mixture component described by its members, measured with photutils, GalSim and statmorph "
+                 + ("on linear flux (the dataset's recorded stretch inverted; Sersic fits convolved with its "
+                    "recorded PSF where it has one)" if desc.table.attrs.get("flux") == "linear" else
+                    f"on the stored pixels ({stretch_text}; the dataset records no stretch, so sizes and profiles are "
+                    "relative)")
+                 + ": sizes, shape, light concentration and second sources in "
                  "the stamp, and the labels where the catalogue has them. Words compare a component with the "
                  "other components of this dataset. <span class='flag'>Flagged</span> components group galaxies "
                  "by companions or orientation rather than shape" + (" (here as given with --non-morphological)."
@@ -242,14 +216,20 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         f"<li><b>Component {int(r.component)}</b>: {html.escape(r.sentence)}"
         + (" <span class='flag'>[not morphological]</span>" if int(r.component) in nm else "") + "</li>"
         for r in desc.table.itertuples()) + "</ul>")
-    show = desc.table.drop(columns=["sentence"])
     csv, _ = write_table(desc.table, tables, "components", "Component descriptions", png=False)
     write_csv(desc.measurements, tables / "component_galaxies.csv")
-    page.table(show, "Component descriptions", csv,
+    # two tables that each fit the page: who the members are, then how they look
+    shape_cols = [c for c in ("r50", "r50_arcsec", "r90", "r90_arcsec", "concentration", "asymmetry", "gini", "m20",
+                              "sersic_n", "axis_ratio", "surface_brightness") if c in desc.table.columns]
+    who = desc.table.drop(columns=["sentence", "n_measured", *shape_cols])
+    page.table(who, "Component descriptions: members and flags", csv,
+               f"The core is the most probable {describe.core_fraction:.0%} of the members (10 to {describe.n_core}).",
+               legend={k: v for k, v in MEASURES.items() if k in who.columns})
+    looks = desc.table[["component", "n_measured", *shape_cols]]
+    page.table(looks, "Component descriptions: morphology (medians)", csv,
                f"Medians over {describe.max_members} random members per component ({describe.n_detailed} for the "
-               f"statmorph columns); the core is the most probable {describe.core_fraction:.0%} of the members "
-               f"(10 to {describe.n_core}). Per-galaxy measurements: tables/component_galaxies.csv.",
-               legend={k: v for k, v in MEASURES.items() if k in show.columns})
+               "statmorph columns). Per-galaxy measurements: tables/component_galaxies.csv.",
+               legend={k: v for k, v in MEASURES.items() if k in looks.columns})
 
     # 1. reconstructions --------------------------------------------------------------------------
     _log(progress, "reconstructions")
@@ -267,7 +247,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
              np.argsort(pred.recon_mse)[::-1][:N_BEST_WORST])):
         x, r = images(local)
         caps = [f"MSE {pred.recon_mse[i]:.2e}\ncomp. {pred.labels[i]}" for i in local]
-        page.figure(F.plot_reconstructions(x, r, figs / f"{name}.png", title, caps), title)
+        page.figure(F.plot_reconstructions(x, r, figs / f"{name}.png", title, caps, pixel_scale_of(ds)), title)
     page.raw(f"<p>Mean reconstruction MSE {metrics['mean_recon_mse']:.4g}, median "
              f"{metrics['median_recon_mse']:.4g} (pixels scaled to [0, 1]), {metrics['recon_mse_over_noise']:.2f} "
              f"times the sky-noise variance of the stamps' borders ({metrics['sky_noise_variance']:.3g}): 1 is the "
@@ -286,11 +266,11 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                  "probability for the component exceeds the cut (an object may count in several components); "
                  "in the 'all' row, objects with any probability above the cut. silhouette: mean simplified "
                  "silhouette of the members, in latent-mean space.")
-    csv, png = write_table(occ, tables, "cluster_stats", "Component statistics")
+    csv, _ = write_table(occ, tables, "cluster_stats", "Component statistics")  # its PNG is for papers
     page.table(occ, "Component statistics", csv,
                f"Whole sample: simplified silhouette {metrics['simplified_silhouette']:.3f}, "
-               f"Calinski-Harabasz index {metrics['calinski_harabasz']:.4g}.")
-    page.figure(png, "Component statistics table", "The same table as an image.")
+               f"Calinski-Harabasz index {metrics['calinski_harabasz']:.4g}. The same table as an image: "
+               "figures/cluster_stats_table.png.")
 
     # 3. overlap -------------------------------------------------------------------------------------
     _log(progress, "overlap matrix")
@@ -321,9 +301,9 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
             x, r = images(local)
             store.append((label, x, r, pred.probs[local, c]))
     page.figure(F.plot_members(top_rows, figs / "members_top.png", "Most probable members of each component",
-                               N_MEMBERS), "Most probable members", "Figure 6 of the paper.")
+                               N_MEMBERS, pixel_scale_of(ds)), "Most probable members", "Figure 6 of the paper.")
     page.figure(F.plot_members(rand_rows, figs / "members_random.png", "Random members of each component",
-                               N_MEMBERS), "Random members", "Figure 7 of the paper.")
+                               N_MEMBERS, pixel_scale_of(ds)), "Random members", "Figure 7 of the paper.")
     if nm and len(nm) < K:
         sec = secondary_labels(pred.probs, nm)
         in_nm = np.isin(sec["primary"].to_numpy(), nm)
@@ -492,5 +472,15 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
               '<table class="data metrics"><tr><th>measure</th><th>value</th><th>what it means</th></tr>'
               + "".join(metric_row(k, v) for k, v in shown.items()) + "</table>")
     out = out_dir / "report.html"
-    out.write_text(page.render(f"AstroVaDEr report: {run_dir.name}", header), encoding="utf-8")
+    page.section("summary", "Summary", "What the components are, in one line each, and what to read with care.")
+    page.raw("<ul>" + "".join(
+        f"<li><b>Component {int(r.component)}</b>"
+        + (f" (mostly {html.escape(str(r.label_majority))})" if isinstance(getattr(r, "label_majority", None), str)
+           else "") + f": {html.escape(r.sentence)}"
+        + (" Not morphological: read its galaxies by their secondary labels." if int(r.component) in nm else "")
+        + "</li>" for r in desc.table.itertuples()) + "</ul>"
+        + f"<p>Numbers from {html.escape(rows_text)}; reconstruction error {metrics['recon_mse_over_noise']:.2f} "
+        "times the sky-noise variance.</p>")
+    name = run_dir.name if run_dir.name not in ("run", "model", ".") else f"{run_dir.parent.name}/{run_dir.name}"
+    out.write_text(page.render(f"AstroVaDEr report: {name}", header), encoding="utf-8")
     return out
