@@ -20,7 +20,8 @@ h1{border-bottom:2px solid #333;padding-bottom:.2em}h2{margin-top:2em;border-bot
 figure{margin:1em 0;text-align:center}figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#555;margin-top:.3em}
 table.data{border-collapse:collapse;font-size:.85em;margin:.8em 0}
-table.data th,table.data td{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+table.data th,table.data td{border:1px solid #ccc;padding:.2em .45em;text-align:right}
+table.data th{overflow-wrap:anywhere;max-width:7.5em;vertical-align:bottom}
 table.data th{background:#eee}table.data tr:nth-child(even) td{background:#fafafa}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}
 nav ul{font-size:.9em}nav>ul{columns:2;column-gap:2em}nav>ul>li{break-inside:avoid-column;margin-bottom:.3em}

@@ -481,6 +481,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         + "</li>" for r in desc.table.itertuples()) + "</ul>"
         + f"<p>Numbers from {html.escape(rows_text)}; reconstruction error {metrics['recon_mse_over_noise']:.2f} "
         "times the sky-noise variance.</p>")
-    name = run_dir.name if run_dir.name not in ("run", "model", ".") else f"{run_dir.parent.name}/{run_dir.name}"
+    where = run_dir.resolve()
+    name = where.name if where.name not in ("run", "model") else f"{where.parent.name}/{where.name}"
     out.write_text(page.render(f"AstroVaDEr report: {name}", header), encoding="utf-8")
     return out
