@@ -143,6 +143,14 @@ def test_deblending_moves_towards_a_companion_free_twin(companion_dataset):
     assert res["strip"].shape == (5, 1, SIZE, SIZE) and res["component"] == 2
     with pytest.raises(ValueError, match="no component is grouped by companions"):
         deblend(net, pred, ds, [])
+    # twins come only from the rows asked for, and never with a companion: where every candidate has one, the
+    # galaxy gets no twin (it used to get the nearest, companion and all)
+    rows = np.flatnonzero(np.arange(len(pred.rows)) != twin)
+    again = deblend(net, pred, ds, [2], galaxies=[2], steps=4, companion_mask=companion_mask,
+                    companion_free=strictly_companion_free, rows=rows)
+    assert all(r["partner"] != twin and strictly_companion_free(ds.take([r["partner"]]))[0] for r in again)
+    assert deblend(net, pred, ds, [2], galaxies=[2], steps=4, companion_mask=companion_mask,
+                   companion_free=lambda imgs: np.zeros(len(imgs), bool)) == []
 
 
 def test_estimator_follows_scikit_learn(tmp_path_factory):

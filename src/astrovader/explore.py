@@ -219,7 +219,7 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
             galaxies: Sequence[int] | None = None, steps: int = 8, n_examples: int = 1, *,
             companion_mask: Callable[[np.ndarray], np.ndarray] | None = None,
             companion_free: Callable[[np.ndarray], np.ndarray] | None = None,
-            n_candidates: int = 60) -> list[dict[str, Any]]:
+            n_candidates: int = 60, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Deblending by interpolation (paper section 5.3, Figure 12).
 
     For a galaxy of a component grouped by companions (``companion_components``, e.g. flagged by
@@ -232,7 +232,9 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
     place, so the line towards them keeps it; benchmarks/RESULTS.md has the measurement.) ``galaxies`` are
     positions in ``summary`` (default: the ``n_examples`` most probable members of the first companion
     component). Returns dicts with positions, ids, components and the images (input, strip of ``steps + 1``
-    decoded images from the galaxy's own reconstruction to the twin's, twin input)."""
+    decoded images from the galaxy's own reconstruction to the twin's, twin input). ``rows`` (dataset rows,
+    e.g. the test split an analysis reports on) restricts both the galaxies and their twins; a galaxy none of
+    whose candidates ``companion_free`` accepts is left out rather than given a twin with a companion."""
     K = summary.probs.shape[1]
     comp = sorted({int(c) for c in companion_components})
     if not comp:
@@ -243,11 +245,12 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
     if len(summary.rows) < 2:
         raise ValueError("deblending needs at least two galaxies")
     assigned = summary.labels
+    allowed = np.ones(len(summary.rows), bool) if rows is None else np.isin(summary.rows, rows)
     if galaxies is None:
-        first = next((c for c in comp if (assigned == c).any()), None)
+        first = next((c for c in comp if ((assigned == c) & allowed).any()), None)
         if first is None:
             raise ValueError(f"no galaxy has companion component(s) {comp} as its most probable: nothing to deblend")
-        members = np.flatnonzero(assigned == first)
+        members = np.flatnonzero((assigned == first) & allowed)
         galaxies = members[np.argsort(-summary.probs[members, first], kind="stable")][:n_examples]
     position = {int(r): i for i, r in enumerate(summary.rows)}
     results = []
@@ -255,10 +258,11 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
         row = int(summary.rows[g])
         target = dataset.take([row])[0]
         keep = ~companion_mask(target) if companion_mask is not None else np.ones(target.shape[-2:], bool)
-        near = _twin_candidates(dataset, summary.rows, target, keep, row, n_candidates)
+        near = _twin_candidates(dataset, summary.rows[allowed], target, keep, row, n_candidates)
         if companion_free is not None:
-            ok = np.asarray(companion_free(dataset.take(near)), bool)
-            near = near[ok] if ok.any() else near
+            near = near[np.asarray(companion_free(dataset.take(near)), bool)]
+        if len(near) == 0:  # no companion-free galaxy looks like it: no twin rather than a twin with a companion
+            continue
         twin_row = int(near[0])
         twin = position[twin_row]
         strip = interpolate(net, summary.mu[g], summary.mu[twin], steps + 1)

@@ -160,7 +160,7 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
                        n_per_cluster: int = 8,
                        steps: int = 8, traverse_steps: int = 9, companion_components: Sequence[int] | None = None,
                        closed: bool = True, temperature: float = 1.0, seed: int = 0,
-                       progress: bool = False) -> list[tuple[str, Path]]:
+                       progress: bool = False, rows: np.ndarray | None = None) -> list[tuple[str, Path]]:
     """Write the gallery, route interpolation (+ GIF and frame strip), traversal and deblending figures for
     a run to ``out_dir``; returns (title, PNG path) for the four figures, for reports. Dataset latents are
     computed once (or read from ``predictions``) and shared by the three exploration figures. The deblending
@@ -186,11 +186,15 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
         quick = DescribeSettings(max_members=200, n_detailed=0, seed=seed)
         companion_components = describe_components(summary, ds, settings=quick).companion_components
     companion_components = [c for c in (companion_components or []) if (summary.labels == c).any()]
+    if rows is not None:  # the rows an analysis reports on: its galaxies and their twins come from them
+        companion_components = [c for c in companion_components
+                                if ((summary.labels == c) & np.isin(summary.rows, rows)).any()]
     if companion_components:
         res = deblend(net, summary, ds, companion_components, steps=steps, n_examples=3,
-                      companion_mask=companion_mask, companion_free=strictly_companion_free)
-        t = (f"Deblending by interpolation: the most probable members of component {res[0]['component']} "
-             "(grouped by companions), each moved along the latent line to its companion-free twin (the "
-             "galaxy most like it outside the companion's pixels)")
-        figs.append((t, plot_deblend(res, out_dir / "deblending.png", title="Deblending by interpolation")))
+                      companion_mask=companion_mask, companion_free=strictly_companion_free, rows=rows)
+        if res:
+            t = (f"Deblending by interpolation: the most probable members of component {res[0]['component']} "
+                 "(grouped by companions), each moved along the latent line to its companion-free twin (the "
+                 "galaxy most like it outside the companion's pixels)")
+            figs.append((t, plot_deblend(res, out_dir / "deblending.png", title="Deblending by interpolation")))
     return figs

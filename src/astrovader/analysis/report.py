@@ -424,7 +424,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     _log(progress, "synthetic galaxies and latent-space exploration")
     whole = len(rows) == len(ds)  # our predictions can be reused when they cover the whole dataset in order
     gen_figs = generation_figures(net, ds, out_dir / "generation", predictions=pred if whole else None,
-                                  companion_components=desc.companion_components)
+                                  companion_components=desc.companion_components, rows=rows)
     page.section("synthetic", "Synthetic galaxies and the latent space explored (Figures 9-12)",
                  "New galaxies drawn from each component's Gaussian, a walk through each component's most "
                  "probable galaxy, every latent variable varied on its own, and deblending: a galaxy of a "
