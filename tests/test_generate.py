@@ -144,7 +144,7 @@ def test_png_and_fits_outputs(trained, tmp_path):
     assert main(["generate", str(tmp / "run"), str(tmp_path / "g.png"), "--n", "20", "--seed", "2"]) == 0
     im = np.asarray(Image.open(tmp_path / "g.png"))
     # 4 rows x 5 columns of 16 px tiles enlarged 6 x (96 px), a 14 px caption under each, 2 px gaps
-    assert im.shape == (4 * (96 + 14 + 2) - 2, 5 * (96 + 2) - 2)
+    assert im.shape == (4 * (96 + 18 + 2) - 2, 5 * (96 + 2) - 2)  # 18 px caption strips
     tile = im[:96, :96]
     assert (tile[::6, ::6] == tile[5::6, 5::6]).all()  # whole pixels repeated, never interpolated
     assert (im[97:110, :96] < 128).any()  # a caption was drawn

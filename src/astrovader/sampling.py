@@ -388,7 +388,7 @@ def png_grid(images: np.ndarray, ncols: int | None = None, gap: int = 2, scale: 
     n, c, h, w = images.shape
     ncols = ncols or max(1, int(np.ceil(np.sqrt(n))))
     nrows = max(1, -(-n // ncols))
-    th, tw, strip = h * scale, w * scale, (14 if labels is not None else 0)
+    th, tw, strip = h * scale, w * scale, (18 if labels is not None else 0)
     cell_h = th + strip
     canvas = np.full((nrows * (cell_h + gap) - gap, ncols * (tw + gap) - gap, 3 if c == 3 else 1), 255, np.uint8)
     for i in range(n):
@@ -398,10 +398,14 @@ def png_grid(images: np.ndarray, ncols: int | None = None, gap: int = 2, scale: 
         canvas[r * (cell_h + gap):r * (cell_h + gap) + th, q * (tw + gap):q * (tw + gap) + tw] = tile
     im = Image.fromarray(canvas if c == 3 else canvas[..., 0])
     if labels is not None:
+        from PIL import ImageFont
+
         draw = ImageDraw.Draw(im)
+        # a scalable font at a size that stays readable when a page shows the grid smaller than its pixels
+        font = ImageFont.load_default(size=max(11, min(14, tw // 5)))
         for i, text in enumerate(labels[:n]):
             r, q = divmod(i, ncols)
-            draw.text((q * (tw + gap) + 2, r * (cell_h + gap) + th + 1), str(text), fill=0)
+            draw.text((q * (tw + gap) + 2, r * (cell_h + gap) + th + 1), str(text), fill=0, font=font)
     return im
 
 

@@ -187,12 +187,10 @@ def _map(frame: pd.DataFrame, K: int):
     p.axis.visible = False
     p.grid.visible = False
     size = 7 if len(frame) < 3000 else 4
+    # no Bokeh legend: its grouped items point at one row each and vanish when the filters hide that row; the
+    # page draws the legend beside the map instead
     p.scatter("x", "y", source=source, view=CDSView(filter=shown), color="color", size=size, alpha=0.75,
-              line_color=None, legend_group="component_label", nonselection_alpha=0.75,
-              selection_line_color="black", selection_line_width=2)
-    legend = p.legend[0]
-    legend.click_policy = "none"
-    p.add_layout(legend, "right")  # beside the map, not over its points
+              line_color=None, nonselection_alpha=0.75, selection_line_color="black", selection_line_width=2)
     hover = HoverTool(tooltips=None, callback=CustomJS(
         code="const i = cb_data.index.indices; if (i.length && window.AVshow) AVshow(i[0], false);"))
     wheel = WheelZoomTool()
@@ -227,8 +225,6 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
     labels = None if labels is None else labels.fillna("").astype(str)
     frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "id": catalog["id"].astype(str).to_numpy(),
                           "component": pred.labels,
-                          # padded so that Bokeh's legend, which sorts these strings, lists 2 before 10
-                          "component_label": [f"component {c:>{len(str(K - 1))}}" for c in pred.labels],
                           "color": [colors[c] for c in pred.labels], "max_prob": pred.probs.max(1),
                           "top": _top(pred.probs), "sprite": np.arange(n),
                           "label": labels.to_numpy() if labels is not None else [""] * n})
@@ -249,6 +245,8 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
     rd, wh = html.escape(run_info.get("RUNDIR", "")), html.escape(run_info.get("WEIGHTS", ""))
     av = {"run": run_info.get("RUNDIR", ""), "weights": run_info.get("WEIGHTS", ""), "n_components": K,
           "sprite_cols": SPRITE_COLS, "tile_display": TILE_DISPLAY, "label_column": label_column or ""}
+    legend = "".join(f'<div><span class="swatch" style="background:{colors[k]}"></span>component {k}'
+                     f'<span class="cname" data-c="{k}"></span></div>' for k in range(K))
     options = "".join(f'<option value="{k}">component {k}</option>' for k in range(K))
     options_b = options.replace('value="1"', 'value="1" selected', 1)
     label_opts = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
@@ -282,16 +280,19 @@ figure{{margin:.5em 0}}figure img{{max-width:100%;image-rendering:pixelated;
 filter:brightness(var(--tile-bright,1))}}figcaption{{font-size:.85em;color:#555}}
 table.data{{border-collapse:collapse;font-size:.85em}}table.data th,table.data td{{border:1px solid #ccc;
 padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;height:.8em;margin-right:.4em}}
-.flag{{color:#a33}}.naming label{{display:block;margin:.3em 0}}.naming input{{width:20em}}
+.flag{{color:#a33}}
+.legend{{font-size:.85em;margin-bottom:.8em}}.naming label{{display:block;margin:.3em 0}}.naming input{{width:20em}}
 .naming textarea{{width:40em;max-width:100%}}
 """
     js = files("astrovader.analysis").joinpath("explorer.js").read_text(encoding="utf-8")
     card = ('<div class="card" id="{0}" hidden><b>{1}</b><div class="tiles"><div class="input" title="input">'
             '</div><div class="recon" title="reconstruction"></div></div><div class="text"></div></div>')
+    where = Path(run_info.get("RUNDIR", "run"))
+    name = where.name if where.name not in ("run", "model") else f"{where.parent.name}/{where.name}"
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-            f"<title>astrovader explorer: {html.escape(Path(run_info.get('RUNDIR', 'run')).name)}</title>"
+            f"<title>astrovader explorer: {html.escape(name)}</title>"
             f"{INLINE.render()}<style>{css}</style></head><body>"
-            f"<h1>astrovader explorer: {html.escape(Path(run_info.get('RUNDIR', 'run')).name)}</h1>"
+            f"<h1>astrovader explorer: {html.escape(name)}</h1>"
             f"<p class='banner'>{n:,} galaxies of <code>{html.escape(str(ds.path))}</code> in {K} components; run "
             f"<code>{rd}</code> (weights {wh}), astrovader {html.escape(run_info.get('ASTROVER', ''))}, "
             f"{html.escape(run_info.get('DATE', ''))} UTC."
@@ -300,7 +301,8 @@ padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;heig
             "reconstruction (grey levels as stored, enlarged with whole pixels), click to pin it. Below: filters, "
             "a side-by-side comparison, and one panel per component where you can name it; the names stay in this "
             "browser until you export them.</p>"
-            f"<div id='top'><div>{div}</div><div>{card.format('hovered', 'under the pointer')}"
+            f"<div id='top'><div>{div}</div><div><div class='legend'>{legend}</div>"
+            f"{card.format('hovered', 'under the pointer')}"
             f"{card.format('pinned', 'pinned (click)')}</div></div>"
             "<div id='filters'><label>min. probability <input id='f-prob' type='range' min='0' max='1' step='0.01' "
             "value='0'> <span id='f-prob-value'>0.00</span></label>"
