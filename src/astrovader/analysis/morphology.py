@@ -84,12 +84,17 @@ def _segment(image: np.ndarray, s: MorphologySettings, quantum: float = 1.0 / 25
     if data.size >= 2 * s.min_pixels:
         seg = deblend_sources(data, seg, n_pixels=s.min_pixels, n_levels=32, contrast=s.deblend_contrast,
                               progress_bar=False)
-    H, W = data.shape
-    label = int(seg.data[H // 2, W // 2])
-    if label == 0:  # sky at the centre: take the segment nearest to it
-        ys, xs = np.nonzero(seg.data)
-        label = int(seg.data[ys, xs][np.argmin((ys - H / 2) ** 2 + (xs - W / 2) ** 2)])
-    return data, noise, seg, label
+    return data, noise, seg, _central_label(seg.data)
+
+
+def _central_label(labels: np.ndarray) -> int:
+    """The segment at the stamp's centre, or, where the centre is sky, the segment nearest to it."""
+    H, W = labels.shape
+    label = int(labels[H // 2, W // 2])
+    if label == 0:
+        ys, xs = np.nonzero(labels)
+        label = int(labels[ys, xs][np.argmin((ys - H / 2) ** 2 + (xs - W / 2) ** 2)])
+    return label
 
 
 def measure_one(image: np.ndarray, settings: MorphologySettings = DEFAULT, detailed: bool = False,
@@ -188,12 +193,7 @@ def _deep_segment(data: np.ndarray, noise: float, s: MorphologySettings):
         return None, 0
     seg = deblend_sources(data, seg, n_pixels=s.min_pixels, n_levels=32, contrast=s.deblend_contrast,
                           progress_bar=False)
-    H, W = data.shape
-    label = int(seg.data[H // 2, W // 2])
-    if label == 0:
-        ys, xs = np.nonzero(seg.data)
-        label = int(seg.data[ys, xs][np.argmin((ys - H / 2) ** 2 + (xs - W / 2) ** 2)])
-    return seg, label
+    return seg, _central_label(seg.data)
 
 
 def psf_image(meta: dict, size: int = 15) -> np.ndarray | None:
