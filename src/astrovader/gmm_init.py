@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from astrovader.config import Config, TrainConfig
 from astrovader.feeding import BatchFeeder, to_float
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import INIT_CLUSTERS
-from astrovader.runtime import DistInfo, epoch_seed, training_channels_last
+from astrovader.runs import INIT_CLUSTERS, atomic_save_safetensors
+from astrovader.runtime import DistInfo, broadcast_parameters, epoch_seed, training_channels_last
 
 
 @torch.no_grad()
@@ -198,3 +200,29 @@ def reseed_empty_components(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config
     dtype = gmm.means.dtype
     gmm.set_parameters(*(torch.as_tensor(a, dtype=dtype, device=device) for a in (weights, means, cov)))
     return pairs
+
+
+def initialise_mixture(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device,
+                        dist_info: DistInfo, run_dir: Path) -> np.ndarray | None:
+    """The mixture prior fitted after gamma-training (rank 0, then broadcast); its initial clusters, which the
+    alignment epochs use, are also saved for a resume."""
+    init_labels = None
+    if dist_info.is_main:
+        init_labels = initialise_gmm(net, feeder, cfg, device)
+        if cfg.train.align_epochs:
+            atomic_save_safetensors({"labels": torch.from_numpy(init_labels)}, run_dir / INIT_CLUSTERS,
+                                     {"format": "astrovader-init-clusters"})
+    broadcast_parameters(net, dist_info)
+    return init_labels
+
+
+def reseed_mixture(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device, dist_info: DistInfo,
+            epoch: int, row: dict[str, Any]) -> None:
+    """At the end of a period, (almost) empty components re-seeded by splitting the most populous (rank 0)."""
+    if dist_info.is_main:
+        pairs = reseed_empty_components(net, feeder, cfg, device, epoch)
+        row["reseeded"] = " ".join(f"{d}<{c}" for d, c in pairs)
+        if pairs:
+            tqdm.write(f"epoch {epoch}: re-seeded (almost) empty mixture components by splitting "
+                       f"the most populous (empty<split): {row['reseeded']}")
+    broadcast_parameters(net, dist_info)

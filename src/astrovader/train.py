@@ -40,7 +40,7 @@ from astrovader.config import Config, TrainConfig
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.feeding import BatchFeeder, augment, positions, shard_slice, split_indices, to_float
-from astrovader.gmm_init import alignment_set, initialise_gmm, reseed_empty_components
+from astrovader.gmm_init import alignment_set, initialise_mixture, reseed_mixture
 from astrovader.model import AstroVaDErNet, vade_losses
 from astrovader.runs import (
     CHECKPOINT,
@@ -52,7 +52,6 @@ from astrovader.runs import (
     RESTARTS_NOTE,
     TRAINING_ROWS,
     WEIGHTS,
-    atomic_save_safetensors,
     load_checkpoint,
     load_config,
     record_training_rows,
@@ -175,18 +174,7 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
         raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the number of ranks "
                          f"({dist_info.world})")
     run_dir = Path(run_dir)
-    device = resolve_device(t.device)
-    if device.type == "cuda" and dist_info.world > 1:
-        device = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(device)
-    torch.manual_seed(t.seed)
-    net = AstroVaDErNet(cfg).to(device)
-    cl = training_channels_last(cfg, device)
-    if cl:
-        net = net.to(memory_format=torch.channels_last)
-    if not t.learn_weights:
-        net.gmm.logits.requires_grad_(False)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=t.lr)
+    net, opt, device, cl = _build(cfg, dist_info)
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -233,17 +221,11 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
             for group in opt.param_groups:
                 group["lr"] = plan.lr
             net.train()
-            sums = torch.zeros(5, device=device, dtype=torch.float64)
-            if plan.phase == "align":
-                if align_set is None:
-                    align_set = alignment_set(feeder, cfg, device, run_dir, dist_info, init_labels)
-                images, labels = align_set
-                for pos in positions(len(images), t.batch_size, g, shard):
-                    sums += step_fn(to_float(images[pos], cl), plan, g, labels[pos])
-            else:
+            if plan.phase == "align" and align_set is None:
+                align_set = alignment_set(feeder, cfg, device, run_dir, dist_info, init_labels)
+            elif plan.phase != "align":
                 align_set = None  # frees the alignment images once that phase is over
-                for xb in feeder.batches(t.batch_size, g, shard=shard):
-                    sums += step_fn(to_float(xb, cl), plan, g)
+            sums = _train_pass(step_fn, plan, feeder, align_set, g, shard, cl, t.batch_size, device)
             all_reduce_(sums, dist_info)
             train_means = (sums[:4] / sums[4].clamp_min(1)).tolist()  # the one host sync of the epoch
             row: dict[str, Any] = {
@@ -251,46 +233,21 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
                 "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
                 "lr": plan.lr, "train_total": train_means[0], "train_recon": train_means[1],
                 "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
-            if not all(math.isfinite(v) for v in train_means):
-                raise TrainingDiverged(
-                    f"non-finite loss in epoch {plan.epoch} ({plan.phase} phase): total={train_means[0]}, "
-                    f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; "
-                    + (f"the last good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}"
-                       if plan.epoch > start else "no epoch of this run finished, so nothing new was saved")
-                    + ". Try a smaller train.lr or train.clip_value.")
+            _refuse_divergence(train_means, plan, start, run_dir)
             if val_feeder is not None or dist_info.world > 1:
                 v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
                 if v is not None:
                     row.update(val_total=v[0], val_recon=v[1], val_kl_unit=v[2], val_kl_gmm=v[3])
             if plan.phase == "gamma" and plan.epoch == t.gamma_epochs - 1:
-                if dist_info.is_main:
-                    init_labels = initialise_gmm(net, feeder, cfg, device)
-                    if t.align_epochs:
-                        atomic_save_safetensors({"labels": torch.from_numpy(init_labels)}, run_dir / INIT_CLUSTERS,
-                                                 {"format": "astrovader-init-clusters"})
-                broadcast_parameters(net, dist_info)
+                init_labels = initialise_mixture(net, feeder, cfg, device, dist_info, run_dir)
             elif plan.epoch in period_ends and t.reseed_min_fraction > 0:
-                if dist_info.is_main:
-                    pairs = reseed_empty_components(net, feeder, cfg, device, plan.epoch)
-                    row["reseeded"] = " ".join(f"{d}<{c}" for d, c in pairs)
-                    if pairs:
-                        tqdm.write(f"epoch {plan.epoch}: re-seeded (almost) empty mixture components by splitting "
-                                   f"the most populous (empty<split): {row['reseeded']}")
-                broadcast_parameters(net, dist_info)
+                reseed_mixture(net, feeder, cfg, device, dist_info, plan.epoch, row)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if dist_info.is_main:
                 save_checkpoint(run_dir, net, opt, plan.epoch, history)
             barrier(dist_info)
-            if tb is not None:
-                for k, val in row.items():
-                    if isinstance(val, float):
-                        tb.add_scalar(k, val, plan.epoch)
-            if on_epoch_end:
-                on_epoch_end(row)
-            bar.update(1)
-            bar.set_postfix(phase=plan.phase, loss=f"{row['train_total']:.4g}",
-                            recon=f"{row['train_recon']:.4g}")
+            _report_epoch(row, plan, tb, bar, on_epoch_end)
             if stop_after_epoch is not None and plan.epoch >= stop_after_epoch:
                 break
     finally:
@@ -298,6 +255,64 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
         if tb is not None:
             tb.close()
     return TrainResult(net, history, run_dir)
+
+
+def _build(cfg: Config, dist_info: DistInfo) -> tuple[AstroVaDErNet, torch.optim.Optimizer, torch.device, bool]:
+    """The network on this rank's device (channels-last where that is faster), its optimiser, the device, and
+    whether inputs go channels-last."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    if device.type == "cuda" and dist_info.world > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(t.seed)
+    net = AstroVaDErNet(cfg).to(device)
+    cl = training_channels_last(cfg, device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    if not t.learn_weights:
+        net.gmm.logits.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=t.lr)
+    return net, opt, device, cl
+
+
+def _train_pass(step_fn: Callable[..., torch.Tensor], plan: EpochPlan, feeder: BatchFeeder,
+                align_set: tuple[torch.Tensor, torch.Tensor] | None, g: torch.Generator, shard: tuple[int, int],
+                cl: bool, batch_size: int, device: torch.device) -> torch.Tensor:
+    """One epoch's optimisation steps, on the alignment set in the align phase and on the training rows
+    otherwise; the summed loss terms and image count, on the device (no host sync)."""
+    sums = torch.zeros(5, device=device, dtype=torch.float64)
+    if align_set is not None:
+        images, labels = align_set
+        for pos in positions(len(images), batch_size, g, shard):
+            sums += step_fn(to_float(images[pos], cl), plan, g, labels[pos])
+    else:
+        for xb in feeder.batches(batch_size, g, shard=shard):
+            sums += step_fn(to_float(xb, cl), plan, g)
+    return sums
+
+
+def _refuse_divergence(train_means: list[float], plan: EpochPlan, start: int, run_dir: Path) -> None:
+    if not all(math.isfinite(v) for v in train_means):
+        raise TrainingDiverged(
+            f"non-finite loss in epoch {plan.epoch} ({plan.phase} phase): total={train_means[0]}, "
+            f"recon={train_means[1]}, kl_unit={train_means[2]}, kl_gmm={train_means[3]}; "
+            + (f"the last good checkpoint (epoch {plan.epoch - 1}) is kept in {run_dir}"
+               if plan.epoch > start else "no epoch of this run finished, so nothing new was saved")
+            + ". Try a smaller train.lr or train.clip_value.")
+
+
+def _report_epoch(row: dict[str, Any], plan: EpochPlan, tb: Any, bar: Any,
+                  on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+    """One finished epoch to TensorBoard, the caller's callback and the progress bar."""
+    if tb is not None:
+        for k, val in row.items():
+            if isinstance(val, float):
+                tb.add_scalar(k, val, plan.epoch)
+    if on_epoch_end:
+        on_epoch_end(row)
+    bar.update(1)
+    bar.set_postfix(phase=plan.phase, loss=f"{row['train_total']:.4g}", recon=f"{row['train_recon']:.4g}")
 
 
 RESTART_SEED_STEP = 1000  # far from the small seeds a benchmark uses, so restarts of seed s and s + 1 never meet

@@ -191,8 +191,6 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
 
     ``catalog`` is the dataset catalogue of those rows (for labels and Galaxy Zoo votes), ``weights`` the
     mixture weights (K,), ``pixel_scale`` arcsec per pixel where known."""
-    from tqdm.auto import tqdm
-
     K = pred.probs.shape[1]
     labels = pred.labels
     rng = np.random.default_rng(settings.seed)
@@ -201,7 +199,7 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     lab = label_values(catalog, label_column)
     gz = gz_vote_classes(catalog)
 
-    stretch, psf = PixelStretch.from_meta(dataset.meta), psf_image(dataset.meta)
+    stretch = PixelStretch.from_meta(dataset.meta)
     picks: list[tuple[int, str, np.ndarray]] = []  # (component, "core" | "sample", local positions)
     for c in range(K):
         members = np.flatnonzero(labels == c)
@@ -212,19 +210,7 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
     local = np.unique(np.concatenate([p for _, _, p in picks]))
     detailed_local = np.unique(np.concatenate([
         rng.choice(p, min(settings.n_detailed, len(p)), replace=False) for _, kind, p in picks if kind == "sample"]))
-    frames = []
-    step = 256
-    bar = tqdm(total=len(local), desc="describe", unit="galaxy", disable=not progress, leave=False)
-    for s in range(0, len(local), step):
-        part = local[s:s + step]
-        order = np.argsort(pred.rows[part], kind="stable")  # the dataset reads rows in order
-        imgs = np.empty((len(part), dataset.channels, dataset.image_size, dataset.image_size), np.uint8)
-        imgs[order] = dataset.take(pred.rows[part][order])
-        frames.append(measure(imgs, detailed=np.isin(part, detailed_local), settings=morphology, stretch=stretch,
-                              psf=psf))
-        bar.update(len(part))
-    bar.close()
-    meas = pd.concat(frames, ignore_index=True)
+    meas = _measure(dataset, pred.rows, local, np.isin(local, detailed_local), morphology, stretch, progress)
     meas.insert(0, "local", local)
     meas.insert(1, "id", catalog["id"].to_numpy()[local])
     meas.insert(2, "component", labels[local])
@@ -270,17 +256,7 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
             flags.append(FLAG_ORIENTATION)
         row["flags"] = ",".join(flags)
         row["morphological"] = not flags
-        in_c = labels == c
-        if lab is not None:
-            counts = lab[in_c].value_counts(dropna=True)
-            row["label_majority"] = str(counts.index[0]) if len(counts) else None
-            row["label_fraction"] = float(counts.iloc[0] / counts.sum()) if len(counts) else np.nan
-        if gz is not None:
-            clean = gz["smooth"].to_numpy()[in_c] | gz["featured"].to_numpy()[in_c]
-            row["gz_smooth_fraction"] = float(gz["smooth"].to_numpy()[in_c][clean].mean()) if clean.any() else np.nan
-            if "edge_on" in gz.columns:
-                ft = gz["featured"].to_numpy()[in_c]
-                row["gz_edge_on_fraction"] = float(gz["edge_on"].to_numpy()[in_c][ft].mean()) if ft.any() else np.nan
+        row.update(_label_shares(labels == c, lab, gz))
         rows.append(row)
     table = pd.DataFrame(rows)
     table["sentence"] = [sentence(r, terciles) for _, r in table.iterrows()]
@@ -288,6 +264,41 @@ def describe_components(pred: Predictions, dataset: Dataset, catalog: pd.DataFra
                        flux="linear" if stretch is not None else "stored",
                        orientation_coherence_all=coherence_all, pixel_scale=pixel_scale or np.nan)
     return Description(table=table, measurements=meas.reset_index(drop=True))
+
+
+def _measure(dataset: Dataset, rows: np.ndarray, local: np.ndarray, detailed: np.ndarray,
+             morphology: MorphologySettings, stretch: PixelStretch | None, progress: bool) -> pd.DataFrame:
+    """Measurements of the galaxies at positions ``local`` of ``rows`` (``detailed``: which also get statmorph's),
+    read in blocks of 256 in row order, on linear flux where ``stretch`` is known and with the dataset's PSF."""
+    from tqdm.auto import tqdm
+
+    psf = psf_image(dataset.meta)
+    frames = []
+    with tqdm(total=len(local), desc="describe", unit="galaxy", disable=not progress, leave=False) as bar:
+        for s in range(0, len(local), 256):
+            part, deep = local[s:s + 256], detailed[s:s + 256]
+            order = np.argsort(rows[part], kind="stable")  # the dataset reads rows in order
+            imgs = np.empty((len(part), dataset.channels, dataset.image_size, dataset.image_size), np.uint8)
+            imgs[order] = dataset.take(rows[part][order])
+            frames.append(measure(imgs, detailed=deep, settings=morphology, stretch=stretch, psf=psf))
+            bar.update(len(part))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _label_shares(in_c: np.ndarray, lab: pd.Series | None, gz: pd.DataFrame | None) -> dict:
+    """One component's majority label and its share, and its Galaxy Zoo smooth and edge-on fractions."""
+    row: dict = {}
+    if lab is not None:
+        counts = lab[in_c].value_counts(dropna=True)
+        row["label_majority"] = str(counts.index[0]) if len(counts) else None
+        row["label_fraction"] = float(counts.iloc[0] / counts.sum()) if len(counts) else np.nan
+    if gz is not None:
+        clean = gz["smooth"].to_numpy()[in_c] | gz["featured"].to_numpy()[in_c]
+        row["gz_smooth_fraction"] = float(gz["smooth"].to_numpy()[in_c][clean].mean()) if clean.any() else np.nan
+        if "edge_on" in gz.columns:
+            ft = gz["featured"].to_numpy()[in_c]
+            row["gz_edge_on_fraction"] = float(gz["edge_on"].to_numpy()[in_c][ft].mean()) if ft.any() else np.nan
+    return row
 
 
 def pixel_scale_of(dataset: Dataset) -> float | None:

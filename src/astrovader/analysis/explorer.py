@@ -263,27 +263,7 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
                     if splits else "<select id='f-split' hidden><option value=''></option></select>")
     sampled = (f" A seeded random sample of {n:,} of the {n_total:,} galaxies is shown (the page stays responsive "
                "up to about 20,000); every panel and number uses the same sample." if n_total and n_total > n else "")
-    css = f"""
-body{{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;padding:0 1.2em 3em;
-color:#222;line-height:1.4}}h1{{border-bottom:2px solid #333}}.note{{color:#555;font-size:.9em}}
-.banner{{background:#fff4d6;border:1px solid #e0b84c;padding:.5em 1em}}
-#top{{display:flex;gap:1em;align-items:flex-start}}
-.card{{border:1px solid #ccc;border-radius:4px;padding:.5em;width:260px;margin-bottom:.8em;font-size:.85em}}
-.card .tiles{{display:flex;gap:6px}}.card .tiles div{{width:{TILE_DISPLAY}px;height:{TILE_DISPLAY}px;
-filter:brightness(var(--tile-bright,1));
-image-rendering:pixelated;background-repeat:no-repeat;border:1px solid #999}}
-.card .text{{white-space:pre-line;margin-top:.3em}}.input{{background-image:url({_sprite(thumbs_in)})}}
-.recon{{background-image:url({_sprite(thumbs_rec)})}}#filters{{display:flex;flex-wrap:wrap;gap:1.2em;margin:.8em 0;
-padding:.5em;background:#f4f7fb}}section.comp{{border-top:1px solid #bbb;padding:.3em 0 1em}}
-#compare-panels{{display:grid;grid-template-columns:1fr 1fr;gap:1em}}#compare-panels section{{font-size:.85em}}
-figure{{margin:.5em 0}}figure img{{max-width:100%;image-rendering:pixelated;
-filter:brightness(var(--tile-bright,1))}}figcaption{{font-size:.85em;color:#555}}
-table.data{{border-collapse:collapse;font-size:.85em}}table.data th,table.data td{{border:1px solid #ccc;
-padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;height:.8em;margin-right:.4em}}
-.flag{{color:#a33}}
-.legend{{font-size:.85em;margin-bottom:.8em}}.naming label{{display:block;margin:.3em 0}}.naming input{{width:20em}}
-.naming textarea{{width:40em;max-width:100%}}
-"""
+    css = _css(_sprite(thumbs_in), _sprite(thumbs_rec))
     js = files("astrovader.analysis").joinpath("explorer.js").read_text(encoding="utf-8")
     card = ('<div class="card" id="{0}" hidden><b>{1}</b><div class="tiles"><div class="input" title="input">'
             '</div><div class="recon" title="reconstruction"></div></div><div class="text"></div></div>')
@@ -304,19 +284,7 @@ padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;heig
             f"<div id='top'><div>{div}</div><div><div class='legend'>{legend}</div>"
             f"{card.format('hovered', 'under the pointer')}"
             f"{card.format('pinned', 'pinned (click)')}</div></div>"
-            "<div id='filters'><label>min. probability <input id='f-prob' type='range' min='0' max='1' step='0.01' "
-            "value='0'> <span id='f-prob-value'>0.00</span></label>"
-            f"<label>label <select id='f-label'><option value=''>all</option>{label_opts}</select></label>"
-            f"<label>column <select id='f-column'><option value=''>none</option>{col_opts}</select></label>"
-            "<label>from <input id='f-min' type='number' step='any' style='width:7em'></label>"
-            "<label>to <input id='f-max' type='number' step='any' style='width:7em'></label>"
-            f"<label>category <select id='f-cat'><option value=''>none</option>{cat_opts}</select></label>"
-            "<label>is <select id='f-cat-value'><option value=''>any</option></select></label>"
-            f"{split_filter}"
-            "<label>tile brightness <input id='f-bright' type='range' min='1' max='8' step='0.5' value='1'></label>"
-            f"<span>shown: <b id='f-count'>{n:,}</b> of {n:,}</span>"
-            "<span class='note'>A range keeps only galaxies with a value in it (missing values are left out).</span>"
-            "</div>"
+            f"{_filters(label_opts, col_opts, cat_opts, split_filter, n)}"
             f"<h2>Compare two components</h2><p><select id='cmp-a'>{options}</select> with "
             f"<select id='cmp-b'>{options_b}</select></p>"
             "<div id='compare-panels'></div>"
@@ -324,6 +292,49 @@ padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;heig
             "<span class='note'>then <code>astrovader predict RUN DATASET OUT --names component_names.json</code> "
             "adds a component_name column.</span></p>"
             f"{panels}{script}<script>window.AV = {script_json(av)};</script><script>{js}</script></body></html>\n")
+
+
+def _css(sprite_in: str, sprite_rec: str) -> str:
+    """The page's style; the two sprite sheets (data URIs) are the tiles' backgrounds."""
+    return f"""
+body{{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1320px;padding:0 1.2em 3em;
+color:#222;line-height:1.4}}h1{{border-bottom:2px solid #333}}.note{{color:#555;font-size:.9em}}
+.banner{{background:#fff4d6;border:1px solid #e0b84c;padding:.5em 1em}}
+#top{{display:flex;gap:1em;align-items:flex-start}}
+.card{{border:1px solid #ccc;border-radius:4px;padding:.5em;width:260px;margin-bottom:.8em;font-size:.85em}}
+.card .tiles{{display:flex;gap:6px}}.card .tiles div{{width:{TILE_DISPLAY}px;height:{TILE_DISPLAY}px;
+filter:brightness(var(--tile-bright,1));
+image-rendering:pixelated;background-repeat:no-repeat;border:1px solid #999}}
+.card .text{{white-space:pre-line;margin-top:.3em}}.input{{background-image:url({sprite_in})}}
+.recon{{background-image:url({sprite_rec})}}#filters{{display:flex;flex-wrap:wrap;gap:1.2em;margin:.8em 0;
+padding:.5em;background:#f4f7fb}}section.comp{{border-top:1px solid #bbb;padding:.3em 0 1em}}
+#compare-panels{{display:grid;grid-template-columns:1fr 1fr;gap:1em}}#compare-panels section{{font-size:.85em}}
+figure{{margin:.5em 0}}figure img{{max-width:100%;image-rendering:pixelated;
+filter:brightness(var(--tile-bright,1))}}figcaption{{font-size:.85em;color:#555}}
+table.data{{border-collapse:collapse;font-size:.85em}}table.data th,table.data td{{border:1px solid #ccc;
+padding:.1em .5em;text-align:left}}.swatch{{display:inline-block;width:.8em;height:.8em;margin-right:.4em}}
+.flag{{color:#a33}}
+.legend{{font-size:.85em;margin-bottom:.8em}}.naming label{{display:block;margin:.3em 0}}.naming input{{width:20em}}
+.naming textarea{{width:40em;max-width:100%}}
+"""
+
+
+def _filters(label_opts: str, col_opts: str, cat_opts: str, split_filter: str, n: int) -> str:
+    """The filter bar: probability, label, a numeric range, a category value, the split, tile brightness."""
+    return (
+        "<div id='filters'><label>min. probability <input id='f-prob' type='range' min='0' max='1' step='0.01' "
+        "value='0'> <span id='f-prob-value'>0.00</span></label>"
+        f"<label>label <select id='f-label'><option value=''>all</option>{label_opts}</select></label>"
+        f"<label>column <select id='f-column'><option value=''>none</option>{col_opts}</select></label>"
+        "<label>from <input id='f-min' type='number' step='any' style='width:7em'></label>"
+        "<label>to <input id='f-max' type='number' step='any' style='width:7em'></label>"
+        f"<label>category <select id='f-cat'><option value=''>none</option>{cat_opts}</select></label>"
+        "<label>is <select id='f-cat-value'><option value=''>any</option></select></label>"
+        f"{split_filter}"
+        "<label>tile brightness <input id='f-bright' type='range' min='1' max='8' step='0.5' value='1'></label>"
+        f"<span>shown: <b id='f-count'>{n:,}</b> of {n:,}</span>"
+        "<span class='note'>A range keeps only galaxies with a value in it (missing values are left out).</span>"
+        "</div>")
 
 
 def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,

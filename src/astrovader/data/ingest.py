@@ -223,55 +223,14 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
                      "resize": ("Gaussian pre-smoothing + Pillow bilinear affine (astrovader.data.stamps)"
                                 if crop_spec.measures_galaxy else "Pillow LANCZOS"),
                      "fits_stretch": "percentile 0.5-99.5 clip + asinh(10x)/asinh(10)"}
-    resuming = False
-    if is_dataset(out):
-        existing = Dataset(out)
-        resuming = not existing.complete
-        if not (append or resuming):
-            raise FileExistsError(f"{out}: a complete dataset already exists; pass --append (append=True) to "
-                                  "add images to it, or choose a new output directory")
-        old_pre = existing.meta.get("preprocessing")
-        if old_pre and {k: old_pre.get(k) for k in ("crop", "size", "colour")} != \
-                {k: preprocessing[k] for k in ("crop", "size", "colour")}:
-            raise ValueError(f"{out}: dataset was ingested with crop={old_pre.get('crop')}, "
-                             f"size={old_pre.get('size')}, colour={old_pre.get('colour')}; this run uses "
-                             f"crop={preprocessing['crop']}, size={size}, colour={bool(colour)}; "
-                             "mixing preprocessing in one dataset is refused")
-        sample = next((it.id for it in items if it.id is not None), None)
-        if len(existing) and sample is not None:
-            old_int = bool(pd.api.types.is_integer_dtype(existing.catalog["id"].dtype))
-            new_int = isinstance(sample, int)
-            if old_int != new_int:
-                raise ValueError(f"{out}: existing ids are {'integers' if old_int else 'strings'} but the new "
-                                 f"inputs' ids are {'integers' if new_int else 'strings'} (e.g. {sample!r})")
+    resuming = _check_existing(Path(out), items, preprocessing, append)
     report = IngestReport(dataset=out, n_inputs=len(items))
     report.issues.extend(issues)
 
     meta = {"preprocessing": preprocessing, "provenance": provenance}
     channels = 3 if colour else 1
     with DatasetWriter(out, size, channels, append=is_dataset(out), meta=meta, commit_every=commit_every) as w:
-        known = w.known_ids
-        first_key: dict[Any, str] = {}
-        todo: list[Item] = []
-        for it in items:
-            if it.id is None:
-                report.n_skipped_unlabelled += 1
-                report.issues.append(IngestIssue(it.key, "no_label", it.note or "no id for this input", None))
-            elif it.id in known:
-                report.n_skipped_duplicate += 1
-                report.issues.append(IngestIssue(it.key, "duplicate", f"id {it.id} is already in the dataset",
-                                                 it.id))
-            elif it.id in first_key:
-                report.n_skipped_duplicate += 1
-                report.issues.append(IngestIssue(it.key, "duplicate", f"duplicate id {it.id} within the input "
-                                                 f"(first seen in {first_key[it.id]})", it.id))
-            elif labels_only and it.labels is None:
-                report.n_skipped_unlabelled += 1
-                report.issues.append(IngestIssue(it.key, "no_label", "no label row (--labels-only)", it.id))
-            else:
-                first_key[it.id] = it.key
-                todo.append(it)
-        del first_key
+        todo = _new_items(items, w.known_ids, labels_only, report)
         if log and resuming:
             log(f"resuming {out}: {len(w):,} images already committed")
         bar = None
@@ -314,3 +273,56 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
     if not report.balanced:  # pragma: no cover - a bug, not a data problem
         raise RuntimeError(f"ingest accounting error: {report.summary()}")
     return report
+
+
+def _check_existing(out: Path, items: list[Item], preprocessing: dict[str, Any], append: bool) -> bool:
+    """Whether ingest resumes an interrupted dataset at ``out``; refuses to add to a complete one without
+    ``append``, or to mix preprocessing or id types in one dataset."""
+    if not is_dataset(out):
+        return False
+    existing = Dataset(out)
+    resuming = not existing.complete
+    if not (append or resuming):
+        raise FileExistsError(f"{out}: a complete dataset already exists; pass --append (append=True) to "
+                              "add images to it, or choose a new output directory")
+    old_pre = existing.meta.get("preprocessing")
+    if old_pre and {k: old_pre.get(k) for k in ("crop", "size", "colour")} != \
+            {k: preprocessing[k] for k in ("crop", "size", "colour")}:
+        raise ValueError(f"{out}: dataset was ingested with crop={old_pre.get('crop')}, "
+                         f"size={old_pre.get('size')}, colour={old_pre.get('colour')}; this run uses "
+                         f"crop={preprocessing['crop']}, size={preprocessing['size']}, "
+                         f"colour={preprocessing['colour']}; "
+                         "mixing preprocessing in one dataset is refused")
+    sample = next((it.id for it in items if it.id is not None), None)
+    if len(existing) and sample is not None:
+        old_int = bool(pd.api.types.is_integer_dtype(existing.catalog["id"].dtype))
+        new_int = isinstance(sample, int)
+        if old_int != new_int:
+            raise ValueError(f"{out}: existing ids are {'integers' if old_int else 'strings'} but the new "
+                             f"inputs' ids are {'integers' if new_int else 'strings'} (e.g. {sample!r})")
+    return resuming
+
+
+def _new_items(items: list[Item], known: set, labels_only: bool, report: IngestReport) -> list[Item]:
+    """The inputs to read: those with an id not yet in the dataset nor seen before in the input (and a label row
+    with ``labels_only``); every other one is counted and reported in ``report``."""
+    first_key: dict[Any, str] = {}
+    todo: list[Item] = []
+    for it in items:
+        if it.id is None:
+            report.n_skipped_unlabelled += 1
+            report.issues.append(IngestIssue(it.key, "no_label", it.note or "no id for this input", None))
+        elif it.id in known:
+            report.n_skipped_duplicate += 1
+            report.issues.append(IngestIssue(it.key, "duplicate", f"id {it.id} is already in the dataset", it.id))
+        elif it.id in first_key:
+            report.n_skipped_duplicate += 1
+            report.issues.append(IngestIssue(it.key, "duplicate", f"duplicate id {it.id} within the input "
+                                             f"(first seen in {first_key[it.id]})", it.id))
+        elif labels_only and it.labels is None:
+            report.n_skipped_unlabelled += 1
+            report.issues.append(IngestIssue(it.key, "no_label", "no label row (--labels-only)", it.id))
+        else:
+            first_key[it.id] = it.key
+            todo.append(it)
+    return todo
