@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,27 @@ def blob_dataset(tmp_path: Path):
 
     imgs, labels = blob_images(240, size=16)
     return write_dataset(tmp_path / "blobs", imgs, pd.DataFrame({"id": np.arange(len(imgs)), "true_class": labels}))
+
+
+@contextmanager
+def serving(body: bytes):
+    """A local HTTP server that answers every GET with ``body`` (and its Content-Length); yields its address."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

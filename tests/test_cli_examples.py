@@ -8,9 +8,8 @@ arguments only shrink the job, so an option the example itself misspells still f
 
 from __future__ import annotations
 
+import io
 import shlex
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ import pytest
 from PIL import Image
 
 from astrovader.cli import EXAMPLES, main
+
+from .conftest import serving
 
 SMALL_SCHEDULE = [f"--set={k}" for k in (
     "train.gamma_epochs=1", "train.anneal_epochs=1", "train.static_epochs=1", "train.periods=1",
@@ -45,24 +46,10 @@ def test_every_command_with_an_example_is_in_the_order():
 
 @pytest.fixture
 def jpeg_server():
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     Image.new("RGB", (256, 256), (40, 30, 20)).save(buf, format="JPEG")
-    body = buf.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/?ra={{ra}}&dec={{dec}}&scale={{scale}}&w={{size}}"
-    server.shutdown()
+    with serving(buf.getvalue()) as address:
+        yield address + "/?ra={ra}&dec={dec}&scale={scale}&w={size}"
 
 
 @pytest.mark.slow

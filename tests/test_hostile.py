@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from astrovader.data.dataset import write_dataset
 from astrovader.data.limits import plain_file_name
 from astrovader.data.outputs import csv_safe, remove_stale_temporaries
 
+from .conftest import serving
 from .test_faults import _run, pristine, work  # noqa: F401  (the shared damaged-copy fixtures)
 from .test_report_browser import browser  # noqa: F401  (the shared headless-Chromium fixture)
 
@@ -51,23 +50,8 @@ def _jpeg(size: int) -> bytes:
 
 @pytest.fixture
 def cutout_server():
-    body = _jpeg(16)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/cut?ra={{ra}}&id={{id}}"
-    server.shutdown()
+    with serving(_jpeg(16)) as address:
+        yield address + "/cut?ra={ra}&id={id}"
 
 
 def test_download_writes_only_plain_names_inside_the_output_folder(tmp_path, cutout_server, capsys):
@@ -99,28 +83,13 @@ def test_plain_file_names():
 
 
 def test_download_refuses_a_response_larger_than_a_cutout_before_decoding(tmp_path):
+    from astrovader.data.download import download_cutouts
+
     big = _jpeg(16) + b"\0" * (2 * 2**20)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(big)))
-            self.end_headers()
-            self.wfile.write(big)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        from astrovader.data.download import download_cutouts
-
-        pd.DataFrame({"id": [1], "ra": 1.0, "dec": 2.0, "petro_r90": 3.0}).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame({"id": [1], "ra": 1.0, "dec": 2.0, "petro_r90": 3.0}).to_csv(tmp_path / "c.csv", index=False)
+    with serving(big) as address:
         rep = download_cutouts(tmp_path / "c.csv", tmp_path / "o", size=16, delay=0, retries=0, progress=False,
-                               url_template=f"http://127.0.0.1:{server.server_address[1]}/?{{ra}}")
-    finally:
-        server.shutdown()
+                               url_template=address + "/?{ra}")
     assert rep.failed and "above the" in rep.failed[0].reason
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
 from astrovader.data.fingerprint import TRAINING_ROWS
+from astrovader.data.outputs import temporary_name
 from astrovader.model import AstroVaDErNet
 from astrovader.pretrained import PREFIX, is_pretrained, resolve
 from astrovader.runtime import resolve_device
@@ -44,7 +45,7 @@ RESTARTS_NOTE = "restarts.json"  # every candidate's final loss and the seed kep
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path, "")
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         with open(tmp, "rb") as fh:

@@ -331,13 +331,15 @@ def training_overlap(run_dir: str | Path, ids: np.ndarray) -> str:
 def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """``frame`` as CSV or Parquet (by suffix), written atomically; Parquet carries ``metadata`` in its schema, a CSV
     in a sidecar ``<out>.provenance.json``."""
-    from astrovader.data.dataset import atomic_write_parquet
+    from astrovader.data.dataset import atomic_write_json, atomic_write_parquet
     from astrovader.data.outputs import write_csv
 
     if out.suffix.lower() == ".parquet":
         atomic_write_parquet(out, frame, metadata)
     else:
-        write_csv(frame, out, metadata)
+        write_csv(frame, out)
+        if metadata:  # CSV has no room for it
+            atomic_write_json(out.with_name(out.name + ".provenance.json"), metadata)
     return out
 
 

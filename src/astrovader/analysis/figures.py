@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from astrovader.data.outputs import temporary_name
+
 __all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
            "plot_secondary", "plot_tsne", "plot_latent_histograms", "plot_label_counts", "plot_history",
            "cluster_colors", "scale_bar"]
@@ -73,7 +75,7 @@ def save_figure(fig: Figure, out: str | Path, dpi: int | None = None) -> Path:
         text.set_parse_math(False)
     for path, kwargs in [(out, {"dpi": dpi or _OUTPUT["dpi"]}),
                          *((out.with_suffix(f".{fmt}"), {}) for fmt in _OUTPUT["vector"])]:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")  # a kill leaves no half-written figure
+        tmp = temporary_name(path)  # a kill leaves no half-written figure
         fig.savefig(tmp, bbox_inches="tight", facecolor="white", format=path.suffix[1:] or None, **kwargs)
         os.replace(tmp, path)
     return out

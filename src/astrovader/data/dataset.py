@@ -29,6 +29,7 @@ import zarr
 
 from astrovader.data.fingerprint import IMAGE_IDS, chunk_digest, ids_digest, link_catalog
 from astrovader.data.locks import exclusive
+from astrovader.data.outputs import temporary_name
 from astrovader.data.store import ImageStoreError, check_image_store
 
 FORMAT_NAME = "astrovader-dataset"
@@ -46,7 +47,7 @@ class DatasetError(ValueError):
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path, "")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -65,7 +66,7 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, st
     import pyarrow.parquet as pq
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path, "")
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
@@ -428,19 +429,19 @@ class DatasetWriter:
 
     def close(self, complete: bool = True) -> None:
         self.commit()
+        catalog = read_catalog_file(self.path)
         if (self.path / CATALOG_PARTS).is_dir():
-            write_catalog(self.path, read_catalog_file(self.path))  # one consolidation, at the end
-        self._record_fingerprint()
+            write_catalog(self.path, catalog)  # one consolidation, at the end
+        self._record_fingerprint(catalog["id"])
         self._catalog = pd.DataFrame({"id": pd.Series([], dtype="int64")})  # no longer needed in memory
         self.meta["complete"] = complete
         self.meta["n"] = self._n_committed
         atomic_write_json(self.path / META, self.meta)
         self._release()
 
-    def _record_fingerprint(self) -> None:
+    def _record_fingerprint(self, ids: pd.Series) -> None:
         """``image_ids.parquet`` and the chunk digests in dataset.json (see :mod:`astrovader.data.fingerprint`);
         chunks the writer did not touch keep their recorded digests."""
-        ids = read_catalog_file(self.path)["id"]
         atomic_write_parquet(self.path / IMAGE_IDS, pd.DataFrame({"id": ids}))
         rows = int(self.images.chunks[0])
         old = self.meta.get("fingerprint", {}) if isinstance(self.meta.get("fingerprint"), dict) else {}

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from astrovader.data.outputs import process_alive
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -41,18 +43,6 @@ def _holder(text: str) -> dict:
     except ValueError:
         return {}
     return info if isinstance(info, dict) else {}
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager
@@ -84,7 +74,7 @@ def exclusive(folder: str | os.PathLike, command: str = "") -> Iterator[None]:
         os.close(fd)
     try:
         old = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-        if old.get("host") == socket.gethostname() and old.get("pid") and not _alive(old.get("pid")):
+        if old.get("host") == socket.gethostname() and old.get("pid") and not process_alive(old.get("pid")):
             print(f"astrovader: taking over the lock of {Path(folder)} left by PID {old['pid']} (no longer "
                   "running; it was killed or crashed)", file=sys.stderr)
         body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),

@@ -30,7 +30,10 @@ def temporary_name(path: str | os.PathLike, suffix: str | None = None) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix if suffix is None else suffix}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether process ``pid`` runs on this host (this process counts; another user's too)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:
@@ -55,7 +58,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     pattern = re.compile(r"\.tmp-(\d+)")
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         match = pattern.match(tmp.name[len(path.name) + 1:])
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             if tmp.is_dir():
                 import shutil
 
@@ -83,17 +86,9 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike, provenance: dict[str, str] | None = None) -> Path:
-    """``frame`` as UTF-8 CSV at ``path``, formula-safe (:func:`csv_safe`) and written atomically. CSV has no
-    place for metadata, so ``provenance`` goes to a sidecar ``<path>.provenance.json`` beside it."""
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``frame`` as UTF-8 CSV at ``path``, formula-safe (:func:`csv_safe`) and written atomically."""
     path = Path(path)
-    if provenance:
-        import json
-
-        side = path.with_name(path.name + ".provenance.json")
-        tmp = temporary_name(side)
-        tmp.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, side)
     tmp = temporary_name(path)
     try:
         csv_safe(frame).to_csv(tmp, index=False, encoding="utf-8")
