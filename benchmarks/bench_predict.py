@@ -7,7 +7,7 @@ process, on a synthetic uint8 dataset written to a temporary directory, so the r
 * baseline (what a first port looks like): a torch DataLoader whose Dataset reads one image at a time
   from the on-disk dataset and returns it as float32, default collation, float32 forward, one predict per
   batch, the rows of each batch collected as pandas DataFrames, concatenated and written at the end.
-* astrovader: ``predict_dataset`` (whole zarr blocks streamed, batched inference, bf16 autocast on GPUs,
+* astrovader: ``predict_dataset`` (whole zarr blocks streamed, batched channels-last float32 inference,
   each batch appended to a ParquetWriter, bounded memory).
 
 A third row, the model alone on in-memory batches (``infer_batch``), is the ceiling that I/O could reach.
@@ -33,7 +33,7 @@ from astrovader.data.dataset import Dataset, open_dataset, write_dataset
 from astrovader.inference import infer_batch
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
-from astrovader.runtime import inference_bf16, resolve_device
+from astrovader.runtime import resolve_device
 
 try:
     from common import append_results, markdown_table
@@ -152,9 +152,8 @@ def run(cfg: Config, n: int, device: torch.device, batch_size: int = 1024) -> di
 
 def table(rates: dict[str, float], device: torch.device) -> str:
     base = rates["baseline"]
-    bf16 = inference_bf16(device)
     rows = [["baseline (DataLoader, one image per read, fp32, pandas at the end)", rates["baseline"], 1.0],
-            [f"astrovader predict_dataset (zarr blocks, batched{', bf16' if bf16 else ''}, streamed Parquet)",
+            ["astrovader predict_dataset (zarr blocks, batched, channels-last float32, streamed Parquet)",
              rates["astrovader"], rates["astrovader"] / base],
             ["model only (infer_batch on in-memory batches, no I/O)", rates["model_only"],
              rates["model_only"] / base]]

@@ -68,3 +68,23 @@ def test_dask_local_matches_single_process_and_resumes(big):
     np.testing.assert_allclose(dask_cat[probs].to_numpy(), single[probs].to_numpy(), atol=1e-5)
     np.testing.assert_allclose(dask_cat["z_0"], single["z_0"], atol=1e-4)
     assert (dask_cat["component"].to_numpy() == single["component"].to_numpy()).mean() > 0.999
+
+
+def test_dask_predicts_with_a_shipped_model_by_name_and_records_bf16(tmp_path):
+    """A pretrained model's name reaches the workers as its packaged folder (it used to become ./NAME), and the
+    opt-in bf16 arithmetic is recorded in every part and in the job, so float32 parts are never mixed in."""
+    from astrovader.predict import JOB, predict_dask
+
+    imgs = np.random.default_rng(0).integers(0, 256, (48, 1, 64, 64), dtype=np.uint8)
+    ds = write_dataset(tmp_path / "ds", imgs)
+    out = predict_dask("sdss64-k3-gz1", ds.path, tmp_path / "parts", scheduler="local:1", chunk_rows=24,
+                       device="cpu", progress=False, precision="bf16")
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 2
+    import pyarrow.parquet as pq
+
+    assert all(pq.read_schema(p).metadata[b"PRECISN"] == b"bf16" for p in parts)
+    assert '"precision": "bf16"' in (out / JOB).read_text()
+    with pytest.raises(FileExistsError, match="precision"):
+        predict_dask("sdss64-k3-gz1", ds.path, out, scheduler="local:1", chunk_rows=24, device="cpu",
+                     progress=False)

@@ -160,7 +160,8 @@ def test_png_and_fits_outputs(trained, tmp_path):
         table = hdul["CATALOG"].data
         np.testing.assert_array_equal(table["component"], cat["component"])
         np.testing.assert_allclose(table["z_3"], cat["z_3"])
-        assert hdul[0].header["SEED"] == 2
+        assert hdul[0].header["GENSEED"] == 2 and hdul[0].header["PRECISN"] == "float32"
+        assert "train.seed" in hdul[0].header.comments["SEED"]  # SEED stays the weights' training seed
     assert main(["generate", str(tmp / "run"), str(tmp_path / "big.png"), "--n", "5000"]) == 2
 
 

@@ -1,15 +1,17 @@
 """The one inference path: latent means and log-variances, cluster probabilities, reconstructions and decoded
 images, streamed over a dataset (or an in-memory array) in bounded memory.
 
-uint8 pixels travel to the device as bytes (a quarter of the transfer) and are scaled there. The precision
-follows :func:`astrovader.runtime.inference_bf16`: bf16 on CUDA GPUs, float32 elsewhere. Every consumer
-(``predict``, the report, exploration, the estimator, the benchmark, the consistency check) goes through
-:func:`iter_inference` or :func:`infer`, so they all see the same numbers for the same image.
+uint8 pixels travel to the device as bytes (a quarter of the transfer) and are scaled there. The network runs
+as a channels-last inference copy (:class:`InferenceNet`), on CPUs in cache-sized chunks, in float32 unless
+``precision="bf16"`` is asked for (:mod:`astrovader.runtime`). Every consumer (``predict``, the report,
+exploration, the estimator, the benchmark, the consistency check, ``generate``) goes through this module, so
+they all see the same numbers for the same image.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.model import AstroVaDErNet
-from astrovader.runtime import inference_bf16
+from astrovader.runtime import check_precision, inference_autocast, inference_channels_last
 
 ImageSource = Dataset | str | Path | np.ndarray | torch.Tensor
 READ_ROWS = 8192  # dataset rows read per block: large reads, bounded memory
@@ -62,20 +64,113 @@ def _no_images(net: AstroVaDErNet) -> np.ndarray:
     return np.zeros((0, m.channels, m.image_size, m.image_size), np.float32)
 
 
+def _parameter_key(net: AstroVaDErNet) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter or buffer is replaced or modified in place (training, loading weights)."""
+    return tuple((t.data_ptr(), t._version) for t in (*net.parameters(), *net.buffers()))
+
+
+# one inference copy per live network, rebuilt when its weights change
+_COPIES: weakref.WeakKeyDictionary[AstroVaDErNet, tuple[tuple, AstroVaDErNet]] = weakref.WeakKeyDictionary()
+
+
+def _inference_copy(net: AstroVaDErNet) -> AstroVaDErNet:
+    """A channels-last copy of ``net`` in eval mode, or ``net`` itself where channels-last does not help. A copy,
+    so that the caller's network (which may go on training) keeps its own memory format."""
+    if not inference_channels_last(_device_of(net)):
+        return net.eval()
+    key = _parameter_key(net)
+    hit = _COPIES.get(net)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    fast = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    _COPIES[net] = (key, fast)
+    return fast
+
+
+def cpu_chunk(largest_activation: int, itemsize: int, cache_bytes: int = 8 << 20) -> int:
+    """Images per forward pass on a CPU: as many as keep the largest activation (``largest_activation``
+    values per image, ``itemsize`` bytes each) within a few MB. Past that the activations fall out of cache
+    and a batch of 1024 runs several times slower than one of 32 (benchmarks/RESULTS.md)."""
+    per_image = largest_activation * itemsize
+    return int(2 ** np.clip(np.floor(np.log2(max(cache_bytes // per_image, 1))), 3, 10))
+
+
+class InferenceNet:
+    """A network as inference runs it: a channels-last copy, on CPUs in cache-sized chunks (fixed for a model and
+    precision, so results are deterministic). ``encode`` and ``decode`` return float32 tensors on the network's
+    device.
+
+    ``precision="bf16"`` runs the decoder (reconstructions, their error, generated images) under bf16 autocast.
+    The encoder stays float32: in bf16 it moved the sharp posteriors of a K = 3 model by up to 0.07 in
+    probability (benchmarks/RESULTS.md), more than a catalogue should move for speed."""
+
+    def __init__(self, net: AstroVaDErNet, precision: str = "float32"):
+        self.net = net
+        self.precision = check_precision(precision)
+        self.device = _device_of(net)
+        self.fast = _inference_copy(net)
+        m = net.cfg.model
+        enc = max(f * (m.image_size // 2 ** i) ** 2 for i, f in enumerate(m.encoder_filters))
+        side = m.image_size // 2 ** len(m.decoder_filters)
+        dec = max(f * (side * 2 ** (i + 1)) ** 2 for i, f in enumerate(m.decoder_filters))
+        cpu = self.device.type == "cpu"
+        self.encode_chunk = cpu_chunk(enc, 4) if cpu else None
+        self.decode_chunk = cpu_chunk(dec, 2 if precision == "bf16" else 4) if cpu else None
+
+    @staticmethod
+    def _parts(t: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, ...]:
+        return t.split(chunk) if chunk else (t,)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (N, J), of float images (N, C, H, W) in [0, 1] already on the device."""
+        if self.fast is not self.net:
+            x = x.contiguous(memory_format=torch.channels_last)
+        mus, logvars = [], []
+        for part in self._parts(x, self.encode_chunk):
+            mu, logvar = self.fast.encode(part)  # float32 whatever the precision: see the class docstring
+            mus.append(mu.float())
+            logvars.append(logvar.float())
+        return torch.cat(mus), torch.cat(logvars)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoded images (N, C, H, W), as ``AstroVaDErNet.decode`` makes them, for latent vectors (N, J) on the
+        device."""
+        outs = []
+        for part in self._parts(z, self.decode_chunk):
+            with inference_autocast(self.device, self.precision):
+                out = self.fast.decode(part)
+            outs.append(out.float())
+        return torch.cat(outs).contiguous() if outs else torch.zeros(0)
+
+    def images(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoded images clamped to [0, 1] (N, C, H, W)."""
+        return self.decode(z).clamp_(0, 1)
+
+
+def _engine(engine: InferenceNet | None, net: AstroVaDErNet, precision: str) -> InferenceNet:
+    """``engine`` when it runs ``net`` at ``precision``, else a new one."""
+    if engine is not None and engine.net is net and engine.precision == precision:
+        return engine
+    return InferenceNet(net, precision)
+
+
 @torch.no_grad()
-def infer_batch(net: AstroVaDErNet, x: torch.Tensor, reconstruct: bool = True) -> dict[str, torch.Tensor]:
+def infer_batch(net: AstroVaDErNet, x: torch.Tensor, reconstruct: bool = True, precision: str = "float32",
+                engine: InferenceNet | None = None) -> dict[str, torch.Tensor]:
     """Everything the catalogue holds for one batch of uint8 images, or float images already scaled to [0, 1]:
-    ``mu``, ``logvar``, ``probs`` (exact posterior q(c|x)) and, unless ``reconstruct=False`` (which skips the
-    decoder), ``recon_mse`` (mean squared error of the decoded latent mean, pixels in [0, 1])."""
-    device = _device_of(net)
-    x = _scaled_on(x, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
-        mu, logvar = net.encode(x)
-        recon = net.decode(mu) if reconstruct else None
-    mu, logvar = mu.float(), logvar.float()
+    ``mu``, ``logvar``, ``probs`` (exact posterior q(c|x), in float32 whatever the precision) and, unless
+    ``reconstruct=False`` (which skips the decoder), ``recon_mse`` (mean squared error of the decoded latent
+    mean, pixels in [0, 1]). ``engine`` reuses an :class:`InferenceNet` of ``net`` across batches."""
+    engine = _engine(engine, net, precision)
+    x = _scaled_on(x, engine.device)
+    mu, logvar = engine.encode(x)
     out = {"mu": mu, "logvar": logvar, "probs": net.gmm.posterior(mu)}
-    if recon is not None:
-        out["recon_mse"] = (recon.float() - x).pow(2).flatten(1).mean(1)
+    if reconstruct:
+        out["recon_mse"] = (engine.decode(mu) - x).pow(2).flatten(1).mean(1)
     return out
 
 
@@ -141,14 +236,14 @@ def _blocks(images: ImageSource, rows: np.ndarray | None, start: int, stop: int 
 
 def iter_inference(net: AstroVaDErNet, images: ImageSource, *, rows: np.ndarray | None = None, start: int = 0,
                    stop: int | None = None, batch_size: int = 1024, reconstruct: bool = True,
-                   progress: bool = False,
-                   desc: str = "inference") -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+                   progress: bool = False, desc: str = "inference",
+                   precision: str = "float32") -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield ``(rows, results)`` batch by batch for a dataset (directory or :class:`Dataset`) or an image array:
     all rows, rows ``start:stop``, or the given ``rows``. Results are NumPy arrays as in :func:`infer_batch`.
     Memory is bounded by one read block whatever the dataset size."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    net.eval()
+    engine = InferenceNet(net, precision)
     n, blocks = _blocks(images, rows, start, stop, max(batch_size, READ_ROWS))
     checked = False
     with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
@@ -159,7 +254,7 @@ def iter_inference(net: AstroVaDErNet, images: ImageSource, *, rows: np.ndarray 
                 checked = True
             x = block if torch.is_tensor(block) else torch.from_numpy(np.ascontiguousarray(block))
             for b in range(0, len(x), batch_size):
-                res = infer_batch(net, x[b:b + batch_size], reconstruct)
+                res = infer_batch(net, x[b:b + batch_size], reconstruct, precision, engine)
                 yield r[b:b + batch_size], {k: v.cpu().numpy() for k, v in res.items()}
                 bar.update(min(batch_size, len(x) - b))
 
@@ -180,73 +275,39 @@ def infer(net: AstroVaDErNet, images: ImageSource, **kwargs) -> Predictions:
 
 
 @torch.no_grad()
-def decode(net: AstroVaDErNet, z: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def decode(net: AstroVaDErNet, z: np.ndarray | torch.Tensor, batch_size: int = 1024,
+           precision: str = "float32") -> np.ndarray:
     """Float images in [0, 1], (N, C, H, W), for latent vectors ``z`` of shape (N, J)."""
-    device = _device_of(net)
+    engine = InferenceNet(net, precision)
     zt = torch.as_tensor(np.asarray(z), dtype=torch.float32)
-    net.eval()
-    outs = []
-    for s in range(0, len(zt), batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
-            out = net.decode(zt[s:s + batch_size].to(device))
-        outs.append(out.float().clamp(0, 1).cpu())
+    outs = [engine.images(zt[s:s + batch_size].to(engine.device)).cpu() for s in range(0, len(zt), batch_size)]
     return torch.cat(outs).numpy() if outs else _no_images(net)
 
 
 @torch.no_grad()
 def reconstruct(net: AstroVaDErNet, images: ImageSource, rows: np.ndarray | None = None,
-                batch_size: int = 512) -> np.ndarray:
+                batch_size: int = 512, precision: str = "float32") -> np.ndarray:
     """Decoded latent means of images (a dataset's ``rows``, or an array) as float images in [0, 1]."""
-    device = _device_of(net)
+    engine = InferenceNet(net, precision)
     _, blocks = _blocks(images, rows, 0, None, max(batch_size, READ_ROWS))
-    net.eval()
     outs = []
     for _, block in blocks:
         x = block if torch.is_tensor(block) else torch.from_numpy(np.ascontiguousarray(block))
         check_geometry(net, tuple(x.shape[1:]), "the input")
         for b in range(0, len(x), batch_size):
-            xb = _scaled_on(x[b:b + batch_size], device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=inference_bf16(device)):
-                out = net.decode(net.encode(xb)[0])
-            outs.append(out.float().clamp(0, 1).cpu())
+            mu, _ = engine.encode(_scaled_on(x[b:b + batch_size], engine.device))
+            outs.append(engine.images(mu).cpu())
     return torch.cat(outs).numpy() if outs else _no_images(net)
 
 
 class FastDecoder:
-    """An inference copy of the model's decoder in channels-last memory format.
+    """Latent vectors to uint8 images (the dataset format's pixels), as ``generate`` writes them."""
 
-    Convolutions and bilinear up-sampling on channels-last tensors are 2-4x faster on CPUs (oneDNN) and use
-    tensor cores on GPUs; the copy leaves the model itself untouched for training and other callers."""
-
-    def __init__(self, net: AstroVaDErNet):
-        self.device = _device_of(net)
-        self.decoder = copy.deepcopy(net.decoder).eval().to(memory_format=torch.channels_last)
-        self.sigmoid = bool(self.decoder.bce)
-        for p in self.decoder.parameters():
-            p.requires_grad_(False)
-        self.chunk = self.cpu_chunk(net) if self.device.type == "cpu" else None
-
-    @staticmethod
-    def cpu_chunk(net: AstroVaDErNet, cache_bytes: int = 4 << 20) -> int:
-        """Images per forward pass on a CPU: as many as keep the largest decoder activation within a few MB.
-        Past that the activations fall out of cache and a batch of 1024 runs slower than one of 64."""
-        m = net.cfg.model
-        side = m.image_size // 2 ** len(m.decoder_filters)
-        per_image = max(f * (side * 2 ** (i + 1)) ** 2 * 4 for i, f in enumerate(m.decoder_filters))
-        return int(2 ** np.clip(np.floor(np.log2(max(cache_bytes // per_image, 1))), 3, 10))
+    def __init__(self, net: AstroVaDErNet, precision: str = "float32"):
+        self.engine = InferenceNet(net, precision)
 
     @torch.inference_mode()
     def __call__(self, z: np.ndarray) -> np.ndarray:
-        """Decode latent vectors to uint8 images (the dataset format's pixels), rounding x * 255 as ingest
-        does. On CPUs the batch is decoded in cache-sized chunks (fixed for a model, so still deterministic)."""
-        zt = torch.from_numpy(np.ascontiguousarray(z, np.float32)).to(self.device, non_blocking=True)
-        parts = zt.split(self.chunk) if self.chunk else (zt,)
-        outs = []
-        for part in parts:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=inference_bf16(self.device)):
-                out = self.decoder(part)
-            out = out.float()
-            if self.sigmoid:
-                out = torch.sigmoid(out)
-            outs.append(out.clamp_(0, 1).mul_(255).round_().to(torch.uint8))
-        return torch.cat(outs).contiguous().cpu().numpy()
+        """Decode latent vectors (N, J) to uint8 images (N, C, H, W), rounding x * 255 as ingest does."""
+        zt = torch.from_numpy(np.ascontiguousarray(z, np.float32)).to(self.engine.device, non_blocking=True)
+        return self.engine.images(zt).mul_(255).round_().to(torch.uint8).cpu().numpy()

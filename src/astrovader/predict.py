@@ -20,7 +20,9 @@ from astrovader.data.locks import exclusive
 from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
+from astrovader.pretrained import resolve as resolve_run
 from astrovader.runs import fits_cards, load_network, weights_sha256
+from astrovader.runtime import check_precision
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray], names: dict[int, str] | None = None) -> pa.Table:
@@ -64,16 +66,19 @@ def _with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                     batch_size: int = 1024, start: int = 0,
                     stop: int | None = None, progress: bool = True, overwrite: bool = False,
-                    metadata: dict[str, str] | None = None, names: dict[int, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None, names: dict[int, str] | None = None,
+                    precision: str = "float32") -> Path:
     """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
     ``names`` ({component: name}, from ``read_names``) adds a ``component_name`` column and a ``CNAMES`` key.
 
     Memory is bounded by one read block, whatever the dataset size. The file appears atomically; an existing
     ``out`` is replaced only with ``overwrite``. ``metadata`` (str -> str) is stored in the Parquet schema (FITS:
-    header keys). A non-finite value never reaches the catalogue: it stops the run with the rows named."""
+    header keys), with ``PRECISN``: the arithmetic, float32 or the opt-in ``precision="bf16"``. A non-finite value
+    never reaches the catalogue: it stops the run with the rows named."""
     out = Path(out)
     check_output(out, overwrite)
     ds = open_dataset(dataset)
+    metadata = {**(metadata or {}), "PRECISN": check_precision(precision)}
     if names is not None:
         metadata = {**(metadata or {}), "CNAMES": json.dumps({str(k): v for k, v in sorted(names.items())})}
     stop = len(ds) if stop is None else min(stop, len(ds))
@@ -86,7 +91,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
     writer: pq.ParquetWriter | None = None
     try:
         for rows, res in iter_inference(net, ds, start=start, stop=stop, batch_size=batch_size, progress=progress,
-                                        desc="predicting"):
+                                        desc="predicting", precision=precision):
             bad = np.flatnonzero(~np.all([np.isfinite(v).reshape(len(rows), -1).all(1) for v in res.values()], 0))
             if len(bad):
                 raise ValueError(f"{ds.path}: non-finite predictions for {len(bad)} images (first id "
@@ -150,14 +155,14 @@ def _worker_model(run_dir: str, device: str) -> AstroVaDErNet:
 
 
 def _predict_part(part: tuple[int, int, int], run_dir: str, dataset: str, out_dir: str, images_per_batch: int,
-                  device: str) -> str:
+                  device: str, precision: str = "float32") -> str:
     index, start, stop = part
     if device == "auto" and not torch.cuda.is_available():
         torch.set_num_threads(1)  # one thread per Dask worker process: the workers are the parallelism
     net = _worker_model(run_dir, device)
     path = Path(out_dir) / f"part-{index:05d}.parquet"
     predict_dataset(net, dataset, path, batch_size=images_per_batch, start=start, stop=stop, progress=False,
-                    overwrite=True)
+                    overwrite=True, precision=precision)
     return str(path)
 
 
@@ -169,10 +174,12 @@ JOB = "_job.json"
 MANIFEST = "_manifest.json"
 
 
-def _job(run_dir: str | Path, ds: Dataset, chunk_rows: int) -> dict[str, Any]:
-    """What a partitioned catalogue is of: the weights (by content), the dataset and its size, the chunking."""
-    return {"weights_sha256": weights_sha256(run_dir), "dataset": str(Path(ds.path).resolve()), "n": len(ds),
-            "chunk_rows": int(chunk_rows)}
+def _job(run_dir: str | Path, ds: Dataset, chunk_rows: int, precision: str = "float32") -> dict[str, Any]:
+    """What a partitioned catalogue is of: the weights (by content), the dataset and its size, the chunking and
+    the arithmetic (parts of float32 and bf16 are never mixed)."""
+    job = {"weights_sha256": weights_sha256(run_dir), "dataset": str(Path(ds.path).resolve()), "n": len(ds),
+           "chunk_rows": int(chunk_rows)}
+    return job if precision == "float32" else {**job, "precision": precision}  # float32 jobs read as before
 
 
 def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
@@ -192,8 +199,8 @@ def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
     if old == job:
         return
     if (parts or old is not None) and not overwrite:
-        diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in job.items()
-                         if old.get(k) != v) if old else f"{len(parts)} parts of an unrecorded job"
+        diff = ", ".join(f"{k}: {old.get(k)!r} there, {job.get(k)!r} now" for k in {**old, **job}
+                         if old.get(k) != job.get(k)) if old else f"{len(parts)} parts of an unrecorded job"
         raise FileExistsError(f"{out_dir}: holds predictions of another job ({diff}); pass --overwrite to "
                               "replace them, or choose a new output directory")
     for f in [*parts, job_file, out_dir / MANIFEST]:
@@ -204,7 +211,7 @@ def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
 
 def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, scheduler: str = "local",
                  chunk_rows: int = 8192, batch_size: int = 1024, device: str = "auto",
-                 progress: bool = True, overwrite: bool = False) -> Path:
+                 progress: bool = True, overwrite: bool = False, precision: str = "float32") -> Path:
     """Predict a dataset in chunks on Dask workers, writing a partitioned Parquet catalogue.
 
     ``scheduler`` is ``local`` or ``local:N`` (a LocalCluster of N single-threaded worker processes on this
@@ -212,7 +219,8 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     cluster). Each chunk becomes ``part-NNNNN.parquet`` written atomically; parts already present are skipped,
     so a killed run is finished by running it again. ``_job.json`` records what the parts belong to (the model's
     weights, the dataset and the chunking): a folder holding parts of another job is refused, or emptied with
-    ``overwrite``. Worker memory is bounded by the chunk size."""
+    ``overwrite``. Worker memory is bounded by the chunk size. ``precision`` as in :func:`predict_dataset`."""
+    check_precision(precision)
 
     ds = open_dataset(dataset)
     out_dir = Path(out_dir)
@@ -221,14 +229,15 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
     with exclusive(out_dir):  # two jobs on one folder would share and delete each other's parts
-        return _run_dask(run_dir, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite)
+        return _run_dask(run_dir, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite,
+                         precision)
 
 
 def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, chunk_rows: int, batch_size: int,
-              device: str, progress: bool, overwrite: bool) -> Path:
+              device: str, progress: bool, overwrite: bool, precision: str) -> Path:
     from dask.distributed import Client, LocalCluster, as_completed
 
-    _claim(out_dir, _job(run_dir, ds, chunk_rows), overwrite)
+    _claim(out_dir, _job(run_dir, ds, chunk_rows, precision), overwrite)
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
     if progress:
@@ -246,9 +255,10 @@ def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, c
         else:
             cluster, client = None, Client(scheduler)
         try:
-            futures = client.map(_predict_part, todo, run_dir=str(Path(run_dir).resolve()),
+            futures = client.map(_predict_part, todo, run_dir=str(resolve_run(run_dir).resolve()),
                                  dataset=str(Path(ds.path).resolve()), out_dir=str(out_dir.resolve()),
-                                 images_per_batch=batch_size, device=device, pure=False)  # not batch_size:
+                                 images_per_batch=batch_size, device=device, precision=precision,
+                                 pure=False)  # not batch_size:
             # Client.map has a keyword of that name
             with tqdm(total=len(todo), desc="parts", unit="part", disable=not progress) as bar:
                 for fut in as_completed(futures):
@@ -259,7 +269,7 @@ def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, c
             if cluster is not None:
                 cluster.close()
     atomic_write_json(out_dir / MANIFEST, {"dataset": str(Path(ds.path).resolve()),
-                                                   "run_dir": str(Path(run_dir).resolve()), "n": len(ds),
+                                                   "run_dir": str(resolve_run(run_dir).resolve()), "n": len(ds),
                                                    "chunk_rows": chunk_rows, "parts": len(parts)})
     return out_dir
 

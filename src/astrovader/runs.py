@@ -256,6 +256,7 @@ FITS_PROVENANCE: dict[str, tuple[type, str]] = {
     "NROWS": (int, "number of rows"),
     "COMMAND": (str, "command line that wrote this file"),
     "RUNSTATE": (str, "training state of the run (when unfinished)"),
+    "PRECISN": (str, "network arithmetic: float32 or bf16"),
 }
 
 

@@ -4,8 +4,10 @@ Precision policy (one place, used by training, inference and sampling):
 
 * training uses bf16 autocast when ``train.bf16`` is set and the device has fast bf16 (CUDA GPUs, CPUs with
   AVX512-BF16 or AMX), and channels-last memory when ``train.channels_last`` is set;
-* inference (catalogues, reports, scores) and sampling use bf16 on CUDA GPUs that support it and float32
-  everywhere else, so the numbers in a catalogue do not depend on which CPU made them.
+* inference (catalogues, reports, scores) and sampling run in channels-last memory on CPUs and CUDA GPUs and in
+  float32, unless the caller asks for ``precision="bf16"`` (``--precision bf16``), which runs the decoder
+  (reconstructions, generated images) in bf16 and leaves the encoder, and so every latent and probability, in
+  float32. bf16 is opt-in, so the pixels a run makes do not depend on the machine, and provenance records it.
 """
 
 from __future__ import annotations
@@ -68,10 +70,26 @@ def training_channels_last(cfg: Config, device: torch.device) -> bool:
     return cfg.train.channels_last and device.type in ("cuda", "cpu")
 
 
-def inference_bf16(device: torch.device) -> bool:
-    """Whether inference and sampling run under bf16 autocast: on CUDA GPUs with bf16 only, so that catalogue
-    values made on a CPU do not depend on the CPU model."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+PRECISIONS = ("float32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def inference_autocast(device: torch.device, precision: str = "float32") -> torch.autocast:
+    """The autocast context of inference and sampling: bf16 only when asked for, float32 otherwise. On a
+    device without fast bf16 the bf16 mode still runs (and agrees as well) but gains nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
+
+
+def inference_channels_last(device: torch.device) -> bool:
+    """Whether inference and sampling use a channels-last copy of the network (oneDNN's fast layout on CPUs,
+    tensor cores on GPUs). Its float32 results agree with the contiguous network's to float32 rounding."""
+    return device.type in ("cpu", "cuda")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -35,6 +35,7 @@ from astrovader.data.outputs import remove_stale_temporaries, temporary_name
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import fits_cards, provenance
+from astrovader.runtime import check_precision
 
 RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
 COMPONENT_DRAWS = ("mixture", "uniform")  # how a component is chosen when none is given
@@ -51,6 +52,7 @@ class GenerationSpec:
     weights: str = "mixture"
     temperature: float = 1.0
     seed: int = 0
+    precision: str = "float32"  # of the decoder: "bf16" moves some pixels by a grey level or two
 
     def validate(self, n_clusters: int) -> None:
         if self.weights not in COMPONENT_DRAWS:
@@ -59,6 +61,7 @@ class GenerationSpec:
             raise ValueError(f"temperature must be a positive number, got {self.temperature}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_precision(self.precision)
         if self.clusters is not None:
             if len(self.clusters) == 0:
                 raise ValueError("clusters must name at least one component")
@@ -68,12 +71,13 @@ class GenerationSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"clusters": None if self.clusters is None else list(self.clusters), "weights": self.weights,
-                "temperature": float(self.temperature), "seed": int(self.seed)}
+                "temperature": float(self.temperature), "seed": int(self.seed), "precision": self.precision}
 
 
-def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float, seed: int) -> GenerationSpec:
+def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float, seed: int,
+          precision: str = "float32") -> GenerationSpec:
     cl = None if clusters is None else tuple(int(c) for c in np.atleast_1d(np.asarray(clusters)))
-    return GenerationSpec(cl, weights, float(temperature), int(seed))
+    return GenerationSpec(cl, weights, float(temperature), int(seed), precision)
 
 
 def _gmm_arrays(net: AstroVaDErNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,7 +137,7 @@ def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: i
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec.validate(net.cfg.model.n_clusters)
     gmm = _gmm_arrays(net)
-    decode = FastDecoder(net)
+    decode = FastDecoder(net, spec.precision)
     for s0 in range(start - start % batch_size, n, batch_size):
         comps, z = sample_latents(gmm, s0, min(s0 + batch_size, n), spec)
         imgs = decode(z)
@@ -187,7 +191,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
                         weights: str = "mixture", temperature: float = 1.0, seed: int = 0,
                         batch_size: int = DEFAULT_BATCH, *, progress: bool = True,
                         stop_after_batches: int | None = None, commit_every: int | None = None,
-                        run_dir: str | Path | None = None) -> Path:
+                        run_dir: str | Path | None = None, precision: str = "float32") -> Path:
     """Stream ``n`` synthetic galaxies into a packed dataset at ``out``; returns ``out``.
 
     The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the
@@ -201,7 +205,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
         raise ValueError(f"n must be >= 0, got {n}")
     m = net.cfg.model
     device = next(net.parameters()).device
-    spec = _spec(clusters, weights, temperature, seed)
+    spec = _spec(clusters, weights, temperature, seed, precision)
     spec.validate(m.n_clusters)
     out = Path(out)
     gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
@@ -212,7 +216,9 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
         prev = existing.meta.get("generated")
         if prev is None:
             raise DatasetError(f"{out}: a dataset not written by `astrovader generate`; choose a new output")
-        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "model") if prev.get(k) != gen_meta[k]]
+        prev = {"precision": "float32", **prev}  # written before the precision was a setting: float32
+        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "precision", "model")
+                 if prev.get(k) != gen_meta[k]]
         if diffs:
             detail = ", ".join(f"{k}: {prev.get(k)!r} there, {gen_meta[k]!r} now" for k in diffs)
             raise DatasetError(f"{out}: holds a generation run with different settings ({detail}); "
@@ -256,14 +262,15 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
 
 def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                    *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96) -> Path:
+                    *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96,
+                    precision: str = "float32") -> Path:
     """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look: each
     tile enlarged to at least ``tile_px`` pixels by repeating pixels, and captioned with the component it was
     drawn from. Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge
     PNG."""
     if not 1 <= n <= max_images:
         raise ValueError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
-    spec = _spec(clusters, weights, temperature, seed)
+    spec = _spec(clusters, weights, temperature, seed, precision)
     imgs, comps = sample(net, n, spec, batch_size)[:2]
     scale = max(1, -(-tile_px // imgs.shape[-1]))
     return save_png_grid(imgs, out, ncols=ncols, scale=scale, labels=[f"comp. {int(k)}" for k in comps])
@@ -272,7 +279,7 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
 def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                      *, progress: bool = True, run_dir: str | Path | None = None,
-                     command: str | None = None) -> Path:
+                     command: str | None = None, precision: str = "float32") -> Path:
     """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
     then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
     every format holds the same images; rows are stored bottom first, as FITS viewers expect.
@@ -282,7 +289,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     if n < 1:
         raise ValueError(f"a FITS cube needs at least one image, got n={n}")
     m = net.cfg.model
-    spec = _spec(clusters, weights, temperature, seed)
+    spec = _spec(clusters, weights, temperature, seed, precision)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # a killed earlier run's partial cube
@@ -307,9 +314,14 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
             header[f"CDELT{axis}"] = (float(prov["PIXSCALE"]), "[arcsec/pixel]")
             header[f"CRPIX{axis}"] = ((m.image_size + 1) / 2, "the stamp centre")
             header[f"CRVAL{axis}"] = 0.0
-    for key, val in (("SEED", spec.seed), ("TEMPERAT", spec.temperature), ("DRAW", spec.weights),
-                     ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)))):
-        header[key] = val
+    for key, val, comment in (
+            ("GENSEED", spec.seed, "seed of the draws (generate --seed)"),
+            ("TEMPERAT", spec.temperature, "scale of the component variances"),
+            ("DRAW", spec.weights, "how components are drawn without --component"),
+            ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)),
+             "components sampled from"),
+            ("PRECISN", spec.precision, "network arithmetic: float32 or bf16")):
+        header[key] = (val, comment)
     cat: list[pd.DataFrame] = []
     try:
         stream = fits.StreamingHDU(str(tmp), header)

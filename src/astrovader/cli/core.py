@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError, positive_int
+from astrovader.cli import CLIError, add_precision, positive_int
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -141,7 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError("--dask writes a partitioned Parquet directory; give a directory name as OUT")
         out = predict_dask(args.run_dir, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
                            batch_size=args.batch_size, device=args.device or "auto", progress=not args.quiet,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, precision=args.precision)
         print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
         return 0
 
@@ -150,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         metadata["RUNSTATE"] = state.describe()
     names = read_names(args.names, cfg.model.n_clusters, metadata["WEIGHTS"]) if args.names else None
     out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
-                          overwrite=args.overwrite, metadata=metadata, names=names)
+                          overwrite=args.overwrite, metadata=metadata, names=names, precision=args.precision)
     if not state.finished:
         print(f"warning: {args.run_dir}: {state.describe()} (recorded in {out}'s metadata)")
     import pyarrow.parquet as pq
@@ -220,6 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "component_name column and records the names in the metadata (CNAMES)")
     p.add_argument("--chunk-rows", type=positive_int("--chunk-rows"), default=8192,
                    help="images per Dask part (default 8192)")
+    add_precision(p, "predictions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

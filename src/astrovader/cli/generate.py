@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError, positive_int
+from astrovader.cli import CLIError, add_precision, positive_int
 
 FORMATS = ("dataset", "png", "fits")
 
@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     fmt = _format(args)
     _clear_output(Path(args.out), fmt, args.overwrite)
     kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
-              batch_size=args.batch_size)
+              batch_size=args.batch_size, precision=args.precision)
     if fmt == "png":
         out = sampling.generate_to_png(net, args.out, args.n, **kw)
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
@@ -160,6 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
                    help="check consistency on at most the first N images (default 100000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_precision(p, "images")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("explore", help="the cluster explorer page, and gallery, interpolation, traversal and "
