@@ -179,7 +179,7 @@ def test_make_report_writes_everything(tmp_path_factory):
     report = tiny_report(tmp_path_factory)
     out = report.parent
     for name in ("recon_random", "recon_best", "recon_worst", "cluster_stats_table", "overlap", "members_top",
-                 "members_random", "secondary", "tsne", "latent_histograms", "label_counts", "label_fractions",
+                 "members_random", "secondary", "latent_map", "latent_histograms", "label_counts", "label_fractions",
                  "gz_smooth_featured", "gz_edge_on", "history"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
     for name in ("cluster_stats.csv", "cluster_stats.html", "overlap.csv", "secondary_labels.csv",
@@ -255,3 +255,44 @@ def test_undefined_metrics_are_said_in_words():
     from astrovader.analysis.report import _fmt_metric
 
     assert _fmt_metric(float("nan")).startswith("undefined") and _fmt_metric(0.12345) == "0.1235"
+
+
+def test_explore_announces_every_step_and_describes_once(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """`explore` says what it is doing at every step that can take seconds, and measures the components once for
+    the deblending choice and the page (it used to measure them twice)."""
+    from astrovader.analysis import describe
+
+    run, ds = tiny_run(tmp_path_factory)
+    calls = []
+    real = describe.describe_components
+    monkeypatch.setattr(describe, "describe_components", lambda *a, **k: calls.append(1) or real(*a, **k))
+    import astrovader.analysis.explore_figures as ef
+    import astrovader.analysis.explorer as ex
+
+    monkeypatch.setattr(ex, "describe_components", describe.describe_components)
+    monkeypatch.setattr(ef, "describe_components", describe.describe_components)
+    assert main(["explore", str(run), str(ds), str(tmp_path / "out"), "--steps", "3", "--traverse-steps", "3",
+                 "--n-per-cluster", "2"]) == 0
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("[explore] ")]
+    assert [s.split(" (")[0] for s in steps] == [
+        "[explore] describing the components", "[explore] synthetic galaxies per component",
+        "[explore] shortest-route interpolation", "[explore] latent traversal", "[explore] latent map",
+        "[explore] reconstructions and thumbnails", "[explore] the page: map, component panels, filters"]
+    assert len(calls) == 1
+
+
+def test_latent_map_keeps_groups_apart_and_is_seeded():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from astrovader.analysis.latent_map import latent_map
+
+    rng = np.random.default_rng(0)
+    mu = np.concatenate([rng.normal(0, 1, (150, 6)), rng.normal(6, 1, (150, 6))]).astype(np.float32)
+    truth = np.repeat([0, 1], 150)
+    xy = latent_map(mu, seed=3)
+    assert xy.shape == (300, 2) and xy.dtype == np.float32
+    # the two groups stay apart on the map: each point's map neighbours are from its own group
+    assert KNeighborsClassifier(5).fit(xy, truth).score(xy, truth) == 1.0
+    np.testing.assert_array_equal(latent_map(mu, seed=3), xy)
+    assert latent_map(mu[:10]).shape == (10, 2)  # PCA below 20 galaxies

@@ -8,7 +8,7 @@ stretch shared by a whole figure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,36 +160,44 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
                        n_per_cluster: int = 8,
                        steps: int = 8, traverse_steps: int = 9, companion_components: Sequence[int] | None = None,
                        closed: bool = True, temperature: float = 1.0, seed: int = 0,
-                       progress: bool = False, rows: np.ndarray | None = None) -> list[tuple[str, Path]]:
+                       progress: bool = False, rows: np.ndarray | None = None,
+                       log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
     """Write the gallery, route interpolation (+ GIF and frame strip), traversal and deblending figures for
     a run to ``out_dir``; returns (title, PNG path) for the four figures, for reports. Dataset latents are
     computed once (or read from ``predictions``) and shared by the three exploration figures. The deblending
     figure starts from ``companion_components`` (default: those ``describe`` flags, from a quick measurement
-    without statmorph) and is left out when there are none."""
+    without statmorph) and is left out when there are none. ``log`` is told each step as it starts."""
+    log = log or (lambda message: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = open_dataset(dataset)
     summary = latent_summary(net, ds, predictions, progress=progress)
     weights = net.gmm.weights.detach().double().cpu().numpy()
     figs: list[tuple[str, Path]] = []
+    log("synthetic galaxies per component")
     imgs, comps = gallery(net, n_per_cluster, temperature=temperature, seed=seed)
     t = f"Synthetic galaxies per component (z ~ N(μ_c, T σ²_c), T = {temperature:g})"
     figs.append((t, plot_gallery(imgs, comps, out_dir / "gallery.png", weights, title=t)))
+    log("shortest-route interpolation (figure, GIF, frame strip)")
     route = route_interpolation(net, summary, steps=steps, closed=closed)
     t = "Interpolation along the shortest route through each component's most probable object"
     figs.append((t, plot_interpolation(route, out_dir / "interpolation.png", title="Shortest-route interpolation")))
     save_route_animation(route, out_dir / "interpolation.gif", out_dir / "interpolation_strip.png")
+    log("latent traversal")
     trav = traverse(net, summary.mu, traverse_steps)
     t = "Latent traversal: each variable from its minimum to its maximum, others at their mean"
     figs.append((t, plot_traversal(trav, out_dir / "traversal.png", summary.mu)))
     if companion_components is None and summary.probs.shape[1] >= 2:
+        log("which components are grouped by companions (describe, photutils only)")
         quick = DescribeSettings(max_members=200, n_detailed=0, seed=seed)
-        companion_components = describe_components(summary, ds, settings=quick).companion_components
+        companion_components = describe_components(summary, ds, settings=quick,
+                                                   progress=progress).companion_components
     companion_components = [c for c in (companion_components or []) if (summary.labels == c).any()]
     if rows is not None:  # the rows an analysis reports on: its galaxies and their twins come from them
         companion_components = [c for c in companion_components
                                 if ((summary.labels == c) & np.isin(summary.rows, rows)).any()]
     if companion_components:
+        log(f"deblending from component(s) {', '.join(map(str, companion_components))}")
         res = deblend(net, summary, ds, companion_components, steps=steps, n_examples=3,
                       companion_mask=companion_mask, companion_free=strictly_companion_free, rows=rows)
         if res:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sys
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from astrovader.analysis.describe import (
     pixel_scale_of,
 )
 from astrovader.analysis.figures import cluster_colors
+from astrovader.analysis.latent_map import latent_map
 from astrovader.analysis.page import script_json
 from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
 from astrovader.inference import Predictions, decode, infer, reconstruct
@@ -92,20 +95,6 @@ def main_direction(net: AstroVaDErNet, k: int, steps: int = 9, span: float = 2.0
         lam, v = var[j], np.eye(len(var))[j]
     t = np.linspace(-span, span, steps)
     return decode(net, (mu[None] + t[:, None] * np.sqrt(lam) * v[None]).astype(np.float32))
-
-
-def _embedding(mu: np.ndarray, seed: int) -> np.ndarray:
-    """2-D UMAP of the latent means (PCA for fewer than 20 galaxies, where UMAP's graph is meaningless)."""
-    if len(mu) < 20:
-        from sklearn.decomposition import PCA
-
-        out = PCA(2).fit_transform(mu) if len(mu) > 2 else np.zeros((len(mu), 2))
-        return out.astype(np.float32)
-    import umap
-
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(mu) - 1), min_dist=0.1, random_state=seed,
-                        n_jobs=1)
-    return reducer.fit_transform(mu).astype(np.float32)
 
 
 def _top(probs: np.ndarray, n: int = 3) -> list[str]:
@@ -203,15 +192,19 @@ def _map(frame: pd.DataFrame, K: int):
 
 def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, description: Description,
                    run_info: dict[str, str], *, label_column: str | None = None, n_total: int | None = None,
-                   max_pixels: float = 40e6, seed: int = 0) -> str:
-    """The explorer page's HTML for predictions ``pred`` of dataset rows ``pred.rows``."""
+                   max_pixels: float = 40e6, seed: int = 0, log: Callable[[str], None] | None = None) -> str:
+    """The explorer page's HTML for predictions ``pred`` of dataset rows ``pred.rows``; ``log`` is told each
+    step as it starts."""
+    log = log or (lambda message: None)
     from bokeh.embed import components
     from bokeh.resources import INLINE
 
     K = pred.probs.shape[1]
     n = len(pred.rows)
     catalog = ds.catalog.iloc[pred.rows].reset_index(drop=True)
-    xy = _embedding(pred.mu.astype(np.float32), seed)
+    log(f"latent map (UMAP of {n:,} galaxies)")
+    xy = latent_map(pred.mu, seed)
+    log("reconstructions and thumbnails")
     raw = ds.take(pred.rows)
     rec = np.clip(np.rint(reconstruct(net, raw) * 255), 0, 255).astype(np.uint8)
     factor = 1
@@ -236,6 +229,7 @@ def build_explorer(net: AstroVaDErNet, ds: Dataset, pred: Predictions, descripti
     categories = _category_columns(catalog)
     for c in categories:
         frame[f"cat_{c}"] = catalog[c].astype(object).where(catalog[c].notna(), "(missing)").astype(str).to_numpy()
+    log("the page: map, component panels, filters")
     script, div = components(_map(frame, K))
 
     rng = np.random.default_rng(seed)
@@ -337,24 +331,44 @@ def _filters(label_opts: str, col_opts: str, cat_opts: str, split_filter: str, n
         "</div>")
 
 
+def explorer_rows(n: int, max_points: int, seed: int) -> np.ndarray:
+    """The dataset rows the explorer page shows: all ``n``, or a seeded sample of ``max_points``."""
+    rows = np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False)) if n > max_points else rows
+
+
+def explorer_description(net: AstroVaDErNet, ds: Dataset, pred: Predictions, *, seed: int = 0,
+                         label_column: str | None = None, settings: DescribeSettings | None = None,
+                         progress: bool = False) -> Description:
+    """The component descriptions the explorer page shows for predictions ``pred`` (its rows)."""
+    return describe_components(pred, ds, weights=net.gmm.weights.detach().cpu().numpy(),
+                               label_column=detect_label_column(ds.catalog, label_column),
+                               pixel_scale=pixel_scale_of(ds), progress=progress,
+                               settings=settings or DescribeSettings(max_members=200, n_detailed=20, seed=seed))
+
+
 def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                    pred: Predictions | None = None, max_points: int = 20000, label_column: str | None = None,
                    describe: DescribeSettings | None = None, seed: int = 0, command: str | None = None,
-                   progress: bool = False) -> Path:
+                   progress: bool = False, description: Description | None = None) -> Path:
     """Write ``explorer.html`` for a run on ``dataset`` (all rows, or a seeded sample of ``max_points``).
-    ``pred``: predictions already made for those rows (e.g. by the exploration figures), reused."""
+    ``pred``: predictions already made for those rows (e.g. by the exploration figures), reused; so is
+    ``description`` (:func:`explorer_description` of them). Each step is announced on stderr with ``progress``."""
+    def log(message: str) -> None:
+        if progress:
+            print(f"[explore] {message}", file=sys.stderr, flush=True)
+
     ds = open_dataset(dataset)
-    rows = np.arange(len(ds))
-    if len(rows) > max_points:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
+    rows = explorer_rows(len(ds), max_points, seed)
     if pred is None or len(pred.rows) != len(rows) or not np.array_equal(pred.rows, rows):
         pred = infer(net, ds, rows=rows, progress=progress)
     label_column = detect_label_column(ds.catalog, label_column)
-    desc = describe_components(pred, ds, weights=net.gmm.weights.detach().cpu().numpy(), label_column=label_column,
-                               pixel_scale=pixel_scale_of(ds),
-                               settings=describe or DescribeSettings(max_members=200, n_detailed=20, seed=seed))
-    page = build_explorer(net, ds, pred, desc, provenance(run_dir, net.cfg, command), label_column=label_column,
-                          n_total=len(ds), seed=seed)
+    if description is None:
+        log(f"describing the components ({len(rows):,} galaxies)")
+        description = explorer_description(net, ds, pred, seed=seed, label_column=label_column, settings=describe,
+                                           progress=progress)
+    page = build_explorer(net, ds, pred, description, provenance(run_dir, net.cfg, command),
+                          label_column=label_column, n_total=len(ds), seed=seed, log=log)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode("utf-8"))

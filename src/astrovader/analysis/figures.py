@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from astrovader.data.outputs import temporary_name
 
 __all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
-           "plot_secondary", "plot_tsne", "plot_latent_histograms", "plot_label_counts", "plot_history",
+           "plot_secondary", "plot_latent_map", "plot_latent_histograms", "plot_label_counts", "plot_history",
            "cluster_colors", "scale_bar"]
 
 PHASE_COLORS = {"gamma": "#d9d9d9", "anneal": "#fde0c5", "static": "#c6dbef"}
@@ -300,8 +300,9 @@ def plot_secondary(groups: list[tuple[str, np.ndarray]], out: str | Path, title:
 # --------------------------------------------------------------------------------------------------
 # latent space
 # --------------------------------------------------------------------------------------------------
-def plot_tsne(embedding: np.ndarray, labels: np.ndarray, k: int, out: str | Path, title: str) -> Path:
-    """2-D t-SNE of latent means, one colour per most probable component."""
+def plot_latent_map(embedding: np.ndarray, labels: np.ndarray, k: int, out: str | Path, title: str) -> Path:
+    """The 2-D map of latent means (:func:`astrovader.analysis.latent_map.latent_map`), one colour per most
+    probable component."""
     colors = cluster_colors(k)
     fig, ax = subplots(figsize=(6.4, 5.6))
     for c in range(k):
@@ -311,8 +312,8 @@ def plot_tsne(embedding: np.ndarray, labels: np.ndarray, k: int, out: str | Path
                        label=f"{c} ({m.sum():,})")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
     ax.set_title(title, fontsize=11)
     ax.legend(title="component", fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, out)

@@ -19,6 +19,7 @@ import pandas as pd
 from astrovader.analysis import figures as F
 from astrovader.analysis.describe import MEASURES, DescribeSettings, Description, pixel_scale_of
 from astrovader.analysis.explore_figures import generation_figures
+from astrovader.analysis.latent_map import latent_map
 from astrovader.analysis.metrics import (
     GZ_DEFAULT_CUTS,
     calinski_harabasz,
@@ -41,7 +42,7 @@ from astrovader.runs import HISTORY, read_history
 N_RANDOM_RECON = 10
 N_BEST_WORST = 5
 N_MEMBERS = 8
-TSNE_MAX = 3000
+MAP_MAX = 20000  # galaxies on the latent map, as on the explorer's by default
 
 
 def log(progress: bool, msg: str) -> None:
@@ -256,25 +257,22 @@ def secondary(ctx: ReportContext) -> None:
 
 
 def latent_space(ctx: ReportContext) -> None:
-    """5. t-SNE of the latent means and the latent histograms."""
+    """5. The map of the latent means (the explorer's UMAP) and the latent histograms."""
     pred, K = ctx.pred, ctx.K
-    log(ctx.progress, "latent space (t-SNE)")
-    ctx.page.section("latent", "Latent space",
-                     "How the galaxies are arranged in the J-dimensional latent space. t-SNE draws neighbours "
-                     "together but distorts distances and sizes: read it for which components touch, not for how "
-                     "far apart they are. The histograms show each latent variable with the mixture's means as "
-                     "ticks: a variable whose lines differ separates the components.")
     n = len(pred.rows)
-    sub = np.sort(ctx.rng.choice(n, min(TSNE_MAX, n), replace=False))
+    log(ctx.progress, f"latent space (UMAP of {min(MAP_MAX, n):,} galaxies)")
+    ctx.page.section("latent", "Latent space",
+                     "How the galaxies are arranged in the J-dimensional latent space. The map (UMAP, the same as "
+                     "the explorer page's) draws neighbours together but distorts distances and sizes: read it for "
+                     "which components touch, not for how far apart they are. The histograms show each latent "
+                     "variable with the mixture's means as ticks: a variable whose lines differ separates the "
+                     "components.")
+    sub = np.sort(ctx.rng.choice(n, min(MAP_MAX, n), replace=False))
     if len(sub) >= 5:
-        from sklearn.manifold import TSNE
-
-        tsne = TSNE(2, perplexity=float(min(30, (len(sub) - 1) / 3)), init="pca", random_state=ctx.seed,
-                    method="exact" if len(sub) <= 500 else "barnes_hut", n_jobs=1)
-        emb = tsne.fit_transform(pred.mu[sub].astype(np.float64))
-        ctx.page.figure(F.plot_tsne(emb, pred.labels[sub], K, ctx.figs / "tsne.png",
-                                    f"t-SNE of latent means ({len(sub):,} galaxies)"),
-                        "t-SNE of the latent space", "Coloured by most probable component.")
+        emb = latent_map(pred.mu[sub], ctx.seed)
+        ctx.page.figure(F.plot_latent_map(emb, pred.labels[sub], K, ctx.figs / "latent_map.png",
+                                          f"UMAP of latent means ({len(sub):,} galaxies)"),
+                        "Map of the latent space", "Coloured by most probable component.")
     ctx.page.figure(F.plot_latent_histograms(pred.mu, pred.labels, K, ctx.figs / "latent_histograms.png",
                                              ctx.net.gmm.means.detach().cpu().numpy()),
                     "Latent histograms", "Grey: all galaxies; lines: members of each component.")
@@ -360,7 +358,8 @@ def synthetic(ctx: ReportContext) -> None:
     whole = len(ctx.pred.rows) == len(ctx.ds)  # our predictions are reused when they cover the dataset in order
     gen_figs = generation_figures(ctx.net, ctx.ds, ctx.out_dir / "generation",
                                   predictions=ctx.pred if whole else None,
-                                  companion_components=ctx.desc.companion_components, rows=ctx.pred.rows)
+                                  companion_components=ctx.desc.companion_components, rows=ctx.pred.rows,
+                                  progress=ctx.progress, log=lambda message: log(ctx.progress, message))
     ctx.page.section("synthetic", "Synthetic galaxies and the latent space explored (Figures 9-12)",
                      "New galaxies drawn from each component's Gaussian, a walk through each component's most "
                      "probable galaxy, every latent variable varied on its own, and deblending: a galaxy of a "

@@ -131,10 +131,11 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="HTML report of a trained run: the paper's section 5 analyses",
                        description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
-                       "component overlap (Figure 5), members and secondary labels (Figures 6-8), t-SNE and "
-                       "latent histograms, comparison with labels or Galaxy Zoo vote fractions (Figures 13-14), "
-                       "training history (Figure 2) and synthetic galaxies, opened by a description of every "
-                       "component; written to OUT_DIR/report.html, a self-contained page that opens offline.")
+                       "component overlap (Figure 5), members and secondary labels (Figures 6-8), the latent "
+                       "map (UMAP) and latent histograms, comparison with labels or Galaxy Zoo vote fractions "
+                       "(Figures 13-14), training history (Figure 2) and synthetic galaxies, opened by a "
+                       "description of every component; written to OUT_DIR/report.html, a self-contained page "
+                       "that opens offline.")
     p.add_argument("run_dir", metavar="RUN", help="trained run directory")
     p.add_argument("dataset", metavar="DATASET",
                    help="dataset directory (the one trained on, or another with the same image size)")

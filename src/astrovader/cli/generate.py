@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from astrovader.cli import CLIError, add_precision, positive_int
 
@@ -94,6 +97,8 @@ EXPLORE_OUTPUTS = ("gallery.png", "interpolation.png", "interpolation.gif", "int
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from astrovader.analysis.explore_figures import generation_figures
+    from astrovader.analysis.explorer import explorer_description, explorer_rows, write_explorer
+    from astrovader.data.dataset import open_dataset
     from astrovader.explore import latent_summary
     from astrovader.runs import load_network
 
@@ -105,21 +110,32 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise CLIError(f"{out_dir}: already holds {', '.join(there)}; pass --overwrite to replace them, or choose "
                        "another folder")
     _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
-    # encoded once: the figures and the explorer page share these predictions
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"[explore] {message}", file=sys.stderr, flush=True)
+
+    # encoded once, described once: the figures and the explorer page share these predictions
     summary = latent_summary(net, args.dataset, args.predictions, progress=not args.quiet)
-    figs = generation_figures(net, args.dataset, args.out_dir, predictions=summary,
+    ds = open_dataset(args.dataset)
+    description = None
+    if not args.no_explorer and np.array_equal(summary.rows, explorer_rows(len(ds), args.max_points, args.seed)):
+        log(f"describing the components ({len(summary.rows):,} galaxies)")
+        description = explorer_description(net, ds, summary, seed=args.seed, progress=not args.quiet)
+    companions = args.companion
+    if companions is None and description is not None:
+        companions = description.companion_components
+    figs = generation_figures(net, ds, args.out_dir, predictions=summary,
                               n_per_cluster=args.n_per_cluster, steps=args.steps,
-                              traverse_steps=args.traverse_steps, companion_components=args.companion,
+                              traverse_steps=args.traverse_steps, companion_components=companions,
                               closed=not args.open, temperature=args.temperature, seed=args.seed,
-                              progress=not args.quiet)
+                              progress=not args.quiet, log=log)
     for title, path in figs:
         print(f"{path}  {title}")
     if not args.no_explorer:
-        from astrovader.analysis.explorer import write_explorer
-
-        page = write_explorer(args.run_dir, net, args.dataset, Path(args.out_dir) / "explorer.html", pred=summary,
+        page = write_explorer(args.run_dir, net, ds, Path(args.out_dir) / "explorer.html", pred=summary,
                               max_points=args.max_points, seed=args.seed, command=args.command_line,
-                              progress=not args.quiet)
+                              progress=not args.quiet, description=description)
         print(f"{page}  the cluster explorer: open it in a browser (offline), name the components, export the names")
     print(f"{Path(args.out_dir) / 'interpolation.gif'}  animated route interpolation")
     print(f"{Path(args.out_dir) / 'interpolation_strip.png'}  route interpolation frame strip")
