@@ -123,14 +123,15 @@ def agreement(net, images: np.ndarray) -> list[list[object]]:
 
 
 _PEAK = """
-import resource, sys, torch
+import sys, torch
 from astrovader.config import Config
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
 torch.manual_seed(0)
 net = AstroVaDErNet(Config.resolve("demo", overrides=sys.argv[3:])).eval()
 predict_dataset(net, sys.argv[1], sys.argv[1] + ".parquet", stop=int(sys.argv[2]), progress=False, overwrite=True)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# this process's own high-water mark (getrusage's maxrss survives exec, so it would report the parent's)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 TINY = ["model.image_size=16", "model.encoder_filters=[8,8]", "model.encoder_kernels=[3,3]",
         "model.decoder_filters=[8,8]", "model.decoder_kernels=[3,3]", "model.latent_dim=8", "model.n_clusters=8"]
@@ -206,7 +207,7 @@ def main() -> None:
                              chunk_rows=max(args.n_dask // 8, 1), batch_size=1024, device="cpu", progress=False)
                 rate = args.n_dask / (time.perf_counter() - t0)
                 speed.append([f"predict --dask local:{workers} (64 px, 1 thread per worker)", "float32",
-                              f"{rate:.0f}", "-", "-"])
+                              f"{rate:.0f}", "-", fraction_of_matmul(net64.cfg, rate, "float32", peaks)])
         memory = peak_memory(tmp, args.memory_rows) if args.memory_rows else []
     table = markdown_table(["path", "mode", "images/s", "vs before", "of matmul rate"], speed)
     if memory:
