@@ -4,12 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from astrovader.cli import CLIError
 
 
+def cmd_realism(args: argparse.Namespace) -> int:
+    """``benchmark realism RUN DATASET``: synthetic galaxies against held-out real ones."""
+    from astrovader.benchmark.realism import format_realism, realism, write_realism
+    from astrovader.data.dataset import open_dataset
+    from astrovader.runs import load_network, provenance
+
+    if len(args.inputs) != 2:
+        raise CLIError("benchmark realism needs RUN DATASET, e.g. astrovader benchmark realism run/ data/")
+    if args.n is not None and args.n < 20:
+        raise CLIError("--n must be >= 20")
+    run, dataset = args.inputs
+    out = Path(args.out or "benchmark-realism")
+    if (out / "realism.json").exists() and not args.overwrite:
+        raise CLIError(f"{out}: already holds realism.json; pass --overwrite to replace it, or choose another --out")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(args.threads, 1))
+    cfg, net = load_network(run, "cpu")
+    ds = open_dataset(dataset)
+    res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0,
+                  log=(lambda _m: None) if args.quiet else (lambda m: print(f"[realism] {m}", file=sys.stderr)))
+    paths = write_realism(res, out, {**provenance(run, cfg, args.command_line), "DATASET": str(ds.path)})
+    print(format_realism(res))
+    print("\n".join(f"{p}" for p in paths))
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.name == "realism":
+        return cmd_realism(args)
+    if args.inputs:
+        raise CLIError(f"benchmark {args.name} takes no RUN/DATASET arguments (only `benchmark realism` does)")
     from astrovader.baselines import BASELINES
     from astrovader.benchmark import (
         DATA_FOLDERS,
@@ -86,8 +119,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "galaxies with companion fraction 0 and 0.2. sim-suite: eight simulated surveys (three the settings were tuned "
         "on, five held out: another galaxy population, companions, size, PSF, noise, stretch, pixel scale), each "
         "fitted on 70%% and scored on 30%%. Every run also reports NaNs and empty mixture components. "
-        "Re-running with the same settings skips finished seeds.")
-    p.add_argument("name", choices=("mnist", "gz1", "gz2-kaggle", "simulated", "sim-suite"), help="which benchmark")
+        "Re-running with the same settings skips finished seeds. realism RUN DATASET: the run's synthetic galaxies "
+        "against real galaxies of DATASET's test split (morphology distributions with their real-vs-real floor, a "
+        "Frechet distance, a two-sample CNN, memorisation), written to --out.")
+    p.add_argument("name", choices=("mnist", "gz1", "gz2-kaggle", "simulated", "sim-suite", "realism"),
+                   help="which benchmark")
+    p.add_argument("inputs", nargs="*", metavar="RUN DATASET", help="realism only: the run and a dataset with a split")
+    p.add_argument("--split", default="test", help="realism: the real galaxies' split (default test)")
+    p.add_argument("--overwrite", action="store_true", help="realism: replace the results in --out")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
                    "(required for both; not needed for simulated)")
