@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
+from astrovader.data.noise import SkyNoise
 from astrovader.data.outputs import remove_stale_temporaries, temporary_name
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
@@ -53,6 +54,7 @@ class GenerationSpec:
     temperature: float = 1.0
     seed: int = 0
     precision: str = "float32"  # of the decoder: "bf16" moves some pixels by a grey level or two
+    noise: SkyNoise | None = None  # survey sky noise added to every stamp (None: the noiseless mean)
 
     def validate(self, n_clusters: int) -> None:
         if self.weights not in COMPONENT_DRAWS:
@@ -71,13 +73,14 @@ class GenerationSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"clusters": None if self.clusters is None else list(self.clusters), "weights": self.weights,
-                "temperature": float(self.temperature), "seed": int(self.seed), "precision": self.precision}
+                "temperature": float(self.temperature), "seed": int(self.seed), "precision": self.precision,
+                "noise": self.noise.as_dict() if self.noise is not None else None}
 
 
 def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float, seed: int,
-          precision: str = "float32") -> GenerationSpec:
+          precision: str = "float32", noise: SkyNoise | None = None) -> GenerationSpec:
     cl = None if clusters is None else tuple(int(c) for c in np.atleast_1d(np.asarray(clusters)))
-    return GenerationSpec(cl, weights, float(temperature), int(seed), precision)
+    return GenerationSpec(cl, weights, float(temperature), int(seed), precision, noise)
 
 
 def _gmm_arrays(net: AstroVaDErNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,6 +127,16 @@ def sample_latents(gmm: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, s
     return comps.astype(np.int16), z.astype(np.float32)
 
 
+def _noise(spec: GenerationSpec, start: int, stop: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The sky noise of images ``start:stop``: block b = i // RNG_BLOCK draws its field from
+    ``default_rng([seed, 2, b])``, so, like the latent vectors, it does not depend on the batching."""
+    assert spec.noise is not None
+    b0, b1 = start // RNG_BLOCK, (stop - 1) // RNG_BLOCK
+    field = np.concatenate([spec.noise.field(np.random.default_rng([spec.seed, 2, b]), (RNG_BLOCK, *shape))
+                            for b in range(b0, b1 + 1)])
+    return field[start - b0 * RNG_BLOCK:stop - b0 * RNG_BLOCK]
+
+
 def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: int = 0,
                    batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(first_index, uint8 images, components, z)`` for images ``start:n`` in batches, so that any
@@ -141,6 +154,8 @@ def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: i
     for s0 in range(start - start % batch_size, n, batch_size):
         comps, z = sample_latents(gmm, s0, min(s0 + batch_size, n), spec)
         imgs = decode(z)
+        if spec.noise is not None:
+            imgs = spec.noise.add(imgs, _noise(spec, s0, s0 + len(imgs), imgs.shape[1:]))
         skip = max(start - s0, 0)
         yield s0 + skip, imgs[skip:], comps[skip:], z[skip:]
 
@@ -191,7 +206,8 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
                         weights: str = "mixture", temperature: float = 1.0, seed: int = 0,
                         batch_size: int = DEFAULT_BATCH, *, progress: bool = True,
                         stop_after_batches: int | None = None, commit_every: int | None = None,
-                        run_dir: str | Path | None = None, precision: str = "float32") -> Path:
+                        run_dir: str | Path | None = None, precision: str = "float32",
+                        noise: SkyNoise | None = None) -> Path:
     """Stream ``n`` synthetic galaxies into a packed dataset at ``out``; returns ``out``.
 
     The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the
@@ -205,7 +221,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
         raise ValueError(f"n must be >= 0, got {n}")
     m = net.cfg.model
     device = next(net.parameters()).device
-    spec = _spec(clusters, weights, temperature, seed, precision)
+    spec = _spec(clusters, weights, temperature, seed, precision, noise)
     spec.validate(m.n_clusters)
     out = Path(out)
     gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
@@ -216,8 +232,8 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
         prev = existing.meta.get("generated")
         if prev is None:
             raise DatasetError(f"{out}: a dataset not written by `astrovader generate`; choose a new output")
-        prev = {"precision": "float32", **prev}  # written before the precision was a setting: float32
-        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "precision", "model")
+        prev = {"precision": "float32", "noise": None, **prev}  # written before these were settings
+        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "precision", "noise", "model")
                  if prev.get(k) != gen_meta[k]]
         if diffs:
             detail = ", ".join(f"{k}: {prev.get(k)!r} there, {gen_meta[k]!r} now" for k in diffs)
@@ -263,14 +279,14 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
 def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                     *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96,
-                    precision: str = "float32") -> Path:
+                    precision: str = "float32", noise: SkyNoise | None = None) -> Path:
     """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look: each
     tile enlarged to at least ``tile_px`` pixels by repeating pixels, and captioned with the component it was
     drawn from. Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge
     PNG."""
     if not 1 <= n <= max_images:
         raise ValueError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
-    spec = _spec(clusters, weights, temperature, seed, precision)
+    spec = _spec(clusters, weights, temperature, seed, precision, noise)
     imgs, comps = sample(net, n, spec, batch_size)[:2]
     scale = max(1, -(-tile_px // imgs.shape[-1]))
     return save_png_grid(imgs, out, ncols=ncols, scale=scale, labels=[f"comp. {int(k)}" for k in comps])
@@ -279,7 +295,8 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
 def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                      *, progress: bool = True, run_dir: str | Path | None = None,
-                     command: str | None = None, precision: str = "float32") -> Path:
+                     command: str | None = None, precision: str = "float32",
+                     noise: SkyNoise | None = None) -> Path:
     """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
     then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
     every format holds the same images; rows are stored bottom first, as FITS viewers expect.
@@ -289,7 +306,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     if n < 1:
         raise ValueError(f"a FITS cube needs at least one image, got n={n}")
     m = net.cfg.model
-    spec = _spec(clusters, weights, temperature, seed, precision)
+    spec = _spec(clusters, weights, temperature, seed, precision, noise)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # a killed earlier run's partial cube
@@ -320,7 +337,9 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
             ("DRAW", spec.weights, "how components are drawn without --component"),
             ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)),
              "components sampled from"),
-            ("PRECISN", spec.precision, "network arithmetic: float32 or bf16")):
+            ("PRECISN", spec.precision, "network arithmetic: float32 or bf16"),
+            ("NOISE", spec.noise.sigma if spec.noise else 0.0, "sky noise sigma added (0: noiseless mean)"),
+            ("NOISECOR", spec.noise.correlation if spec.noise else 0.0, "neighbour correlation of that noise")):
         header[key] = (val, comment)
     cat: list[pd.DataFrame] = []
     try:

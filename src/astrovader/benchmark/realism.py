@@ -28,6 +28,7 @@ import torch
 
 from astrovader.analysis.morphology import measure, psf_image
 from astrovader.data.dataset import Dataset
+from astrovader.data.noise import SkyNoise
 from astrovader.data.stretch import PixelStretch
 from astrovader.model import AstroVaDErNet
 from astrovader.sampling import GenerationSpec, sample
@@ -45,6 +46,7 @@ class RealismResult:
     n_real: int
     n_synthetic: int
     split: str
+    noise: dict[str, Any] | None  # the sky noise added to the synthetic stamps, or None (noiseless)
     parameters: pd.DataFrame  # parameter, w1, w1_floor, w1_ratio, ks, ks_floor, n_real, n_synthetic
     components: pd.DataFrame  # component, n_members, w1_ratio of each cheap parameter (synthetic of k vs members)
     frechet: float
@@ -55,7 +57,7 @@ class RealismResult:
     nearest: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"n_real": self.n_real, "n_synthetic": self.n_synthetic, "split": self.split,
+        return {"n_real": self.n_real, "n_synthetic": self.n_synthetic, "split": self.split, "noise": self.noise,
                 "parameters": self.parameters.to_dict("records"), "components": self.components.to_dict("records"),
                 "frechet": self.frechet, "frechet_floor": self.frechet_floor,
                 "classifier_accuracy": self.classifier_accuracy, "memorisation": self.memorisation}
@@ -162,10 +164,11 @@ def _measure(images: np.ndarray, n_detailed: int, stretch: PixelStretch | None, 
 
 def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "test", train_split: str = "train",
             n_detailed: int = 100, n_train: int = 5000, temperature: float = 1.0, seed: int = 0,
-            log=None) -> RealismResult:
+            noise: SkyNoise | None = None, log=None) -> RealismResult:
     """Compare ``n`` synthetic galaxies of ``net`` with up to ``n`` real galaxies of ``ds``'s ``split`` (see the
     module docstring). Training images (for memorisation and the feature space) are up to ``n_train`` rows of
-    ``train_split``; statmorph's parameters are measured on ``n_detailed`` galaxies of each set."""
+    ``train_split``; statmorph's parameters are measured on ``n_detailed`` galaxies of each set. ``noise`` (see
+    :mod:`astrovader.data.noise`) draws synthetic stamps with survey sky noise, as ``generate --noise``."""
     from sklearn.decomposition import PCA
 
     from astrovader.inference import infer
@@ -181,7 +184,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
     train_rows = np.sort(rng.choice(train_rows, min(n_train, len(train_rows)), replace=False))
     real, train = ds.take(rows), ds.take(train_rows)
     log(f"drawing {len(rows):,} synthetic galaxies")
-    synthetic, comps, _ = sample(net, len(rows), GenerationSpec(temperature=temperature, seed=seed))
+    synthetic, comps, _ = sample(net, len(rows), GenerationSpec(temperature=temperature, seed=seed, noise=noise))
     real_labels = infer(net, real, reconstruct=False).labels
     stretch, psf = PixelStretch.from_meta(ds.meta), psf_image(ds.meta)
     log(f"measuring morphology of {2 * len(rows):,} galaxies ({2 * min(n_detailed, len(rows))} with statmorph)")
@@ -213,7 +216,8 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
     mem, d_syn, i_syn = memorisation(pca.transform(_flat(train)), f_real, f_syn)
     closest = np.argsort(d_syn)[:8]
     return RealismResult(
-        n_real=len(rows), n_synthetic=len(synthetic), split=split, parameters=pd.DataFrame(params),
+        n_real=len(rows), n_synthetic=len(synthetic), split=split,
+        noise=noise.as_dict() if noise is not None else None, parameters=pd.DataFrame(params),
         components=pd.DataFrame(comp_rows), frechet=frechet_distance(f_syn[syn_a], f_real[b]),
         frechet_floor=frechet_distance(f_real[a], f_real[b]),
         classifier_accuracy=two_sample_accuracy(real, synthetic, seed), memorisation=mem,
@@ -223,7 +227,9 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
 
 def format_realism(res: RealismResult) -> str:
     """The result as the text the command prints."""
-    lines = [f"{res.n_synthetic:,} synthetic galaxies against {res.n_real:,} real galaxies of the {res.split!r} split",
+    sky = (f"with sky noise sigma {res.noise['sigma']:.3g}" if res.noise else "noiseless (the decoder's mean)")
+    lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}) against {res.n_real:,} real galaxies of the "
+             f"{res.split!r} split",
              "parameter            W1/IQR  (real-real)  ratio     KS  (real-real)"]
     for r in res.parameters.itertuples():
         lines.append(f"{r.parameter:<20} {r.w1:7.3f}  {r.w1_floor:10.3f}  {r.w1_ratio:5.2f}  {r.ks:6.3f}  "

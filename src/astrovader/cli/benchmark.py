@@ -30,7 +30,12 @@ def cmd_realism(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(args.threads, 1))
     cfg, net = load_network(run, "cpu")
     ds = open_dataset(dataset)
-    res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0,
+    noise = None
+    if args.noise:
+        from astrovader.data.noise import dataset_sky_noise
+
+        noise = dataset_sky_noise(ds)
+    res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0, noise=noise,
                   log=(lambda _m: None) if args.quiet else (lambda m: print(f"[realism] {m}", file=sys.stderr)))
     paths = write_realism(res, out, {**provenance(run, cfg, args.command_line), "DATASET": str(ds.path)})
     print(format_realism(res))
@@ -127,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", metavar="RUN DATASET", help="realism only: the run and a dataset with a split")
     p.add_argument("--split", default="test", help="realism: the real galaxies' split (default test)")
     p.add_argument("--overwrite", action="store_true", help="realism: replace the results in --out")
+    p.add_argument("--noise", action="store_true",
+                   help="realism: synthetic stamps with the sky noise of DATASET's stamps (as generate --noise)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
                    "(required for both; not needed for simulated)")

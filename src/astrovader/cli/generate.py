@@ -47,6 +47,27 @@ def _clear_output(out: Path, fmt: str, overwrite: bool) -> None:
         shutil.rmtree(out)
 
 
+def _sky_noise(args: argparse.Namespace):
+    """The sky noise of --noise-from DATASET, or of the dataset the run records it was trained on."""
+    from astrovader.data.dataset import open_dataset
+    from astrovader.data.noise import dataset_sky_noise
+    from astrovader.pretrained import resolve
+    from astrovader.runs import DATASET_NOTE
+
+    source = args.noise_from
+    if source is None:
+        note = resolve(args.run_dir) / DATASET_NOTE
+        source = note.read_text().strip() if note.is_file() else ""
+        if not source:
+            raise CLIError(f"--noise: {args.run_dir} does not record its training dataset ({DATASET_NOTE}); give "
+                           "--noise-from DATASET (stamps like the training ones) instead")
+    noise = dataset_sky_noise(open_dataset(source))
+    unit = noise.stretch.unit if noise.stretch else "stored value / 255"
+    print(f"sky noise measured on {source}: sigma {noise.sigma:.4g} {unit} per pixel, neighbour correlation "
+          f"{noise.correlation:.2f}")
+    return noise
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from astrovader import sampling
     from astrovader.runs import load_network
@@ -62,9 +83,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.cluster and any(not 0 <= c < K for c in args.cluster):
         raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
     fmt = _format(args)
+    noise = _sky_noise(args) if args.noise or args.noise_from else None
     _clear_output(Path(args.out), fmt, args.overwrite)
     kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
-              batch_size=args.batch_size, precision=args.precision)
+              batch_size=args.batch_size, precision=args.precision, noise=noise)
     if fmt == "png":
         out = sampling.generate_to_png(net, args.out, args.n, **kw)
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
@@ -175,6 +197,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-consistency", action="store_true", help="skip the cluster-consistency check")
     p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
                    help="check consistency on at most the first N images (default 100000)")
+    p.add_argument("--noise", action="store_true",
+                   help="add survey sky noise, measured on the stamps of the run's training dataset (level and "
+                   "neighbour correlation, in linear flux where the dataset records its stretch), so synthetic "
+                   "stamps stand in for survey ones; recorded in the output (default: the noiseless mean)")
+    p.add_argument("--noise-from", metavar="DATASET", default=None,
+                   help="as --noise, measured on DATASET's stamps instead (e.g. for a shipped model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_precision(p, "images")
     p.set_defaults(func=cmd_generate)
