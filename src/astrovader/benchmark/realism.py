@@ -37,6 +37,7 @@ from astrovader.sampling import GenerationSpec, sample
 CHEAP = ("r50", "r90", "axis_ratio", "surface_brightness", "galaxy_flux")
 DETAILED = ("concentration", "asymmetry", "gini", "m20", "sersic_n")
 PCA_COMPONENTS = 50
+SAMPLERS = ("prior", "posterior")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RealismResult:
     frechet_floor: float
     classifier_accuracy: float
     memorisation: dict[str, float]
+    sampler: str = "prior"
     measurements: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
     nearest: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
@@ -60,7 +62,8 @@ class RealismResult:
         return {"n_real": self.n_real, "n_synthetic": self.n_synthetic, "split": self.split, "noise": self.noise,
                 "parameters": self.parameters.to_dict("records"), "components": self.components.to_dict("records"),
                 "frechet": self.frechet, "frechet_floor": self.frechet_floor,
-                "classifier_accuracy": self.classifier_accuracy, "memorisation": self.memorisation}
+                "classifier_accuracy": self.classifier_accuracy, "memorisation": self.memorisation,
+                "sampler": self.sampler}
 
 
 def _iqr(x: np.ndarray) -> float:
@@ -152,6 +155,39 @@ def memorisation(train: np.ndarray, real: np.ndarray, synthetic: np.ndarray) -> 
              "share_closer_than_real_p1": float((d_syn < p1).mean())}, d_syn, i_syn)
 
 
+def posterior_sample(net: AstroVaDErNet, train: np.ndarray, n: int, *, temperature: float = 1.0, seed: int = 0,
+                     noise: SkyNoise | None = None, per_component: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` synthetic stamps drawn where the data are: the training stamps ``train`` are encoded, and each
+    component's members' latent means get a full-covariance Gaussian mixture of up to ``per_component`` parts
+    (the aggregate posterior); components are drawn by the prior's weights, z from the member density (its
+    covariances scaled by ``temperature``) and decoded. Returns (uint8 stamps, components)."""
+    from sklearn.mixture import GaussianMixture
+
+    from astrovader.inference import FastDecoder, infer
+
+    pred = infer(net, train, reconstruct=False)
+    rng = np.random.default_rng([seed, 3])
+    weights = net.gmm.weights.detach().double().cpu().numpy()
+    comps = rng.choice(len(weights), n, p=weights / weights.sum())
+    z = np.zeros((n, pred.mu.shape[1]), np.float32)
+    for k in np.unique(comps):
+        members = pred.mu[pred.labels == k].astype(np.float64)
+        draw = comps == k
+        if len(members) < 10:  # too few members for a density: the prior's Gaussian
+            z[draw] = sample(net, int(draw.sum()), GenerationSpec(clusters=(int(k),), seed=seed))[2]
+            continue
+        gm = GaussianMixture(min(per_component, len(members) // 25 or 1), covariance_type="full",
+                             reg_covar=1e-4, random_state=seed).fit(members)
+        part = rng.choice(gm.n_components, int(draw.sum()), p=gm.weights_)
+        eps = rng.standard_normal((int(draw.sum()), members.shape[1]))
+        chol = np.linalg.cholesky(gm.covariances_)
+        z[draw] = gm.means_[part] + np.sqrt(temperature) * np.einsum("nij,nj->ni", chol[part], eps)
+    images = FastDecoder(net)(z)
+    if noise is not None:
+        images = noise.add(images, noise.field(np.random.default_rng([seed, 4]), images.shape))
+    return images, comps.astype(np.int16)
+
+
 def _measure(images: np.ndarray, n_detailed: int, stretch: PixelStretch | None, psf: np.ndarray | None,
              rng: np.random.Generator) -> pd.DataFrame:
     detailed = np.zeros(len(images), bool)
@@ -164,11 +200,14 @@ def _measure(images: np.ndarray, n_detailed: int, stretch: PixelStretch | None, 
 
 def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "test", train_split: str = "train",
             n_detailed: int = 100, n_train: int = 5000, temperature: float = 1.0, seed: int = 0,
-            noise: SkyNoise | None = None, log=None) -> RealismResult:
+            noise: SkyNoise | None = None, sampler: str = "prior", log=None) -> RealismResult:
     """Compare ``n`` synthetic galaxies of ``net`` with up to ``n`` real galaxies of ``ds``'s ``split`` (see the
     module docstring). Training images (for memorisation and the feature space) are up to ``n_train`` rows of
     ``train_split``; statmorph's parameters are measured on ``n_detailed`` galaxies of each set. ``noise`` (see
-    :mod:`astrovader.data.noise`) draws synthetic stamps with survey sky noise, as ``generate --noise``."""
+    :mod:`astrovader.data.noise`) draws synthetic stamps with survey sky noise, as ``generate --noise``.
+    ``sampler``: "prior" (each component's Gaussian, as ``generate``) or "posterior" (:func:`posterior_sample`)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     from sklearn.decomposition import PCA
 
     from astrovader.inference import infer
@@ -183,8 +222,11 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
     rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
     train_rows = np.sort(rng.choice(train_rows, min(n_train, len(train_rows)), replace=False))
     real, train = ds.take(rows), ds.take(train_rows)
-    log(f"drawing {len(rows):,} synthetic galaxies")
-    synthetic, comps, _ = sample(net, len(rows), GenerationSpec(temperature=temperature, seed=seed, noise=noise))
+    log(f"drawing {len(rows):,} synthetic galaxies ({sampler})")
+    if sampler == "prior":
+        synthetic, comps, _ = sample(net, len(rows), GenerationSpec(temperature=temperature, seed=seed, noise=noise))
+    else:
+        synthetic, comps = posterior_sample(net, train, len(rows), temperature=temperature, seed=seed, noise=noise)
     real_labels = infer(net, real, reconstruct=False).labels
     stretch, psf = PixelStretch.from_meta(ds.meta), psf_image(ds.meta)
     log(f"measuring morphology of {2 * len(rows):,} galaxies ({2 * min(n_detailed, len(rows))} with statmorph)")
@@ -220,7 +262,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
         noise=noise.as_dict() if noise is not None else None, parameters=pd.DataFrame(params),
         components=pd.DataFrame(comp_rows), frechet=frechet_distance(f_syn[syn_a], f_real[b]),
         frechet_floor=frechet_distance(f_real[a], f_real[b]),
-        classifier_accuracy=two_sample_accuracy(real, synthetic, seed), memorisation=mem,
+        classifier_accuracy=two_sample_accuracy(real, synthetic, seed), memorisation=mem, sampler=sampler,
         measurements={"real": m_real, "synthetic": m_syn},
         nearest={"synthetic": synthetic[closest], "training": train[i_syn[closest]], "distance": d_syn[closest]})
 
@@ -228,7 +270,8 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
 def format_realism(res: RealismResult) -> str:
     """The result as the text the command prints."""
     sky = (f"with sky noise sigma {res.noise['sigma']:.3g}" if res.noise else "noiseless (the decoder's mean)")
-    lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}) against {res.n_real:,} real galaxies of the "
+    lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}; latents from the {res.sampler}) against "
+             f"{res.n_real:,} real galaxies of the "
              f"{res.split!r} split",
              "parameter            W1/IQR  (real-real)  ratio     KS  (real-real)"]
     for r in res.parameters.itertuples():

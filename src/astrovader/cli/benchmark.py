@@ -35,7 +35,7 @@ def cmd_realism(args: argparse.Namespace) -> int:
         from astrovader.data.noise import dataset_sky_noise
 
         noise = dataset_sky_noise(ds)
-    res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0, noise=noise,
+    res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0, noise=noise, sampler=args.sampler,
                   log=(lambda _m: None) if args.quiet else (lambda m: print(f"[realism] {m}", file=sys.stderr)))
     paths = write_realism(res, out, {**provenance(run, cfg, args.command_line), "DATASET": str(ds.path)})
     print(format_realism(res))
@@ -134,6 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="realism: replace the results in --out")
     p.add_argument("--noise", action="store_true",
                    help="realism: synthetic stamps with the sky noise of DATASET's stamps (as generate --noise)")
+    p.add_argument("--sampler", choices=("prior", "posterior"), default="prior",
+                   help="realism: draw latents from each component's prior Gaussian (as generate) or from a "
+                   "density fitted to its encoded training members (the aggregate posterior)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
                    "(required for both; not needed for simulated)")
