@@ -8,6 +8,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from astrovader.data.noise import border_pixels
+
 
 def contingency(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts[i, j] of predicted cluster i and true class j, with the label values of rows and columns."""
@@ -213,10 +215,8 @@ def sky_noise_variance(images: np.ndarray) -> float:
     from astropy.stats import sigma_clipped_stats
 
     imgs = np.asarray(images, np.float64).mean(1) / 255.0
-    n = len(imgs)
-    border = np.concatenate([imgs[:, :2].reshape(n, -1), imgs[:, -2:].reshape(n, -1),
-                             imgs[:, 2:-2, :2].reshape(n, -1), imgs[:, 2:-2, -2:].reshape(n, -1)], 1)
-    return float(np.median([sigma_clipped_stats(b, sigma=3.0)[2] ** 2 for b in border])) if n else float("nan")
+    return (float(np.median([sigma_clipped_stats(b, sigma=3.0)[2] ** 2 for b in border_pixels(imgs, 2)]))
+            if len(imgs) else float("nan"))
 
 
 # (name in words, what it measures and what a good value looks like) for every key of metrics.json

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from astrovader.data.noise import border_pixels
 from astrovader.data.stretch import PixelStretch
 
 # columns of ``measure`` in order; the statmorph ones are NaN for galaxies not given to statmorph
@@ -58,16 +59,10 @@ class MorphologySettings:
 DEFAULT = MorphologySettings()
 
 
-def _border(image: np.ndarray, border: int) -> np.ndarray:
-    """The pixels within ``border`` of the edge of a 2-D image, each once."""
-    return np.concatenate([image[:border].ravel(), image[-border:].ravel(),
-                           image[border:-border, :border].ravel(), image[border:-border, -border:].ravel()])
-
-
 def _sky(image: np.ndarray, border: int, quantum: float) -> tuple[float, float]:
     from astropy.stats import sigma_clipped_stats
 
-    _, median, std = sigma_clipped_stats(_border(image, border), sigma=3.0)
+    _, median, std = sigma_clipped_stats(border_pixels(image[None], border)[0], sigma=3.0)
     # A noiseless or saturated border would give zero noise; one grey level is the data's own quantum.
     return float(median), max(float(std), quantum)
 
@@ -290,5 +285,6 @@ def aperture_flux(images: np.ndarray, x: np.ndarray, y: np.ndarray, radius: floa
     out = np.empty(len(imgs))
     for i, img in enumerate(imgs):
         ap = CircularAperture((float(x[i]), float(y[i])), r=float(radii[i]))
-        out[i] = float(aperture_photometry(img - np.median(_border(img, border)), ap)["aperture_sum"][0])
+        sky = np.median(border_pixels(img[None], border)[0])
+        out[i] = float(aperture_photometry(img - sky, ap)["aperture_sum"][0])
     return out

@@ -44,11 +44,13 @@ def _filter_correlations() -> tuple[np.ndarray, np.ndarray]:
     return widths, np.maximum.accumulate(np.asarray(corrs))
 
 
-def _borders(images: np.ndarray, border: int = BORDER) -> np.ndarray:
-    """(N, B) the border pixels of each (grey) image (N, H, W), each once."""
-    top, bottom = images[:, :border].reshape(len(images), -1), images[:, -border:].reshape(len(images), -1)
-    left = images[:, border:-border, :border].reshape(len(images), -1)
-    right = images[:, border:-border, -border:].reshape(len(images), -1)
+def border_pixels(images: np.ndarray, border: int = BORDER) -> np.ndarray:
+    """(N, B) the pixels within ``border`` of the edge of each image (N, H, W), each pixel once: where a stamp's
+    sky is measured (here, in ``describe``'s morphology and in the report's noise floor)."""
+    n = len(images)
+    top, bottom = images[:, :border].reshape(n, -1), images[:, -border:].reshape(n, -1)
+    left = images[:, border:-border, :border].reshape(n, -1)
+    right = images[:, border:-border, -border:].reshape(n, -1)
     return np.concatenate([top, bottom, left, right], axis=1)
 
 
@@ -90,7 +92,7 @@ class SkyNoise:
         stored through the stretch (clipped to 0..255 as the survey's stamps are)."""
         if self.stretch is not None:
             flux = self.stretch.flux(images)
-            sky = np.median(_borders(flux.reshape(-1, *flux.shape[-2:])), axis=1).reshape(flux.shape[:2])
+            sky = np.median(border_pixels(flux.reshape(-1, *flux.shape[-2:])), axis=1).reshape(flux.shape[:2])
             stored = self.stretch.forward(flux - sky[..., None, None] + noise)
         else:
             stored = images.astype(np.float64) / 255.0 + noise
@@ -106,7 +108,7 @@ def measure_sky_noise(images: np.ndarray, stretch: PixelStretch | None) -> SkyNo
                          f"{images.shape}")
     values = stretch.flux(images) if stretch is not None else images.astype(np.float64) / 255.0
     grey = values.reshape(-1, *values.shape[-2:])
-    border = _borders(grey)
+    border = border_pixels(grey)
     centred = border - np.median(border, axis=1, keepdims=True)
     sigma = float(np.median(np.percentile(centred, 84.13, axis=1)))
     # the four corners about the stamp's sky: whole border strips also hold the wings of large galaxies, whose
