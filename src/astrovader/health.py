@@ -21,13 +21,13 @@ from astrovader.data.fingerprint import IMAGE_IDS, chunk_digest
 from astrovader.runs import (
     CHECKPOINT,
     CONFIG,
-    DATASET_NOTE,
     HISTORY,
     TRAINING_ROWS,
     WEIGHTS,
     RunError,
     load_run,
     read_history,
+    training_dataset,
     training_ids,
 )
 
@@ -134,11 +134,11 @@ def _split_problems(path: Path) -> list[str]:
     """The run's recorded training rows against its dataset's current 'train' split: a split rewritten after
     training makes every later 'held-out' number a number on training galaxies."""
     trained = training_ids(path)
-    note = path / DATASET_NOTE
-    if trained is None or not note.is_file():
+    dataset = training_dataset(path)
+    if trained is None or dataset is None:
         return []
     try:
-        ds = Dataset(note.read_text().strip())
+        ds = Dataset(dataset)
     except (DatasetError, OSError):
         return []  # the dataset moved or was removed: nothing to compare with
     if "split" not in ds.catalog.columns:

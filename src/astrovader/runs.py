@@ -285,11 +285,22 @@ def trained_seed(run_dir: str | Path, cfg: Config) -> int:
         return cfg.train.seed
 
 
+def training_dataset(run_dir: str | Path) -> Path | None:
+    """The dataset the run was trained on, as its ``dataset.txt`` records it; None when it records none (shipped
+    models, older runs). The path may no longer exist."""
+    note = resolve(run_dir) / DATASET_NOTE
+    try:
+        text = note.read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
 def _training_pixel_scale(run_dir: Path) -> float | None:
     """Arcsec per pixel of the training dataset, where the run records its dataset and that dataset states one."""
-    note = run_dir / DATASET_NOTE
+    dataset = training_dataset(run_dir)
     try:
-        meta = json.loads((Path(note.read_text().strip()) / "dataset.json").read_text())
+        meta = json.loads((dataset / "dataset.json").read_text()) if dataset else None
     except (OSError, ValueError):
         return None
     v = meta.get("pixel_scale_arcsec") if isinstance(meta, dict) else None

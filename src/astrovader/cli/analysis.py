@@ -45,12 +45,12 @@ def _dataset_arg(run_dir: str, dataset: str | None) -> str:
     """DATASET may be omitted: the run directory records the dataset it was trained on."""
     if dataset:
         return dataset
-    from astrovader.runs import DATASET_NOTE
+    from astrovader.runs import DATASET_NOTE, training_dataset
 
-    rec = Path(run_dir) / DATASET_NOTE
-    if rec.is_file() and rec.read_text().strip():
-        return rec.read_text().strip()
-    raise CLIError(f"no DATASET given and {rec} does not record one")
+    recorded = training_dataset(run_dir)
+    if recorded is not None:
+        return str(recorded)
+    raise CLIError(f"no DATASET given and {Path(run_dir) / DATASET_NOTE} does not record one")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -51,14 +51,12 @@ def _sky_noise(args: argparse.Namespace):
     """The sky noise of --noise-from DATASET, or of the dataset the run records it was trained on."""
     from astrovader.data.dataset import open_dataset
     from astrovader.data.noise import dataset_sky_noise
-    from astrovader.pretrained import resolve
-    from astrovader.runs import DATASET_NOTE
+    from astrovader.runs import DATASET_NOTE, training_dataset
 
     source = args.noise_from
     if source is None:
-        note = resolve(args.run_dir) / DATASET_NOTE
-        source = note.read_text().strip() if note.is_file() else ""
-        if not source:
+        source = training_dataset(args.run_dir)
+        if source is None:
             raise CLIError(f"--noise: {args.run_dir} does not record its training dataset ({DATASET_NOTE}); give "
                            "--noise-from DATASET (stamps like the training ones) instead")
     noise = dataset_sky_noise(open_dataset(source))
