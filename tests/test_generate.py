@@ -125,10 +125,10 @@ def test_resume_after_interruption_gives_identical_bytes(trained, tmp_path):
 def test_uniform_weights_and_invalid_arguments(trained, tmp_path):
     _, _, model = trained
     spec = sampling.GenerationSpec(weights="uniform", seed=1)
-    comps, z = sampling.sample_latents(sampling._gmm_arrays(model.net), 0, 3000, spec)
+    comps, z = sampling.sample_latents(sampling.gmm_arrays(model.net), 0, 3000, spec)
     np.testing.assert_allclose(np.bincount(comps, minlength=3) / 3000, 1 / 3, atol=0.04)
     # a slice of the stream equals the same rows of a longer draw
-    c2, z2 = sampling.sample_latents(sampling._gmm_arrays(model.net), 700, 1300, spec)
+    c2, z2 = sampling.sample_latents(sampling.gmm_arrays(model.net), 700, 1300, spec)
     np.testing.assert_array_equal(c2, comps[700:1300])
     np.testing.assert_array_equal(z2, z[700:1300])
     with pytest.raises(ValueError, match="cluster must be in"):

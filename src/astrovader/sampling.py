@@ -83,7 +83,7 @@ def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float
     return GenerationSpec(cl, weights, float(temperature), int(seed), precision, noise)
 
 
-def _gmm_arrays(net: AstroVaDErNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gmm_arrays(net: AstroVaDErNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mixture weights, means and variances (K, J) -- or Cholesky factors (K, J, J) for a full-covariance
     prior -- as float64 NumPy arrays (sampled on the host so that the latent vectors are identical on every
     device and platform)."""
@@ -149,7 +149,7 @@ def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: i
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec.validate(net.cfg.model.n_clusters)
-    gmm = _gmm_arrays(net)
+    gmm = gmm_arrays(net)
     decode = FastDecoder(net, spec.precision)
     for s0 in range(start - start % batch_size, n, batch_size):
         comps, z = sample_latents(gmm, s0, min(s0 + batch_size, n), spec)

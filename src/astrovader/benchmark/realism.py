@@ -31,7 +31,7 @@ from astrovader.data.dataset import Dataset
 from astrovader.data.noise import SkyNoise
 from astrovader.data.stretch import PixelStretch
 from astrovader.model import AstroVaDErNet
-from astrovader.sampling import GenerationSpec, sample
+from astrovader.sampling import GenerationSpec, gmm_arrays, sample, sample_latents
 
 # compared for every galaxy (photutils, milliseconds) and, for ``n_detailed`` of each set, statmorph's (0.2 s)
 CHEAP = ("r50", "r90", "axis_ratio", "surface_brightness", "galaxy_flux")
@@ -174,7 +174,8 @@ def posterior_sample(net: AstroVaDErNet, train: np.ndarray, n: int, *, temperatu
         members = pred.mu[pred.labels == k].astype(np.float64)
         draw = comps == k
         if len(members) < 10:  # too few members for a density: the prior's Gaussian
-            z[draw] = sample(net, int(draw.sum()), GenerationSpec(clusters=(int(k),), seed=seed))[2]
+            spec = GenerationSpec(clusters=(int(k),), temperature=temperature, seed=seed)
+            z[draw] = sample_latents(gmm_arrays(net), 0, int(draw.sum()), spec)[1]
             continue
         gm = GaussianMixture(min(per_component, len(members) // 25 or 1), covariance_type="full",
                              reg_covar=1e-4, random_state=seed).fit(members)
