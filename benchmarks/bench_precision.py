@@ -160,9 +160,9 @@ def peak_memory(tmp: Path, rows: int) -> list[list[object]]:
     return out
 
 
-def fraction_of_matmul(cfg: Config, rate: float, precision: str, peaks: dict[str, float]) -> str:
+def fraction_of_matmul(flops_per_image: float, rate: float, precision: str, peaks: dict[str, float]) -> str:
     """Achieved FLOP/s (forward pass FLOPs per image x images/s) over the measured matmul rate."""
-    return f"{rate * flops.count_flops(cfg)['forward'] / peaks[precision]:.1%}"
+    return f"{rate * flops_per_image / peaks[precision]:.1%}"
 
 
 def main() -> None:
@@ -194,8 +194,9 @@ def main() -> None:
                               ("predict 128 px (paper)", net128, args.n128)):
             ds = bench_predict.make_dataset(tmp / f"ds{n}", net.cfg, n)
             r = predict_rates(net, ds, tmp, args.rounds)
+            forward = flops.count_flops(net.cfg)["forward"]
             speed += [[label, m, f"{r[m]:.0f}", f"{r[m] / r['before']:.2f}x",
-                       fraction_of_matmul(net.cfg, r[m], "bf16" if m == "bf16" else "float32", peaks)] for m in MODES]
+                       fraction_of_matmul(forward, r[m], "bf16" if m == "bf16" else "float32", peaks)] for m in MODES]
         r = generate_rates(net64, args.n_generate, tmp, args.rounds)
         speed += [["generate 64 px to a dataset", m, f"{r[m]:.0f}", f"{r[m] / r['before']:.2f}x", "-"] for m in MODES]
         if args.n_dask:
@@ -207,7 +208,8 @@ def main() -> None:
                              chunk_rows=max(args.n_dask // 8, 1), batch_size=1024, device="cpu", progress=False)
                 rate = args.n_dask / (time.perf_counter() - t0)
                 speed.append([f"predict --dask local:{workers} (64 px, 1 thread per worker)", "float32",
-                              f"{rate:.0f}", "-", fraction_of_matmul(net64.cfg, rate, "float32", peaks)])
+                              f"{rate:.0f}", "-",
+                              fraction_of_matmul(flops.count_flops(net64.cfg)["forward"], rate, "float32", peaks)])
         memory = peak_memory(tmp, args.memory_rows) if args.memory_rows else []
     table = markdown_table(["path", "mode", "images/s", "vs before", "of matmul rate"], speed)
     if memory:
