@@ -80,7 +80,15 @@ def test_summarise_mean_std_and_worst():
     assert s["runs_with_empty_components"] == 1 and not s["all_ok"] and not s["any_nan"]
     text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_clusters": 2,
                                                        "epochs": 3, "reference": {"ref": 0.9}, "methods": {"m": s}}}})
-    assert "0.7000+-0.1000 (0.600)" in text and "ref: accuracy 0.9000" in text
+    assert "0.7000+-0.1000 (0.600)" in text and "ref: accuracy 0.9000" in text and "supervised" not in text
+    cnn = summarise([{"methods": {"cnn": {"accuracy": 0.9, "nmi": 1.0, "ari": 0.8, "purity": 0.9, "ok": True,
+                                          "empty_components": 0}}}])["cnn"]
+    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_clusters": 2,
+                                                       "epochs": 3, "methods": {"m": s, "cnn": cnn}}}})
+    lines = text.splitlines()
+    assert lines.index(next(x for x in lines if "supervised ceiling" in x)) < lines.index(
+        next(x for x in lines if "CNN (supervised)" in x))
+    assert "share of the best supervised NMI (1.0000): m 0.50" in text
 
 
 def test_plain_autoencoder_and_vae_train_the_same_network():
@@ -111,6 +119,54 @@ def test_held_out_baselines_are_fitted_on_one_part_and_scored_on_the_other():
     for method in ("kmeans", "pca_gmm"):
         r = bm.run_baseline(method, task, cfg)
         assert sum(r["members"]) == 27 and r["accuracy"] > 0.9, (method, r)  # blobs are easy, even unseen
+
+
+def test_brightness_baseline_splits_on_brightness_and_not_on_shape():
+    """Two shapes at two brightnesses each: the brightness-only GMM finds the brightness, not the shape."""
+    import astrovader.baselines as bm
+
+    yy, xx = np.mgrid[:24, :24] - 11.5
+    round_, bar = np.exp(-(xx**2 + yy**2) / 18), np.exp(-(xx**2 / 60 + yy**2 / 3))
+    rng = np.random.default_rng(0)
+    imgs, shape, bright = [], [], []
+    for i in range(80):
+        s, b = i % 2, (i // 2) % 2
+        im = (round_ if s else bar) * (220 if b else 40) + 10 + rng.normal(0, 1, (24, 24))
+        imgs.append(np.clip(im, 0, 255).astype(np.uint8)[None])
+        shape.append(s)
+        bright.append(b)
+    imgs = np.stack(imgs)
+    feats = bm.brightness_features(imgs)
+    assert feats.shape == (80, 2)
+    b = np.array(bright, bool)
+    assert feats[b, 0].min() > feats[~b, 0].max() and feats[b, 1].min() > feats[~b, 1].max()
+    cfg = Config.resolve("demo", overrides=["model.image_size=24", "model.n_clusters=2"])
+    for truth, expected in ((np.array(bright), 1.0), (np.array(shape), 0.5)):
+        r = bm.run_baseline("brightness_gmm", bm.Task("t", imgs, truth, cfg), cfg)
+        assert r["accuracy"] == pytest.approx(expected, abs=0.05), truth
+
+
+def test_supervised_ceilings_learn_the_classes_on_held_out_images(tmp_path: Path, monkeypatch):
+    import astrovader.analysis.morphology as morphology
+    import astrovader.baselines as bm
+    from astrovader.benchmark import ceilings
+
+    from .conftest import blob_images
+
+    imgs, labels = blob_images(60, size=16)
+    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_clusters=3"])
+    task = bm.Task("t", imgs, labels, cfg, test=bm.held_out_split(labels, 0.3))
+    for method in ("knn_pixels", "morph_logreg"):
+        r = ceilings.run_ceiling(method, task, seed=0, cache=tmp_path)
+        assert r["accuracy"] >= 0.9 and r["supervised"], (method, r)
+    pred = ceilings.cnn_classifier(imgs[task.fit_index], labels[task.fit_index], imgs[task.eval_index], min_steps=100)
+    assert (pred == labels[task.eval_index]).mean() >= 0.9
+    # the statmorph measurements are made once per set of images and kept in the cache
+    monkeypatch.setattr(morphology, "measure", lambda *a, **k: pytest.fail("measured again"))
+    feats = ceilings.morphology_features(imgs, tmp_path)
+    assert feats.shape == (60, len(ceilings.MORPHOLOGY_FEATURES)) and len(list(tmp_path.glob("morphology-*.npy"))) == 1
+    with pytest.raises(ValueError, match="unknown ceiling"):
+        ceilings.run_ceiling("oracle", task, 0)
 
 
 def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
@@ -152,6 +208,8 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["benchmark", "mnist", "--data", str(tmp_path), "--baselines", "kmeans,magic"]) == 2
     assert "magic" in capsys.readouterr().err
+    assert main(["benchmark", "mnist", "--data", str(tmp_path), "--ceilings", "cnn,oracle"]) == 2
+    assert "--ceilings: unknown oracle" in capsys.readouterr().err
     assert main(["benchmark", "mnist", "--data", str(tmp_path), "--seeds", "0"]) == 2
     assert main(["benchmark", "gz1", "--data", str(tmp_path), "--crop", "1.5", "--out", str(tmp_path)]) == 2
     assert "--crop" in capsys.readouterr().err
@@ -170,7 +228,7 @@ def test_mnist_benchmark_end_to_end_and_resumes(tmp_path: Path, capsys):
     data = _needs("mnist")
     out = tmp_path / "bench"
     args = ["benchmark", "mnist", "--data", str(data), "--n", "200", "--seeds", "2", "--epochs-scale", "0.05",
-            "--out", str(out)]
+            "--ceilings", "none", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "VaDE (published): accuracy 0.9446" in text and "ae_gmm" in text
@@ -196,9 +254,15 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
     data = _needs("gz1-sdss")
     out = tmp_path / "gz1"
     assert main(["benchmark", "gz1", "--data", str(data), "--n", "120", "--seeds", "1", "--epochs-scale", "0.05",
-                 "--set", "train.batch_size=32", "--baselines", "kmeans", "--out", str(out), "--quiet"]) == 0
+                 "--set", "train.batch_size=32", "--baselines", "kmeans,brightness_gmm", "--ceilings",
+                 "knn_pixels,cnn", "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "supervised ceiling" in table and "CNN (supervised)" in table and "kNN pixels (supervised)" in table
+    assert "share of the best supervised NMI" in table and "brightness_gmm" in table
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {"gz1-k12", "gz1-k3"}
+    k3, k12 = summary["tasks"]["gz1-k3"]["methods"], summary["tasks"]["gz1-k12"]["methods"]
+    assert k3["cnn"] == k12["cnn"]  # a ceiling depends on the images and labels, not on K: fitted once per seed
     for name, k in (("gz1-k12", 12), ("gz1-k3", 3)):
         task = summary["tasks"][name]
         assert task["n_clusters"] == k and task["n_classes"] == 3 and task["n_images"] == 120
@@ -221,7 +285,8 @@ def test_gz2_kaggle_benchmark_small_subset(tmp_path: Path):
     data = _needs("gz2-kaggle")
     out = tmp_path / "gz2"
     assert main(["benchmark", "gz2-kaggle", "--data", str(data), "--n", "60", "--seeds", "1", "--epochs-scale",
-                 "0.05", "--set", "train.batch_size=16", "--baselines", "kmeans", "--out", str(out), "--quiet"]) == 0
+                 "0.05", "--set", "train.batch_size=16", "--baselines", "kmeans", "--ceilings", "none", "--out",
+                 str(out), "--quiet"]) == 0
     task = json.loads((out / "summary.json").read_text())["tasks"]["gz2-kaggle-k2"]
     assert task["n_images"] == 60 and task["n_classes"] == 2 and task["n_clusters"] == 2
     assert task["evaluated_on"].startswith("held-out 18 of 60")
@@ -234,7 +299,8 @@ def test_simulated_benchmark_both_companion_fractions(tmp_path: Path):
     pytest.importorskip("galsim")
     out = tmp_path / "sim"
     assert main(["benchmark", "simulated", "--n", "96", "--seeds", "1", "--epochs-scale", "0.05",
-                 "--set", "train.batch_size=32", "--baselines", "pca_gmm", "--out", str(out), "--quiet"]) == 0
+                 "--set", "train.batch_size=32", "--baselines", "pca_gmm", "--ceilings", "none", "--out", str(out),
+                 "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {"simulated-cf0", "simulated-cf0.2"}
     for task in summary["tasks"].values():
@@ -257,6 +323,7 @@ def test_sim_suite_tunes_on_some_surveys_and_reports_only_the_named_tasks(tmp_pa
     assert {sv.role for sv in chosen} == {"tune", "held-out"}
     assert main(["benchmark", "sim-suite", "--tasks", ",".join(f"sim-{sv.name}" for sv in chosen), "--n", "60",
                  "--seeds", "1", "--epochs-scale", "0.03", "--set", "train.batch_size=32", "--baselines", "pca_gmm",
+                 "--ceilings", "none",
                  "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {f"sim-{sv.name}" for sv in chosen}

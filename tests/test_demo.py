@@ -12,6 +12,10 @@ def test_demo_beats_pca_gmm_baseline(tmp_path):
     vade, base = summary["astrovader"], summary["pca_gmm_baseline"]
     assert vade["accuracy"] >= 0.8
     assert vade["accuracy"] > base["accuracy"] and vade["nmi"] > base["nmi"]
+    # the floor and the ceiling are printed and saved beside it: brightness alone, and supervised models
+    bright, ceiling = summary["brightness_gmm_baseline"], summary["supervised_ceiling"]
+    assert 0.33 < bright["accuracy"] < 1 and ceiling["cnn"]["accuracy"] >= vade["accuracy"] - 0.02
+    assert ceiling["knn_pixels"]["accuracy"] > 0.8
     assert summary["epochs"] == 100
     # every simulated galaxy has exactly one prediction row, and every component is used
     pred = pd.read_parquet(tmp_path / "demo" / "predictions.parquet")

@@ -5,7 +5,9 @@
 * ``ae_gmm``: the same convolutional network trained as a plain autoencoder (reconstruction only, decoder fed the
   latent mean) for the same number of epochs, then a GaussianMixture on its latent means: the two-step deep
   pipeline that VaDE's joint training has to beat to justify itself;
-* ``vae_gmm``: the same network as a plain VAE (reconstruction + unit-Gaussian KL, beta = 1) + GaussianMixture.
+* ``vae_gmm``: the same network as a plain VAE (reconstruction + unit-Gaussian KL, beta = 1) + GaussianMixture;
+* ``brightness_gmm``: a GaussianMixture on two numbers per stamp, its total flux and central surface brightness
+  (:func:`brightness_features`): what a clustering gets from brightness alone, with no morphology at all.
 
 Scores: Hungarian accuracy, NMI, ARI and purity, the members of every component and whether anything was
 non-finite, and optionally the 5-fold kNN accuracy of the representation.
@@ -31,7 +33,7 @@ from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
 from astrovader.runtime import resolve_device, training_bf16, training_channels_last
 from astrovader.train import learning_rate
 
-BASELINES = ("kmeans", "pca_gmm", "ae_gmm", "vae_gmm")
+BASELINES = ("kmeans", "pca_gmm", "brightness_gmm", "ae_gmm", "vae_gmm")
 METRICS = ("accuracy", "nmi", "ari", "purity")
 KNN_NEIGHBOURS = 5
 
@@ -116,6 +118,23 @@ def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_compo
     pca = PCA(n_components=min(n_components, flat(images).shape[1], len(images)), random_state=seed)
     gmm = GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(pca.fit_transform(flat(images)))
     return gmm.predict(pca.transform(flat(images if apply_to is None else apply_to)))
+
+
+def brightness_features(images: np.ndarray, border: int = 2, centre_radius: float = 2.5) -> np.ndarray:
+    """(N, 2): log10 of each stamp's total flux above its border's median and of its mean surface brightness
+    within ``centre_radius`` px of the centre, on the stored values / 255 (what every method sees), averaged over
+    channels. Non-positive values are floored at 1e-4 (one grey level is 0.004)."""
+    from astrovader.data.noise import border_pixels
+
+    x = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    x = x.mean(1) if x.ndim == 4 else x
+    sky = np.median(border_pixels(x, border), axis=1)
+    x = x - sky[:, None, None]
+    h, w = x.shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    centre = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) <= centre_radius
+    flux, central = x.sum((1, 2)), x[:, centre].mean(1)
+    return np.log10(np.maximum(np.stack([flux, central], 1), 1e-4))
 
 
 def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int, apply_to: np.ndarray | None = None) -> np.ndarray:
@@ -211,6 +230,10 @@ def run_baseline(method: str, task: Task, cfg: Config,
             pca = PCA(20, random_state=seed).fit(flat[fit])
             feats = pca.transform(flat[ev])
             pred = posthoc_gmm(pca.transform(flat[fit]), k, seed, apply_to=feats)
+        elif method == "brightness_gmm":
+            bright = brightness_features(task.images)
+            feats = bright[ev]
+            pred = posthoc_gmm(bright[fit], k, seed, apply_to=feats)
         elif method in ("ae_gmm", "vae_gmm"):
             key = (method, _network_settings(cfg), str(task.dataset) if task.dataset is not None else id(task.images))
             if features is not None and key in features:

@@ -35,6 +35,7 @@ from astrovader.baselines import (
     run_baseline,
     score,
 )
+from astrovader.benchmark.ceilings import CEILING_NAMES, CEILINGS, run_ceiling
 from astrovader.benchmark.deblending import deblending_on_simulation
 from astrovader.benchmark.tasks import (
     GZ1_CLASS_NAMES,
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
 
 __all__ = [
-    "BENCHMARKS", "DATA_FOLDERS", "deblending_on_simulation", "format_summary", "resolve_data", "run_astrovader",
+    "BENCHMARKS", "CEILINGS", "DATA_FOLDERS", "deblending_on_simulation", "format_summary", "resolve_data",
+    "run_astrovader",
     "run_benchmark", "summarise", "GZ1_CLASS_NAMES", "GZ1_CLASSES", "GZ1_CROP", "GZ1_DEROTATE", "GZ1_FLUX_NORM",
     "HELD_OUT", "SIM_SUITE", "VADE_MNIST_ACCURACY", "SimVariant", "apply_overrides", "gz1_config", "gz1_stamps",
     "gz1_tasks", "gz2_kaggle_tasks", "mnist_tasks", "scale_epochs", "sim_suite_config", "sim_suite_tasks",
@@ -157,11 +159,13 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                   log: Callable[[str], None] = print, crop: str | float | Crop = GZ1_CROP,
                   derotate: bool = GZ1_DEROTATE, flux_norm: bool = GZ1_FLUX_NORM,
                   held_out: float | None = HELD_OUT, colour: bool = False,
-                  only: list[str] | None = None) -> dict[str, Any]:
+                  only: list[str] | None = None,
+                  ceilings: tuple[str, ...] | list[str] = CEILINGS) -> dict[str, Any]:
     """Run benchmark ``name`` over seeds 0..seeds-1; write ``out/<task>/seed<i>.json`` and ``out/summary.json``.
 
     ``n`` limits the number of images (MNIST/GZ1: a fixed random subset; simulated: how many to draw); ``only``
-    runs just the named tasks (e.g. ``["gz1-k3"]``). On GZ1,
+    runs just the named tasks (e.g. ``["gz1-k3"]``); ``ceilings`` are the supervised references
+    (:mod:`astrovader.benchmark.ceilings`) scored beside them. On GZ1,
     ``held_out`` (default 0.3) is the share of galaxies every method is scored on and none is fitted on; None
     fits and scores on all of them (the old mode)."""
     if name not in BENCHMARKS:
@@ -173,6 +177,9 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     bad = [b for b in baselines if b not in BASELINES]
     if bad:
         raise ValueError(f"unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
+    bad = [c for c in ceilings if c not in CEILINGS]
+    if bad:
+        raise ValueError(f"unknown ceiling(s) {', '.join(bad)}; choose from {', '.join(CEILINGS)}")
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -197,6 +204,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,
                                "overrides": list(overrides or []), "tasks": {}}
     features: dict[tuple[str, str, str | int], np.ndarray] = {}  # AE/VAE latents shared by tasks on the same dataset
+    references: dict[tuple[str, int, int], dict[str, Any]] = {}  # ceilings: they depend on the images, not on K
     for task in tasks:
         base_cfg = scale_epochs(apply_overrides(task.config, overrides), epochs_scale)
         if task.dataset is None:
@@ -213,6 +221,8 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
             cfg = copy.deepcopy(base_cfg)
             cfg.train.seed = seed
             settings = {"config": cfg.to_dict(), "n_images": len(task.images), "baselines": list(baselines)}
+            if ceilings:
+                settings["ceilings"] = list(ceilings)
             if task.preprocessing:
                 settings["preprocessing"] = task.preprocessing
             path = task_dir / f"seed{seed}.json"
@@ -229,6 +239,12 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
             for b in baselines:
                 methods[b] = run_baseline(b, task, cfg, features)
                 log(f"  {b}: {_short(methods[b])}")
+            for c in ceilings:
+                key = (c, seed, hash(task.images.tobytes()), hash(task.eval_index.tobytes()))
+                if key not in references:
+                    references[key] = run_ceiling(c, task, seed, cache)
+                methods[c] = references[key]
+                log(f"  {c}: {_short(methods[c])}")
             # VaDE training amplifies floating-point order: the same seed on another thread count is another run
             # (benchmarks/RESULTS.md), so the count is recorded with the numbers.
             record = {"task": task.name, "seed": seed, "settings": settings, "torch_threads": torch.get_num_threads(),
@@ -261,7 +277,8 @@ def _short(r: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text table per task: mean +- std (worst seed) of each metric and the health flags."""
+    """A plain-text table per task: mean +- std (worst seed) of each metric and the health flags, the unsupervised
+    methods first, then the supervised ceiling, then the share of the best ceiling's NMI the methods reach."""
     lines: list[str] = []
     for name, task in summary["tasks"].items():
         lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
@@ -270,12 +287,22 @@ def format_summary(summary: dict[str, Any]) -> str:
         cols = [*METRICS, "knn_accuracy", "linear_probe", "recon_mse"]
         names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe", "recon_mse": "recon MSE"}
         present = [c for c in cols if any(c in row for row in task["methods"].values())]
-        header = f"  {'method':<12}" + "".join(f"{names.get(c, c):>24}" for c in present)
+        header = f"  {'method':<30}" + "".join(f"{names.get(c, c):>24}" for c in present)
         lines.append(header + f"{'empty':>7}{'NaN':>5}")
-        for method, row in task["methods"].items():
-            cells = "".join(f"{_cell(row.get(c), c == 'recon_mse'):>24}" for c in present)
-            lines.append(f"  {method:<12}{cells}{row['runs_with_empty_components']:>7}"
-                         f"{'yes' if row['any_nan'] else 'no':>5}")
+        unsupervised = {m: r for m, r in task["methods"].items() if m not in CEILINGS}
+        ceiling = {m: r for m, r in task["methods"].items() if m in CEILINGS}
+        for group, rows in (("", unsupervised), ("  supervised ceiling (fitted with the labels on the same "
+                                                  "galaxies, scored on the same held-out ones):", ceiling)):
+            if group and rows:
+                lines.append(group)
+            for method, row in rows.items():
+                cells = "".join(f"{_cell(row.get(c), c == 'recon_mse'):>24}" for c in present)
+                lines.append(f"  {CEILING_NAMES.get(method, method):<30}{cells}"
+                             f"{row['runs_with_empty_components']:>7}{'yes' if row['any_nan'] else 'no':>5}")
+        best = max((r["nmi"]["mean"] for r in ceiling.values() if "nmi" in r), default=None)
+        if best:
+            shares = ", ".join(f"{m} {r['nmi']['mean'] / best:.2f}" for m, r in unsupervised.items() if "nmi" in r)
+            lines.append(f"  share of the best supervised NMI ({best:.4f}): {shares}")
         for ref, value in task.get("reference", {}).items():
             lines.append(f"  {ref}: accuracy {value:.4f}")
         lines.append("")

@@ -50,6 +50,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CLIError(f"benchmark {args.name} takes no RUN/DATASET arguments (only `benchmark realism` does)")
     from astrovader.baselines import BASELINES
     from astrovader.benchmark import (
+        CEILINGS,
         DATA_FOLDERS,
         GZ1_CROP,
         GZ1_DEROTATE,
@@ -74,11 +75,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CLIError("--epochs-scale must be > 0")
     if args.n is not None and args.n < 10:
         raise CLIError("--n must be >= 10")
-    baselines = [] if args.baselines in ("", "none") else (
-        list(BASELINES) if args.baselines == "all" else [b.strip() for b in args.baselines.split(",") if b.strip()])
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise CLIError(f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}, all or none")
+    baselines = _choose(args.baselines, BASELINES, "--baselines")
+    ceilings = _choose(args.ceilings, CEILINGS, "--ceilings")
     if args.name in DATA_FOLDERS:
         if args.data is None:
             raise CLIError(f"{args.name} needs --data DIR: the {DATA_FOLDERS[args.name]} "
@@ -99,7 +97,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         summary = run_benchmark(args.name, out, data=args.data, seeds=args.seeds, epochs_scale=args.epochs_scale,
                                 overrides=args.overrides, n=args.n, baselines=baselines, crop=crop, derotate=derotate,
                                 flux_norm=flux_norm, held_out=None if args.all_rows else HELD_OUT,
-                                colour=args.colour,
+                                colour=args.colour, ceilings=ceilings,
                                 only=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
                                 log=(lambda _m: None) if args.quiet else print)
     except ConfigError as exc:
@@ -111,6 +109,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
     healthy = all(row["all_ok"] for task in summary["tasks"].values() for row in task["methods"].values())
     return 0 if healthy or not args.strict else 1
+
+
+def _choose(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    """A comma-separated subset of ``allowed``, or all / none."""
+    if value in ("", "none"):
+        return []
+    chosen = list(allowed) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown:
+        raise CLIError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}, all or none")
+    return chosen
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +158,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=None,
                    help="use N images (mnist/gz1: a fixed random subset; simulated: how many to draw, default 3000)")
     p.add_argument("--baselines", default="all",
-                   help="comma-separated subset of kmeans,pca_gmm,ae_gmm,vae_gmm, or all / none (default all)")
+                   help="comma-separated subset of kmeans,pca_gmm,brightness_gmm,ae_gmm,vae_gmm, or all / none "
+                   "(default all)")
+    p.add_argument("--ceilings", default="all",
+                   help="supervised references fitted with the labels on the same galaxies: comma-separated subset "
+                   "of cnn,morph_logreg,knn_pixels, or all / none (default all; morph_logreg measures every stamp "
+                   "with statmorph once, ~0.2 s a stamp, cached in OUT/cache)")
     p.add_argument("--crop", default=None, metavar="SPEC",
                    help="gz1: how each cut-out is framed before resizing to 64 px, as for `astrovader ingest`: a "
                         "centre-crop fraction (e.g. 0.4) or NxR90 (default 3xR90: 3 times each galaxy's measured "
