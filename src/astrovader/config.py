@@ -49,6 +49,10 @@ class LossConfig:
     l2: float = 0.01  # Keras-style L2 penalty: l2 * sum(w^2) over all conv and dense weights and biases
     minmax_scale: float = 50.0  # s3VDC inverse min-max: scaled matrix spans [-minmax_scale, 0]
     logvar_clamp: float = 20.0  # encoder log-variances are clamped to +-this to avoid exp overflow
+    # Weight of an NT-Xent term between the latent means of two random views of each image (train.view_*): the
+    # latents are pulled to agree across changes a galaxy's class does not depend on. 0 = off (the paper).
+    contrastive: float = 0.0
+    contrastive_temperature: float = 0.5  # NT-Xent temperature on the cosine similarity of the latent means
 
 
 @dataclass
@@ -77,6 +81,12 @@ class TrainConfig:
     flips: bool = True
     augment_rotate: float = 0.0  # random rotation of each training image by up to +-this many degrees
     augment_shift: float = 0.0  # random shift of each training image by up to +-this many pixels per axis
+    # The views of the contrastive term (loss.contrastive): each is turned by any angle and flipped at random, then
+    view_scale: float = 0.3  # ... scaled by up to +-this fraction,
+    view_shift: float = 1.0  # ... shifted by up to +-this many pixels per axis,
+    view_blur: float = 1.0  # ... blurred by a Gaussian of sigma up to this many pixels,
+    view_gain: float = 0.3  # ... multiplied by 10^u with |u| up to this (brightness / surface brightness),
+    view_noise: float = 0.02  # ... and given Gaussian noise of sigma up to this (in units of the full range)
     validation_fraction: float = 0.0  # used only when the dataset has no `split` column
     seed: int = 0
     restarts: int = 1  # train this many models (seeds seed, seed + 1000, ...); keep the lowest final loss (train.py)
@@ -226,6 +236,8 @@ class Config:
         _need(lo.l2 >= 0, "loss.l2", "must be >= 0")
         _need(lo.minmax_scale > 0, "loss.minmax_scale", "must be > 0")
         _need(lo.logvar_clamp > 0, "loss.logvar_clamp", "must be > 0")
+        _need(lo.contrastive >= 0, "loss.contrastive", "must be >= 0 (0 disables the contrastive term)")
+        _need(lo.contrastive_temperature > 0, "loss.contrastive_temperature", "must be > 0")
         _need(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
         _need(t.gamma_epochs >= 1, "train.gamma_epochs", "must be >= 1 (the GMM is initialised after it)")
         _need(t.gmm_init_batches >= 1, "train.gmm_init_batches", "must be >= 1")
@@ -247,6 +259,13 @@ class Config:
               f"must be in [0, 180] degrees, got {t.augment_rotate}")
         _need(0 <= t.augment_shift <= m.image_size / 2, "train.augment_shift",
               f"must be in [0, image_size / 2 = {m.image_size / 2:g}] pixels, got {t.augment_shift}")
+        _need(0 <= t.view_scale < 1, "train.view_scale", f"must be in [0, 1), got {t.view_scale}")
+        _need(0 <= t.view_shift <= m.image_size / 2, "train.view_shift",
+              f"must be in [0, image_size / 2 = {m.image_size / 2:g}] pixels, got {t.view_shift}")
+        _need(0 <= t.view_blur <= m.image_size / 4, "train.view_blur",
+              f"must be in [0, image_size / 4 = {m.image_size / 4:g}] pixels, got {t.view_blur}")
+        _need(0 <= t.view_gain <= 2, "train.view_gain", f"must be in [0, 2] dex, got {t.view_gain}")
+        _need(0 <= t.view_noise <= 1, "train.view_noise", f"must be in [0, 1], got {t.view_noise}")
         _need(0 <= t.validation_fraction < 1, "train.validation_fraction", "must be in [0, 1)")
         _need(t.max_resident_gb >= 0, "train.max_resident_gb", "must be >= 0")
         dev = t.device

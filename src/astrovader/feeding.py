@@ -62,6 +62,45 @@ def augment(x: torch.Tensor, generator: torch.Generator, t: TrainConfig,
     return x
 
 
+def contrastive_view(x: torch.Tensor, generator: torch.Generator, t: TrainConfig,
+                     shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """A random view of each image of ``x`` (B, C, H, W) in [0, 1] that a galaxy's class does not depend on, all
+    images at once on x's device: one affine warp (any angle, a random flip, a scale of +-``t.view_scale``, a
+    shift of up to +-``t.view_shift`` px; the border repeats, as in ``random_affine``), a Gaussian blur of sigma
+    up to ``t.view_blur`` px, a gain of 10^u (|u| <= ``t.view_gain``) and Gaussian noise of sigma up to
+    ``t.view_noise``. Draws are made for the global batch and sliced per rank, like ``random_flips``.
+
+    The gain multiplies the stored values: on linear pixels it is a change of brightness; on stretched ones it
+    changes brightness and contrast together, which is also nothing a class depends on."""
+    n_global, (B, C, H, W) = x.shape[0] * shard[1], x.shape
+    u = shard_slice(torch.rand(n_global, 8, device=x.device, generator=generator), shard)
+    angle = u[:, 0] * (2 * math.pi)
+    inv_scale = 1 / (1 + (u[:, 1] * 2 - 1) * t.view_scale)  # the grid maps output to input coordinates
+    flip = torch.where(u[:, 2] < 0.5, -1.0, 1.0).to(x.dtype)
+    shift = (u[:, 3:5] * 2 - 1) * (2 * t.view_shift / W)
+    cos, sin = angle.cos() * inv_scale, angle.sin() * inv_scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if t.view_blur > 0:
+        radius = max(1, math.ceil(3 * t.view_blur))
+        r = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        sigma = (u[:, 5] * t.view_blur).clamp_min(1e-3).to(x.dtype)
+        k = torch.exp(-0.5 * (r[None] / sigma[:, None]) ** 2)
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # one kernel per image and channel
+        flat = y.reshape(1, B * C, H, W)
+        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=B * C)
+        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=B * C)
+        y = flat.reshape(B, C, H, W)
+    gain = 10 ** ((u[:, 6] * 2 - 1) * t.view_gain)
+    y = y * gain.to(x.dtype)[:, None, None, None]
+    if t.view_noise > 0:
+        noise = shard_slice(torch.randn(n_global, C, H, W, device=x.device, generator=generator), shard)
+        y = y + noise.to(x.dtype) * (u[:, 7] * t.view_noise).to(x.dtype)[:, None, None, None]
+    return y.clamp(0, 1)
+
+
 class BatchFeeder:
     """Serves uint8 image batches on the training device without per-image Python work.
 

@@ -224,6 +224,19 @@ def kl_gmm_full(mu: Tensor, logvar: Tensor, resp: Tensor, weights: Tensor, means
     return term_entropy + term_cat + term_gauss
 
 
+def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """(B,) NT-Xent (SimCLR's normalised temperature-scaled cross-entropy) of the pairs (a_i, b_i) of latent
+    vectors (B, J): each vector must pick its partner out of the other 2B - 2 in the batch by cosine similarity,
+    averaged over the two directions."""
+    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    sim = z @ z.T / temperature
+    n = len(a)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    per = F.cross_entropy(sim, target, reduction="none")
+    return 0.5 * (per[:n] + per[n:])
+
+
 def reconstruction_loss(recon: Tensor, x: Tensor, kind: str = "mse") -> Tensor:
     """Per-image reconstruction loss summed over pixels: MSE x D (D = C*H*W), binary cross-entropy (``recon``
     holds logits), or ``calibrated``: the Gaussian negative log-likelihood with the batch's own optimal

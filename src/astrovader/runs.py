@@ -131,7 +131,10 @@ def load_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimize
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    fields = list(HISTORY_FIELDS)
+    if any("train_contrastive" in row for row in history):  # only runs with loss.contrastive > 0 have the term
+        fields.insert(fields.index("train_kl_gmm") + 1, "train_contrastive")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -39,9 +39,17 @@ from tqdm.auto import tqdm
 from astrovader.config import Config, TrainConfig
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
-from astrovader.feeding import BatchFeeder, augment, positions, shard_slice, split_indices, to_float
+from astrovader.feeding import (
+    BatchFeeder,
+    augment,
+    contrastive_view,
+    positions,
+    shard_slice,
+    split_indices,
+    to_float,
+)
 from astrovader.gmm_init import alignment_set, initialise_mixture, reseed_mixture
-from astrovader.model import AstroVaDErNet, vade_losses
+from astrovader.model import AstroVaDErNet, nt_xent, vade_losses
 from astrovader.runs import (
     CHECKPOINT,
     CONFIG,
@@ -227,12 +235,14 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
                 align_set = None  # frees the alignment images once that phase is over
             sums = _train_pass(step_fn, plan, feeder, align_set, g, shard, cl, t.batch_size, device)
             all_reduce_(sums, dist_info)
-            train_means = (sums[:4] / sums[4].clamp_min(1)).tolist()  # the one host sync of the epoch
+            train_means = (sums[:5] / sums[5].clamp_min(1)).tolist()  # the one host sync of the epoch
             row: dict[str, Any] = {
                 "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
                 "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
                 "lr": plan.lr, "train_total": train_means[0], "train_recon": train_means[1],
                 "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
+            if cfg.loss.contrastive:
+                row["train_contrastive"] = train_means[4]
             _refuse_divergence(train_means, plan, start, run_dir)
             if val_feeder is not None or dist_info.world > 1:
                 v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
@@ -281,7 +291,7 @@ def _train_pass(step_fn: Callable[..., torch.Tensor], plan: EpochPlan, feeder: B
                 cl: bool, batch_size: int, device: torch.device) -> torch.Tensor:
     """One epoch's optimisation steps, on the alignment set in the align phase and on the training rows
     otherwise; the summed loss terms and image count, on the device (no host sync)."""
-    sums = torch.zeros(5, device=device, dtype=torch.float64)
+    sums = torch.zeros(6, device=device, dtype=torch.float64)
     if align_set is not None:
         images, labels = align_set
         for pos in positions(len(images), batch_size, g, shard):
@@ -422,14 +432,22 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
         # Random numbers are drawn for the whole global batch (same generator state on every rank) and
         # sliced, so the result does not depend on how many ranks share the batch.
         x = augment(x, g, t, shard)
+        views = torch.cat([contrastive_view(x, g, t, shard), contrastive_view(x, g, t, shard)]) if lo.contrastive \
+            else None
         sample = gmm_phase or not t.decode_mean_in_gamma
         eps = shard_slice(torch.randn(n_global, J, device=device, generator=g), shard) if sample else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = forward(x, sample=sample, eps=eps)
+            view_mu = net.encode(views)[0] if views is not None else None
         resp = F.one_hot(labels, cfg.model.n_clusters).float() if labels is not None else None
         terms = vade_losses(net, x, out, lo, gmm_phase, resp)
         per_sample = (terms["recon"] + plan.kl_unit_weight * terms["kl_unit"]
                       + plan.kl_gmm_weight * terms["kl_gmm"])
+        # The decoder still reconstructs the un-augmented image; only the encoder sees the views. Negatives are
+        # the other images of this rank's slice of the batch.
+        contrast = nt_xent(view_mu[:len(x)], view_mu[len(x):], lo.contrastive_temperature) \
+            if view_mu is not None else torch.zeros_like(per_sample)
+        per_sample = per_sample + lo.contrastive * contrast
         if labels is not None and t.align_ce_weight > 0:
             # The KL only pulls z towards its label's component; this also makes the label the prior's most
             # probable component for mu, which is what predictions use (MNIST: posterior/label agreement
@@ -456,6 +474,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
             n = x.shape[0]
             return torch.stack([loss.detach().double() * n, terms["recon"].detach().double().sum(),
                                 terms["kl_unit"].detach().double().sum(), terms["kl_gmm"].detach().double().sum(),
+                                contrast.detach().double().sum(),
                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
 
     return step
