@@ -95,3 +95,44 @@ def test_training_with_the_contrastive_term_records_it_and_resumes_exactly(blob_
     # off by default: no column, and the paper's runs draw no extra random numbers
     train(tiny_config(), blob_dataset, tmp_path / "off", progress=False)
     assert "train_contrastive" not in read_history(tmp_path / "off")[0]
+
+
+def test_scan_epochs_follow_vade_and_pull_neighbours_into_one_component(blob_dataset, tmp_path):
+    from astrovader.gmm_init import neighbour_set
+    from astrovader.train import scan_loss, schedule
+
+    cfg = tiny_config(**{"train.scan_epochs": 2, "train.scan_neighbours": 5})
+    assert [p.phase for p in schedule(cfg)][-3:] == ["static", "scan", "scan"] and cfg.train.epochs == 10
+    full = train(cfg, blob_dataset, tmp_path / "full", progress=False)
+    hist = read_history(tmp_path / "full")
+    assert hist[-3].get("train_scan") in (None, "") and all(np.isfinite(h["train_scan"]) for h in hist[-2:])
+    # the loss: a galaxy and a neighbour in one component with confidence is low, split across two is high
+    from astrovader.model import AstroVaDErNet
+
+    net = AstroVaDErNet(cfg)
+    means = torch.zeros(3, 4)
+    means[:, 0] = torch.tensor([-5.0, 0.0, 5.0])
+    net.gmm.set_parameters(torch.full((3,), 1 / 3), means, torch.ones(3, 4))
+    mu = means[[0, 2]]
+    lo = cfg.loss
+    lo.scan_entropy = 0.0
+    images = torch.zeros(2, 1, 16, 16)
+    net.encode = lambda x: (mu.clone(), torch.zeros_like(mu))  # the neighbours' latents: the same two means
+    together = scan_loss(net, mu, images, lo)
+    net.encode = lambda x: (mu.flip(0), torch.zeros_like(mu))
+    assert scan_loss(net, mu, images, lo) > together + 1
+    del net.encode
+    net = full.net
+    # neighbours are mined among the initialisation images by their latent means, each point not its own
+    from astrovader.data.dataset import open_dataset
+    from astrovader.feeding import BatchFeeder
+
+    ds = open_dataset(blob_dataset)
+    imgs, idx = neighbour_set(net, BatchFeeder(ds, np.arange(len(ds)), torch.device("cpu"), 1.0), cfg,
+                              torch.device("cpu"))
+    assert idx.shape == (len(imgs), 5) and not (idx == torch.arange(len(imgs))[:, None]).any()
+    # resuming inside the scan epochs mines the same neighbours again: identical to the uninterrupted run
+    train(cfg, blob_dataset, tmp_path / "part", progress=False, stop_after_epoch=8)
+    resumed = train(cfg, blob_dataset, tmp_path / "part", resume=True, progress=False)
+    for k, v in train(cfg, blob_dataset, tmp_path / "again", progress=False).net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0, msg=k)

@@ -53,6 +53,10 @@ class LossConfig:
     # latents are pulled to agree across changes a galaxy's class does not depend on. 0 = off (the paper).
     contrastive: float = 0.0
     contrastive_temperature: float = 0.5  # NT-Xent temperature on the cosine similarity of the latent means
+    # Neighbour consistency (SCAN) in the train.scan_epochs: weight of -log(q(c|x) . q(c|n)) for a random one of
+    # each galaxy's nearest neighbours n in the latent space, and of the entropy of the batch's mean q(c|x).
+    scan: float = 10.0
+    scan_entropy: float = 5.0
 
 
 @dataclass
@@ -76,6 +80,8 @@ class TrainConfig:
     gmm_init_neighbours: int = 20  # UMAP n_neighbors for gmm_init_embedding = "umap"
     align_epochs: int = 0  # after the GMM init: q(c|x) is the initial clustering's label, not the posterior
     align_ce_weight: float = 10.0  # alignment phase: weight of the cross-entropy of p(c|mu) against the label
+    scan_epochs: int = 0  # after VaDE's periods: epochs of neighbour consistency (loss.scan); 0 = off
+    scan_neighbours: int = 20  # how many nearest neighbours of each galaxy the scan epochs draw from
     reseed_min_fraction: float = 0.05  # end of each period: components with < this x N/K members are re-seeded
     decode_mean_in_gamma: bool = False  # s3VDC's code feeds the decoder mu in gamma-training; see README
     flips: bool = True
@@ -99,7 +105,8 @@ class TrainConfig:
 
     @property
     def epochs(self) -> int:
-        return self.gamma_epochs + self.align_epochs + self.periods * (self.anneal_epochs + self.static_epochs)
+        return (self.gamma_epochs + self.align_epochs + self.periods * (self.anneal_epochs + self.static_epochs)
+                + self.scan_epochs)
 
 
 @dataclass
@@ -238,6 +245,7 @@ class Config:
         _need(lo.logvar_clamp > 0, "loss.logvar_clamp", "must be > 0")
         _need(lo.contrastive >= 0, "loss.contrastive", "must be >= 0 (0 disables the contrastive term)")
         _need(lo.contrastive_temperature > 0, "loss.contrastive_temperature", "must be > 0")
+        _need(lo.scan >= 0 and lo.scan_entropy >= 0, "loss.scan/scan_entropy", "must be >= 0")
         _need(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
         _need(t.gamma_epochs >= 1, "train.gamma_epochs", "must be >= 1 (the GMM is initialised after it)")
         _need(t.gmm_init_batches >= 1, "train.gmm_init_batches", "must be >= 1")
@@ -253,6 +261,8 @@ class Config:
         _need(t.gmm_init_embedding in ("none", "umap"), "train.gmm_init_embedding", "must be 'none' or 'umap'")
         _need(t.gmm_init_neighbours >= 2, "train.gmm_init_neighbours", "must be >= 2")
         _need(t.align_epochs >= 0, "train.align_epochs", "must be >= 0")
+        _need(t.scan_epochs >= 0, "train.scan_epochs", "must be >= 0")
+        _need(t.scan_neighbours >= 1, "train.scan_neighbours", "must be >= 1")
         _need(t.align_ce_weight >= 0, "train.align_ce_weight", "must be >= 0")
         _need(0 <= t.reseed_min_fraction < 1, "train.reseed_min_fraction", "must be in [0, 1) (0 disables it)")
         _need(0 <= t.augment_rotate <= 180, "train.augment_rotate",

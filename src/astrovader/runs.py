@@ -132,8 +132,9 @@ def load_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimize
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     fields = list(HISTORY_FIELDS)
-    if any("train_contrastive" in row for row in history):  # only runs with loss.contrastive > 0 have the term
-        fields.insert(fields.index("train_kl_gmm") + 1, "train_contrastive")
+    for extra in ("train_scan", "train_contrastive"):  # only runs with these terms (loss.contrastive, scan_epochs)
+        if any(extra in row for row in history):
+            fields.insert(fields.index("train_kl_gmm") + 1, extra)
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for row in history:

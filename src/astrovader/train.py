@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from astrovader.config import Config, TrainConfig
+from astrovader.config import Config, LossConfig, TrainConfig
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.feeding import (
@@ -48,7 +48,7 @@ from astrovader.feeding import (
     split_indices,
     to_float,
 )
-from astrovader.gmm_init import alignment_set, initialise_mixture, reseed_mixture
+from astrovader.gmm_init import alignment_set, initialise_mixture, neighbour_set, reseed_mixture
 from astrovader.model import AstroVaDErNet, nt_xent, vade_losses
 from astrovader.runs import (
     CHECKPOINT,
@@ -89,7 +89,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass(frozen=True)
 class EpochPlan:
     epoch: int
-    phase: str  # "gamma", "anneal" or "static"
+    phase: str  # "gamma", "align", "anneal", "static" or "scan"
     beta: float  # annealing factor, already raised to the power (0 in gamma-training)
     kl_unit_weight: float
     kl_gmm_weight: float
@@ -123,6 +123,9 @@ def schedule(cfg: Config) -> list[EpochPlan]:
         for _ in range(t.static_epochs):
             plans.append(EpochPlan(e, "static", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
             e += 1
+    for _ in range(t.scan_epochs):
+        plans.append(EpochPlan(e, "scan", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
+        e += 1
     return plans
 
 
@@ -233,9 +236,10 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
                 align_set = alignment_set(feeder, cfg, device, run_dir, dist_info, init_labels)
             elif plan.phase != "align":
                 align_set = None  # frees the alignment images once that phase is over
-            sums = _train_pass(step_fn, plan, feeder, align_set, g, shard, cl, t.batch_size, device)
+            scan_set = neighbour_set(net, feeder, cfg, device) if plan.phase == "scan" else None
+            sums = _train_pass(step_fn, plan, feeder, align_set or scan_set, g, shard, cl, t.batch_size, device)
             all_reduce_(sums, dist_info)
-            train_means = (sums[:5] / sums[5].clamp_min(1)).tolist()  # the one host sync of the epoch
+            train_means = (sums[:6] / sums[6].clamp_min(1)).tolist()  # the one host sync of the epoch
             row: dict[str, Any] = {
                 "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
                 "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
@@ -243,6 +247,8 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
                 "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
             if cfg.loss.contrastive:
                 row["train_contrastive"] = train_means[4]
+            if plan.phase == "scan":
+                row["train_scan"] = train_means[5]
             _refuse_divergence(train_means, plan, start, run_dir)
             if val_feeder is not None or dist_info.world > 1:
                 v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
@@ -287,13 +293,21 @@ def _build(cfg: Config, dist_info: DistInfo) -> tuple[AstroVaDErNet, torch.optim
 
 
 def _train_pass(step_fn: Callable[..., torch.Tensor], plan: EpochPlan, feeder: BatchFeeder,
-                align_set: tuple[torch.Tensor, torch.Tensor] | None, g: torch.Generator, shard: tuple[int, int],
+                phase_set: tuple[torch.Tensor, torch.Tensor] | None, g: torch.Generator, shard: tuple[int, int],
                 cl: bool, batch_size: int, device: torch.device) -> torch.Tensor:
-    """One epoch's optimisation steps, on the alignment set in the align phase and on the training rows
-    otherwise; the summed loss terms and image count, on the device (no host sync)."""
-    sums = torch.zeros(6, device=device, dtype=torch.float64)
-    if align_set is not None:
-        images, labels = align_set
+    """One epoch's optimisation steps: on the alignment set (images, initial clusters) in the align phase, on the
+    neighbour set (images, neighbours' positions) in the scan phase, on the training rows otherwise; the summed
+    loss terms and image count, on the device (no host sync)."""
+    sums = torch.zeros(7, device=device, dtype=torch.float64)
+    if phase_set is not None and plan.phase == "scan":
+        images, neighbours = phase_set
+        for pos in positions(len(images), batch_size, g, shard):
+            # one of each galaxy's neighbours at random (drawn for the whole batch's positions, like everything)
+            pick = torch.randint(0, neighbours.shape[1], (len(pos),), device=device, generator=g)
+            partner = to_float(images[neighbours[pos, pick]], cl)
+            sums += step_fn(to_float(images[pos], cl), plan, g, neighbours=partner)
+    elif phase_set is not None:
+        images, labels = phase_set
         for pos in positions(len(images), batch_size, g, shard):
             sums += step_fn(to_float(images[pos], cl), plan, g, labels[pos])
     else:
@@ -424,9 +438,11 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
     shard = (dist_info.rank, dist_info.world)
     J = cfg.model.latent_dim
 
-    def step(x: torch.Tensor, plan: EpochPlan, g: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def step(x: torch.Tensor, plan: EpochPlan, g: torch.Generator, labels: torch.Tensor | None = None,
+             neighbours: torch.Tensor | None = None) -> torch.Tensor:
         """One optimiser step on this rank's slice ``x`` of a global batch; returns loss sums and count.
-        ``labels`` (alignment phase) are the images' initial clusters, used as q(c|x) in the GMM KL."""
+        ``labels`` (alignment phase) are the images' initial clusters, used as q(c|x) in the GMM KL;
+        ``neighbours`` (scan phase) one latent-space neighbour of each image, whose q(c|x) it should share."""
         gmm_phase = plan.phase != "gamma"
         n_global = x.shape[0] * dist_info.world
         # Random numbers are drawn for the whole global batch (same generator state on every rank) and
@@ -455,6 +471,9 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
             logits = net.gmm.log_joint(out["mu"].float())
             per_sample = per_sample + t.align_ce_weight * F.cross_entropy(logits, labels, reduction="none")
         loss = per_sample.mean()
+        scan = scan_loss(net, out["mu"].float(), augment(neighbours, g, t, shard), lo) if neighbours is not None \
+            else torch.zeros((), device=device)
+        loss = loss + lo.scan * scan
         if lo.l2 > 0:
             loss = loss + lo.l2 * net.l2_penalty()
         opt.zero_grad(set_to_none=True)
@@ -474,10 +493,22 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
             n = x.shape[0]
             return torch.stack([loss.detach().double() * n, terms["recon"].detach().double().sum(),
                                 terms["kl_unit"].detach().double().sum(), terms["kl_gmm"].detach().double().sum(),
-                                contrast.detach().double().sum(),
+                                contrast.detach().double().sum(), scan.detach().double() * n,
                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
 
     return step
+
+
+def scan_loss(net: AstroVaDErNet, mu: torch.Tensor, neighbours: torch.Tensor, lo: LossConfig) -> torch.Tensor:
+    """SCAN's objective on the mixture's posteriors (Van Gansbeke et al. 2020): each galaxy and its neighbour
+    should be put in the same component with confidence, -mean log(q(c|x) . q(c|n)), while the batch as a whole
+    spreads over the components, minus ``scan_entropy`` x the entropy of the mean q(c|x)."""
+    q = net.gmm.posterior(mu)
+    qn = net.gmm.posterior(net.encode(neighbours)[0].float())
+    consistency = -torch.log((q * qn).sum(1).clamp_min(1e-8)).mean()
+    mean_q = q.mean(0)
+    entropy = -(mean_q * mean_q.clamp_min(1e-8).log()).sum()
+    return consistency - lo.scan_entropy * entropy
 
 
 @torch.no_grad()

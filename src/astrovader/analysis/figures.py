@@ -32,8 +32,8 @@ __all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plo
            "plot_secondary", "plot_latent_map", "plot_latent_histograms", "plot_label_counts", "plot_history",
            "cluster_colors", "scale_bar"]
 
-PHASE_COLORS = {"gamma": "#d9d9d9", "anneal": "#fde0c5", "static": "#c6dbef"}
-PHASE_NAMES = {"gamma": "gamma-training", "anneal": "annealing", "static": "static"}
+PHASE_COLORS = {"gamma": "#d9d9d9", "anneal": "#fde0c5", "static": "#c6dbef", "scan": "#c7e9c0"}
+PHASE_NAMES = {"gamma": "gamma-training", "anneal": "annealing", "static": "static", "scan": "neighbour consistency"}
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], layout: str | None = None,
