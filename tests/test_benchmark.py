@@ -121,6 +121,16 @@ def test_held_out_baselines_are_fitted_on_one_part_and_scored_on_the_other():
         assert sum(r["members"]) == 27 and r["accuracy"] > 0.9, (method, r)  # blobs are easy, even unseen
 
 
+def test_neighbour_agreement_counts_neighbours_of_the_same_class():
+    from astrovader.baselines import neighbour_agreement
+
+    rng = np.random.default_rng(0)
+    apart = np.concatenate([rng.normal(0, 1, (30, 2)), rng.normal(50, 1, (30, 2))])
+    labels = np.repeat([0, 1], 30)
+    assert neighbour_agreement(apart, labels, k=10) == 1.0
+    assert neighbour_agreement(apart, rng.permutation(labels), k=10) == pytest.approx(0.5, abs=0.15)
+
+
 def test_brightness_baseline_splits_on_brightness_and_not_on_shape():
     """Two shapes at two brightnesses each: the brightness-only GMM finds the brightness, not the shape."""
     import astrovader.baselines as bm
@@ -269,6 +279,7 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys):
         assert task["evaluated_on"].startswith("held-out 36 of 120")  # fitted on 84, scored on the other 36
         for method in ("astrovader", "kmeans"):
             assert 0 <= task["methods"][method]["knn_accuracy"]["mean"] <= 1
+        assert 0 <= task["methods"]["astrovader"]["neighbour_agreement"]["mean"] <= 1
     seed = json.loads((out / "gz1-k3" / "seed0.json").read_text())
     assert len(seed["methods"]["astrovader"]["members"]) == 3
     assert sum(seed["methods"]["astrovader"]["members"]) == sum(seed["methods"]["kmeans"]["members"]) == 36

@@ -83,6 +83,16 @@ def knn_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> flo
     return float(cross_val_score(KNeighborsClassifier(KNN_NEIGHBOURS), features, labels, cv=folds).mean())
 
 
+def neighbour_agreement(features: np.ndarray, labels: np.ndarray, k: int = 20) -> float:
+    """Share of each image's ``k`` nearest neighbours in ``features`` (Euclidean, itself excluded) that have its
+    class: how often neighbours mined in the representation, as the scan epochs mine them, share a class."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(features) - 1)
+    _, idx = NearestNeighbors(n_neighbors=k).fit(features).kneighbors()
+    return float((labels[idx] == labels[:, None]).mean())
+
+
 def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """Mean 5-fold cross-validated accuracy of a logistic regression on the standardised representation: how much
     of the class information is linearly available in it."""

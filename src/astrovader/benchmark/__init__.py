@@ -32,6 +32,7 @@ from astrovader.baselines import (
     encode_all,
     knn_accuracy,
     linear_probe_accuracy,
+    neighbour_agreement,
     run_baseline,
     score,
 )
@@ -110,6 +111,7 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
         if task.knn:
             result["knn_accuracy"] = knn_accuracy(enc["mu"], labels, cfg.train.seed)
             result["linear_probe"] = linear_probe_accuracy(enc["mu"], labels, cfg.train.seed)
+            result["neighbour_agreement"] = neighbour_agreement(enc["mu"], labels, cfg.train.scan_neighbours)
     except TrainingDiverged as exc:
         result.update({m: float("nan") for m in METRICS})
         result.update(nan=True, ok=False, empty_components=None, error=str(exc))
@@ -127,7 +129,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for m in methods:
         runs = [r["methods"][m] for r in per_seed if m in r["methods"]]
         row: dict[str, Any] = {"runs": len(runs)}
-        for key in (*METRICS, "knn_accuracy", "linear_probe", "recon_mse"):
+        for key in (*METRICS, "knn_accuracy", "linear_probe", "neighbour_agreement", "recon_mse"):
             vals = np.array([r[key] for r in runs if key in r], dtype=float)
             if len(vals):
                 row[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
@@ -268,6 +270,8 @@ def _short(r: dict[str, Any]) -> str:
         parts.append(f"kNN {r['knn_accuracy']:.4f}")
     if "linear_probe" in r:
         parts.append(f"linear probe {r['linear_probe']:.4f}")
+    if "neighbour_agreement" in r:
+        parts.append(f"neighbours agree {r['neighbour_agreement']:.4f}")
     if "recon_mse" in r:
         parts.append(f"recon MSE {r['recon_mse']:.2e}")
     if "at_init" in r:
@@ -284,8 +288,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
                      f"{task['epochs']} epochs, {summary['seeds']} seed(s); scored on "
                      f"{task.get('evaluated_on', 'all images')}")
-        cols = [*METRICS, "knn_accuracy", "linear_probe", "recon_mse"]
-        names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe", "recon_mse": "recon MSE"}
+        cols = [*METRICS, "knn_accuracy", "linear_probe", "neighbour_agreement", "recon_mse"]
+        names = {"knn_accuracy": "kNN acc", "linear_probe": "linear probe", "neighbour_agreement": "neighbours agree",
+                 "recon_mse": "recon MSE"}
         present = [c for c in cols if any(c in row for row in task["methods"].values())]
         header = f"  {'method':<30}" + "".join(f"{names.get(c, c):>24}" for c in present)
         lines.append(header + f"{'empty':>7}{'NaN':>5}")
