@@ -136,3 +136,22 @@ def test_scan_epochs_follow_vade_and_pull_neighbours_into_one_component(blob_dat
     resumed = train(cfg, blob_dataset, tmp_path / "part", resume=True, progress=False)
     for k, v in train(cfg, blob_dataset, tmp_path / "again", progress=False).net.state_dict().items():
         torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+def test_group_pooled_encoder_gives_every_turned_copy_the_same_latents(group):
+    from astrovader.model import AstroVaDErNet
+
+    cfg = tiny_config(**{"model.group_pooling": f"'{group}'"})
+    net = AstroVaDErNet(cfg).eval()
+    x = torch.rand(3, 1, 16, 16)
+    mu = net.encode(x)[0]
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            torch.testing.assert_close(net.encode(torch.rot90(x, k, dims=(-2, -1)))[0], mu, atol=1e-5, rtol=1e-5)
+        mirrored = net.encode(x.flip(-1))[0]
+    assert torch.allclose(mirrored, mu, atol=1e-5) == (group == "d4")
+    plain = AstroVaDErNet(tiny_config())
+    assert set(plain.state_dict()) == set(net.state_dict())  # the same weights: only the pooling differs
+    with pytest.raises(ConfigError, match="model.group_pooling"):
+        tiny_config(**{"model.group_pooling": "'so2'"})

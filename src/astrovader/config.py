@@ -39,6 +39,7 @@ class ModelConfig:
     leaky_slope: float = 0.1
     upsample_first: bool = False  # decoder: up-sample before each block's convolutions (the paper's section 6)
     residual: bool = False  # ResNet blocks: each (conv, conv) block adds its input back (1x1 conv if widths differ)
+    group_pooling: str = "none"  # encoder features averaged over quarter turns ("c4") and mirror images ("d4")
 
 
 @dataclass
@@ -236,6 +237,8 @@ class Config:
         _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")
         _need(0 <= m.leaky_slope < 1, "model.leaky_slope", "must be in [0, 1)")
         _need(m.covariance in ("diag", "full"), "model.covariance", f"must be 'diag' or 'full', got {m.covariance!r}")
+        _need(m.group_pooling in ("none", "c4", "d4"), "model.group_pooling",
+              f"must be 'none', 'c4' or 'd4', got {m.group_pooling!r}")
         _need(lo.reconstruction in ("mse", "bce", "calibrated"), "loss.reconstruction",
               f"must be 'mse', 'bce' or 'calibrated', got {lo.reconstruction!r}")
         _need(lo.gmm_kl_scale > 0, "loss.gmm_kl_scale", "must be > 0")

@@ -46,7 +46,11 @@ def _block(cin: int, cout: int, k: int, slope: float, residual: bool) -> list[nn
 
 
 class Encoder(nn.Module):
-    """Blocks of (conv, LeakyReLU, conv, LeakyReLU, 2x2 max-pool), then two linear heads: mu, log-var."""
+    """Blocks of (conv, LeakyReLU, conv, LeakyReLU, 2x2 max-pool), then two linear heads: mu, log-var.
+
+    With ``group_pooling`` "c4" (or "d4") the last feature map is averaged over the image's 4 quarter turns (and
+    their mirror images) before the heads, so the latents are exactly the same for every turned (or mirrored)
+    copy of a galaxy: invariance by construction instead of by augmentation, at 4x (8x) the encoder's cost."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -60,9 +64,16 @@ class Encoder(nn.Module):
         flat = cin * side * side
         self.mu = nn.Linear(flat, cfg.latent_dim)
         self.logvar = nn.Linear(flat, cfg.latent_dim)
+        self.group_pooling = cfg.group_pooling
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.features(x).flatten(1)
+        if self.group_pooling == "none":
+            h = self.features(x).flatten(1)
+        else:
+            orbit = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+            if self.group_pooling == "d4":
+                orbit += [o.flip(-1) for o in orbit]
+            h = self.features(torch.cat(orbit)).flatten(1).view(len(orbit), len(x), -1).mean(0)
         return self.mu(h), self.logvar(h)
 
 
