@@ -24,7 +24,8 @@ from astrovader.data.dataset import write_dataset
 from astrovader.feeding import BatchFeeder, random_flips, to_float
 from astrovader.model import AstroVaDErNet, vade_losses
 from astrovader.runtime import resolve_device, training_bf16, training_channels_last
-from astrovader.train import EpochPlan, _make_step
+from astrovader.schedule import EpochPlan
+from astrovader.train import _make_step
 
 try:
     from common import append_results, markdown_table

@@ -99,7 +99,8 @@ def test_training_with_the_contrastive_term_records_it_and_resumes_exactly(blob_
 
 def test_scan_epochs_follow_vade_and_pull_neighbours_into_one_component(blob_dataset, tmp_path):
     from astrovader.gmm_init import neighbour_set
-    from astrovader.train import scan_loss, schedule
+    from astrovader.model import scan_loss
+    from astrovader.schedule import schedule
 
     cfg = tiny_config(**{"train.scan_epochs": 2, "train.scan_neighbours": 5})
     assert [p.phase for p in schedule(cfg)][-3:] == ["static", "scan", "scan"] and cfg.train.epochs == 10

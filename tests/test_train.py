@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from astrovader.config import Config
 from astrovader.gmm_init import fit_gmm_init, reseed_empty_components
 from astrovader.runs import CHECKPOINT, read_history
-from astrovader.train import TrainingDiverged, learning_rate, schedule, train
+from astrovader.schedule import learning_rate, schedule
+from astrovader.train import TrainingDiverged, train
 
 
 def tiny_config(**over) -> Config:

@@ -31,7 +31,7 @@ from astrovader.feeding import augment
 from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
 from astrovader.runtime import resolve_device, training_bf16, training_channels_last
-from astrovader.train import learning_rate
+from astrovader.schedule import learning_rate
 
 BASELINES = ("kmeans", "pca_gmm", "brightness_gmm", "ae_gmm", "vae_gmm")
 METRICS = ("accuracy", "nmi", "ari", "purity")

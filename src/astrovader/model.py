@@ -341,6 +341,18 @@ def vade_losses(net: AstroVaDErNet, x: Tensor, out: dict[str, Tensor], loss_cfg:
     return terms
 
 
+def scan_loss(net: AstroVaDErNet, mu: torch.Tensor, neighbours: torch.Tensor, lo: LossConfig) -> torch.Tensor:
+    """SCAN's objective on the mixture's posteriors (Van Gansbeke et al. 2020): each galaxy and its neighbour
+    should be put in the same component with confidence, -mean log(q(c|x) . q(c|n)), while the batch as a whole
+    spreads over the components, minus ``scan_entropy`` x the entropy of the mean q(c|x)."""
+    q = net.gmm.posterior(mu)
+    qn = net.gmm.posterior(net.encode(neighbours)[0].float())
+    consistency = -torch.log((q * qn).sum(1).clamp_min(1e-8)).mean()
+    mean_q = q.mean(0)
+    entropy = -(mean_q * mean_q.clamp_min(1e-8).log()).sum()
+    return consistency - lo.scan_entropy * entropy
+
+
 def describe_architecture(cfg: Config) -> list[tuple[str, str, int]]:
     """(layer, output shape, parameters) rows for ``astrovader summary``."""
     net = AstroVaDErNet(cfg)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from astrovader.config import Config, LossConfig, TrainConfig
+from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.feeding import (
@@ -49,7 +49,7 @@ from astrovader.feeding import (
     to_float,
 )
 from astrovader.gmm_init import alignment_set, initialise_mixture, neighbour_set, reseed_mixture
-from astrovader.model import AstroVaDErNet, nt_xent, vade_losses
+from astrovader.model import AstroVaDErNet, nt_xent, scan_loss, vade_losses
 from astrovader.runs import (
     CHECKPOINT,
     CONFIG,
@@ -77,56 +77,11 @@ from astrovader.runtime import (
     training_bf16,
     training_channels_last,
 )
+from astrovader.schedule import EpochPlan, schedule
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: training stops and the last good checkpoint is kept."""
-
-
-# --------------------------------------------------------------------------------------------------
-# the schedule, as data
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EpochPlan:
-    epoch: int
-    phase: str  # "gamma", "align", "anneal", "static" or "scan"
-    beta: float  # annealing factor, already raised to the power (0 in gamma-training)
-    kl_unit_weight: float
-    kl_gmm_weight: float
-    lr: float
-
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """Step-wise exponential decay from ``lr`` that reaches ``lr_min`` exactly at the last epoch."""
-    last = cfg.epochs - 1
-    if last <= 0:
-        return cfg.lr_min
-    every = min(cfg.lr_decay_every, last)
-    steps = last // every
-    frac = min(epoch // every, steps) / steps
-    return cfg.lr * (cfg.lr_min / cfg.lr) ** frac
-
-
-def schedule(cfg: Config) -> list[EpochPlan]:
-    t, lo = cfg.train, cfg.loss
-    plans = [EpochPlan(e, "gamma", 0.0, lo.gamma, 0.0, learning_rate(t, e)) for e in range(t.gamma_epochs)]
-    e = t.gamma_epochs
-    for _ in range(t.align_epochs):
-        plans.append(EpochPlan(e, "align", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
-        e += 1
-    for _ in range(t.periods):
-        for i in range(t.anneal_epochs):
-            beta = (i / t.anneal_epochs) ** t.anneal_power
-            plans.append(EpochPlan(e, "anneal", beta, 0.0, (beta + lo.gamma) * lo.gmm_kl_scale,
-                                   learning_rate(t, e)))
-            e += 1
-        for _ in range(t.static_epochs):
-            plans.append(EpochPlan(e, "static", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
-            e += 1
-    for _ in range(t.scan_epochs):
-        plans.append(EpochPlan(e, "scan", 1.0, 0.0, (1.0 + lo.gamma) * lo.gmm_kl_scale, learning_rate(t, e)))
-        e += 1
-    return plans
 
 
 # --------------------------------------------------------------------------------------------------
@@ -497,18 +452,6 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
 
     return step
-
-
-def scan_loss(net: AstroVaDErNet, mu: torch.Tensor, neighbours: torch.Tensor, lo: LossConfig) -> torch.Tensor:
-    """SCAN's objective on the mixture's posteriors (Van Gansbeke et al. 2020): each galaxy and its neighbour
-    should be put in the same component with confidence, -mean log(q(c|x) . q(c|n)), while the batch as a whole
-    spreads over the components, minus ``scan_entropy`` x the entropy of the mean q(c|x)."""
-    q = net.gmm.posterior(mu)
-    qn = net.gmm.posterior(net.encode(neighbours)[0].float())
-    consistency = -torch.log((q * qn).sum(1).clamp_min(1e-8)).mean()
-    mean_q = q.mean(0)
-    entropy = -(mean_q * mean_q.clamp_min(1e-8).log()).sum()
-    return consistency - lo.scan_entropy * entropy
 
 
 @torch.no_grad()
