@@ -195,15 +195,7 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
             sums = _train_pass(step_fn, plan, feeder, align_set or scan_set, g, shard, cl, t.batch_size, device)
             all_reduce_(sums, dist_info)
             train_means = (sums[:6] / sums[6].clamp_min(1)).tolist()  # the one host sync of the epoch
-            row: dict[str, Any] = {
-                "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
-                "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
-                "lr": plan.lr, "train_total": train_means[0], "train_recon": train_means[1],
-                "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
-            if cfg.loss.contrastive:
-                row["train_contrastive"] = train_means[4]
-            if plan.phase == "scan":
-                row["train_scan"] = train_means[5]
+            row = _epoch_row(plan, train_means, cfg)
             _refuse_divergence(train_means, plan, start, run_dir)
             if val_feeder is not None or dist_info.world > 1:
                 v = evaluate(net, val_feeder, cfg, plan, device, dist_info=dist_info)
@@ -269,6 +261,20 @@ def _train_pass(step_fn: Callable[..., torch.Tensor], plan: EpochPlan, feeder: B
         for xb in feeder.batches(batch_size, g, shard=shard):
             sums += step_fn(to_float(xb, cl), plan, g)
     return sums
+
+
+def _epoch_row(plan: EpochPlan, train_means: list[float], cfg: Config) -> dict[str, Any]:
+    """The history row of a finished epoch's training terms; the contrastive and scan terms only where used."""
+    row: dict[str, Any] = {
+        "epoch": plan.epoch, "phase": plan.phase, "beta": plan.beta,
+        "kl_weight": plan.kl_gmm_weight if plan.phase != "gamma" else plan.kl_unit_weight,
+        "lr": plan.lr, "train_total": train_means[0], "train_recon": train_means[1],
+        "train_kl_unit": train_means[2], "train_kl_gmm": train_means[3]}
+    if cfg.loss.contrastive:
+        row["train_contrastive"] = train_means[4]
+    if plan.phase == "scan":
+        row["train_scan"] = train_means[5]
+    return row
 
 
 def _refuse_divergence(train_means: list[float], plan: EpochPlan, start: int, run_dir: Path) -> None:
