@@ -147,6 +147,14 @@ def brightness_features(images: np.ndarray, border: int = 2, centre_radius: floa
     return np.log10(np.maximum(np.stack([flux, central], 1), 1e-4))
 
 
+def brightness_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0,
+                            apply_to: np.ndarray | None = None) -> np.ndarray:
+    """The brightness-only floor: a GaussianMixture on :func:`brightness_features`, fitted on ``images`` and
+    returning the labels of ``apply_to`` (default: of ``images`` themselves)."""
+    bright = brightness_features(images)
+    return posthoc_gmm(bright, n_clusters, seed, apply_to=None if apply_to is None else brightness_features(apply_to))
+
+
 def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int, apply_to: np.ndarray | None = None) -> np.ndarray:
     """Full-covariance GaussianMixture (k-means start) fitted on a representation ``z``; returns the hard labels
     of ``apply_to`` (default: of ``z`` itself)."""
@@ -241,9 +249,8 @@ def run_baseline(method: str, task: Task, cfg: Config,
             feats = pca.transform(flat[ev])
             pred = posthoc_gmm(pca.transform(flat[fit]), k, seed, apply_to=feats)
         elif method == "brightness_gmm":
-            bright = brightness_features(task.images)
-            feats = bright[ev]
-            pred = posthoc_gmm(bright[fit], k, seed, apply_to=feats)
+            feats = brightness_features(task.images[ev])
+            pred = brightness_gmm_baseline(task.images[fit], k, seed, apply_to=task.images[ev])
         elif method in ("ae_gmm", "vae_gmm"):
             key = (method, _network_settings(cfg), str(task.dataset) if task.dataset is not None else id(task.images))
             if features is not None and key in features:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis.metrics import clustering_scores
-from astrovader.baselines import brightness_features, pca_gmm_baseline, posthoc_gmm
+from astrovader.baselines import brightness_gmm_baseline, pca_gmm_baseline
 from astrovader.benchmark.ceilings import cnn_classifier, knn_pixels
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset
@@ -74,9 +74,8 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     images = ds.load()
     base = clustering_scores(truth, pca_gmm_baseline(images[train_rows], cfg.model.n_clusters, seed,
                                                      apply_to=images[test]))
-    bright = brightness_features(images)
-    brightness = clustering_scores(truth, posthoc_gmm(bright[train_rows], cfg.model.n_clusters, seed,
-                                                      apply_to=bright[test]))
+    brightness = clustering_scores(truth, brightness_gmm_baseline(images[train_rows], cfg.model.n_clusters, seed,
+                                                                  apply_to=images[test]))
     labels = ds.catalog["true_class"].to_numpy()
     ceiling = {name: clustering_scores(truth, fit(images[train_rows], labels[train_rows], images[test], seed))
                for name, fit in (("cnn", _demo_cnn), ("knn_pixels", knn_pixels))}

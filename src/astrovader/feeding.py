@@ -39,7 +39,7 @@ def random_flips(x: torch.Tensor, generator: torch.Generator, shard: tuple[int, 
 def random_affine(x: torch.Tensor, generator: torch.Generator, max_rotate_deg: float, max_shift_px: float,
                   shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Rotate each image by a uniform angle in +-max_rotate_deg and shift it by up to +-max_shift_px pixels
-    per axis, all images at once on x's device (one affine_grid + grid_sample). Pixels brought in from
+    per axis, all images at once on x's device (one :func:`warp`). Pixels brought in from
     outside the stamp repeat its border (sky for galaxies, background for digits), so no artificial black
     edges appear. The draws are made for the global batch and sliced per rank, like ``random_flips``."""
     n_global = x.shape[0] * shard[1]
@@ -48,7 +48,19 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, max_rotate_deg: f
     shift = u[:, 1:] * (2 * max_shift_px / x.shape[-1])  # grid coordinates span 2 over the image width
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return warp(x, theta)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) resampled bilinearly through its affine map ``theta`` (B, 2, 3), from
+    output to input coordinates as for ``F.affine_grid`` (align_corners=False), the border repeated. The grid is
+    ``affine_grid``'s maths as one batched matmul: on CPUs ``F.affine_grid`` took 4x the time of the warp itself."""
+    B, _, H, W = x.shape
+    xs = (torch.arange(W, device=x.device, dtype=x.dtype) * 2 + 1) / W - 1
+    ys = (torch.arange(H, device=x.device, dtype=x.dtype) * 2 + 1) / H - 1
+    base = torch.stack([xs.expand(H, W), ys[:, None].expand(H, W), torch.ones(H, W, device=x.device,
+                                                                              dtype=x.dtype)], -1)
+    grid = torch.matmul(base.reshape(1, H * W, 3), theta.to(x.dtype).transpose(1, 2)).reshape(B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -72,7 +84,7 @@ def contrastive_view(x: torch.Tensor, generator: torch.Generator, t: TrainConfig
 
     The gain multiplies the stored values: on linear pixels it is a change of brightness; on stretched ones it
     changes brightness and contrast together, which is also nothing a class depends on."""
-    n_global, (B, C, H, W) = x.shape[0] * shard[1], x.shape
+    n_global, (_, C, H, W) = x.shape[0] * shard[1], x.shape
     u = shard_slice(torch.rand(n_global, 8, device=x.device, generator=generator), shard)
     angle = u[:, 0] * (2 * math.pi)
     inv_scale = 1 / (1 + (u[:, 1] * 2 - 1) * t.view_scale)  # the grid maps output to input coordinates
@@ -81,13 +93,7 @@ def contrastive_view(x: torch.Tensor, generator: torch.Generator, t: TrainConfig
     cos, sin = angle.cos() * inv_scale, angle.sin() * inv_scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    # affine_grid's own maths as one batched matmul: on CPUs F.affine_grid took 4x the time of the warp itself
-    xs = (torch.arange(W, device=x.device, dtype=x.dtype) * 2 + 1) / W - 1
-    ys = (torch.arange(H, device=x.device, dtype=x.dtype) * 2 + 1) / H - 1
-    base = torch.stack([xs.expand(H, W), ys[:, None].expand(H, W), torch.ones(H, W, device=x.device,
-                                                                              dtype=x.dtype)], -1)
-    grid = torch.matmul(base.reshape(1, H * W, 3), theta.to(x.dtype).transpose(1, 2)).reshape(B, H, W, 2)
-    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    y = warp(x, theta)
     if t.view_blur > 0:
         # a separable Gaussian per image as two batched matmuls (rows normalised, so flux is kept at the
         # edges too): a grouped convolution with one kernel per image was 3x slower on CPUs
