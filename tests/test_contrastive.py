@@ -127,10 +127,11 @@ def test_scan_epochs_follow_vade_and_pull_neighbours_into_one_component(blob_dat
     # neighbours are mined among the initialisation images by their latent means, each point not its own
     from astrovader.data.dataset import open_dataset
     from astrovader.feeding import BatchFeeder
+    from astrovader.gmm_init import init_batches
 
     ds = open_dataset(blob_dataset)
-    imgs, idx = neighbour_set(net, BatchFeeder(ds, np.arange(len(ds)), torch.device("cpu"), 1.0), cfg,
-                              torch.device("cpu"))
+    feeder = BatchFeeder(ds, np.arange(len(ds)), torch.device("cpu"), 1.0)
+    imgs, idx = neighbour_set(net, torch.cat(list(init_batches(feeder, cfg.train, torch.device("cpu"), -1))), cfg)
     assert idx.shape == (len(imgs), 5) and not (idx == torch.arange(len(imgs))[:, None]).any()
     # resuming inside the scan epochs mines the same neighbours again: identical to the uninterrupted run
     train(cfg, blob_dataset, tmp_path / "part", progress=False, stop_after_epoch=8)

@@ -150,20 +150,19 @@ def alignment_set(feeder: BatchFeeder, cfg: Config, device: torch.device, run_di
 
 
 @torch.no_grad()
-def neighbour_set(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device: torch.device,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The GMM initialisation's images (drawn again: the draw is seeded) and the positions (N, scan_neighbours) of
-    each one's nearest neighbours among them by the latent means of the network as it is now. Mined afresh at
-    the start of every scan epoch, so neighbours follow the latent space and a resumed run mines the same ones."""
+def neighbour_set(net: AstroVaDErNet, images: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` (uint8, the GMM initialisation's: drawn once per run with :func:`init_batches`' key -1) and the
+    positions (N, scan_neighbours) of each one's nearest neighbours among them by the latent means of the network
+    as it is now. Mined afresh at the start of every scan epoch, so neighbours follow the latent space and a
+    resumed run mines the same ones."""
     from sklearn.neighbors import NearestNeighbors
 
-    images = torch.cat(list(init_batches(feeder, cfg.train, device, -1)))
     net.eval()
     mu = torch.cat([net.encode(images[s:s + 1024].float().div_(255.0))[0] for s in range(0, len(images), 1024)])
     net.train()
     k = min(cfg.train.scan_neighbours, len(images) - 1)
     _, idx = NearestNeighbors(n_neighbors=k).fit(mu.cpu().numpy()).kneighbors()  # each point is not its own
-    return images, torch.as_tensor(idx, device=device)
+    return images, torch.as_tensor(idx, device=images.device)
 
 
 @torch.no_grad()

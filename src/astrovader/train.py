@@ -48,7 +48,7 @@ from astrovader.feeding import (
     split_indices,
     to_float,
 )
-from astrovader.gmm_init import alignment_set, initialise_mixture, neighbour_set, reseed_mixture
+from astrovader.gmm_init import alignment_set, init_batches, initialise_mixture, neighbour_set, reseed_mixture
 from astrovader.model import AstroVaDErNet, nt_xent, scan_loss, vade_losses
 from astrovader.runs import (
     CHECKPOINT,
@@ -175,6 +175,7 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
     first = t.gamma_epochs + t.align_epochs
     period_ends = {first + (k + 1) * period - 1 for k in range(t.periods)} if period else set()
     align_set: tuple[torch.Tensor, torch.Tensor] | None = None
+    scan_images: torch.Tensor | None = None
     init_labels: np.ndarray | None = None
     tb = _tensorboard(run_dir) if t.tensorboard and dist_info.is_main else None
     bar = tqdm(total=len(plans), initial=start, desc="training", unit="epoch",
@@ -191,7 +192,9 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
                 align_set = alignment_set(feeder, cfg, device, run_dir, dist_info, init_labels)
             elif plan.phase != "align":
                 align_set = None  # frees the alignment images once that phase is over
-            scan_set = neighbour_set(net, feeder, cfg, device) if plan.phase == "scan" else None
+            if plan.phase == "scan" and scan_images is None:  # the same images every scan epoch: drawn once
+                scan_images = torch.cat(list(init_batches(feeder, t, device, -1)))
+            scan_set = neighbour_set(net, scan_images, cfg) if plan.phase == "scan" else None
             sums = _train_pass(step_fn, plan, feeder, align_set or scan_set, g, shard, cl, t.batch_size, device)
             all_reduce_(sums, dist_info)
             train_means = (sums[:6] / sums[6].clamp_min(1)).tolist()  # the one host sync of the epoch
