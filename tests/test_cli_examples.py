@@ -33,7 +33,7 @@ SHRINK: dict[str, list[str]] = {
     "report": ["--max-images", "40"],
     "describe": ["--members", "20", "--detailed", "4"],
     "benchmark": ["--n", "60", "--seeds", "1", "--epochs-scale", "0.02", "--baselines", "kmeans",
-                  "--set", "train.batch_size=16"],
+                  "--ceilings", "knn_pixels", "--set", "train.batch_size=16"],  # the CNN and statmorph: test_benchmark
     "demo": ["--n", "172"],
 }
 ORDER = ["presets", "summary", "simulate", "download", "ingest", "split", "train", "check", "predict", "describe",
