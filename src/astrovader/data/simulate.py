@@ -13,9 +13,9 @@ Three classes (the truth every clustering can be scored against); angular sizes 
 
 ellipticals and face-on discs both have total fluxes of 10^3.9-10^4.5 counts, edge-on discs 10^3.8-10^4.4, and
 the sizes overlap too (``DEMO_LOG_FLUX``, ``DEMO_HLR``), so that brightness and size alone do not separate the
-classes: a 2-number Gaussian mixture on flux and central surface brightness scores ~0.43 accuracy, kNN on the
-pixels with the labels ~0.80 (RESULTS.md). The classes are
-all at a random position angle, centred to within one pixel, convolved with a Moffat PSF (beta 3-4.8,
+classes (RESULTS.md, "The demo made honest").
+
+Every galaxy is at a random position angle, centred to within one pixel, convolved with a Moffat PSF (beta 3-4.8,
 FWHM 1.2-1.6"), on a sky of 90-160 counts/px with Poisson noise, at SDSS's 0.396 arcsec/px. A chosen fraction
 of stamps also hold a companion (half a small galaxy, half a foreground star) 45-80% of the way from the
 centre to the stamp edge (positions in pixels from the centre in the catalogue).
@@ -162,16 +162,14 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float,
     flux_scale = size_scale**2  # same surface brightness whatever the stamp size
     p: dict[str, Any] = {"position_angle": pa}
     deg = galsim.degrees
-    if cls == 0:  # compact, smooth, centrally concentrated, round-ish spheroid
-        flux = 10 ** rng.uniform(*DEMO_LOG_FLUX[0]) * flux_scale
-        hlr = rng.uniform(*DEMO_HLR[0]) * size_scale
+    flux = 10 ** rng.uniform(*DEMO_LOG_FLUX[cls]) * flux_scale
+    hlr = rng.uniform(*DEMO_HLR[cls]) * size_scale
+    if cls == 0:  # smooth, centrally concentrated, round-ish spheroid
         q = rng.uniform(0.6, 1.0)
         gal = galsim.Sersic(n=4.0, half_light_radius=hlr, flux=flux, trunc=8 * hlr).shear(q=q, beta=0 * deg)
         p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=4.0, bulge_fraction=1.0,
                  bulge_hlr=hlr, n_knots=0, knot_fraction=0.0)
-    elif cls == 1:  # large, low surface brightness exponential disc, small bulge, star-forming knots
-        flux = 10 ** rng.uniform(*DEMO_LOG_FLUX[1]) * flux_scale
-        hlr = rng.uniform(*DEMO_HLR[1]) * size_scale
+    elif cls == 1:  # low surface brightness exponential disc, small bulge, star-forming knots
         q = rng.uniform(0.75, 1.0)
         bulge_frac = rng.uniform(0.08, 0.25)
         knot_frac = rng.uniform(0.25, 0.45)
@@ -183,9 +181,7 @@ def _galaxy(cls: int, rng: np.random.Generator, gs_rng: Any, size_scale: float,
         gal = gal + galsim.DeVaucouleurs(half_light_radius=bulge_hlr, flux=flux * bulge_frac)
         p.update(flux=flux, half_light_radius=hlr, axis_ratio=q, sersic_n=1.0, bulge_fraction=bulge_frac,
                  bulge_hlr=bulge_hlr, n_knots=n_knots, knot_fraction=knot_frac)
-    else:  # thin exponential disc seen edge-on, small flattened bulge; dimmed by 0.75 mag of dust in its plane
-        flux = 10 ** rng.uniform(*DEMO_LOG_FLUX[2]) * flux_scale
-        hlr = rng.uniform(*DEMO_HLR[2]) * size_scale
+    else:  # thin exponential disc seen edge-on, small flattened bulge; dimmed by 0.1 dex of dust in its plane
         q = rng.uniform(0.1, 0.25)
         bulge_frac = rng.uniform(0.05, 0.25)
         bulge_hlr = 0.3 * hlr
