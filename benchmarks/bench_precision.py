@@ -3,7 +3,8 @@
 Three modes run the same weights on the same images:
 
 * before: the contiguous float32 network on whole batches (inference as it was up to 2026-12-04; for
-  generation, the channels-last decoder in 4 MB chunks it already had);
+  generation, the channels-last decoder in 4 MB chunks it already had, and the dataset writer's commit of
+  2026-12-05, which joined its pending images into one array first);
 * float32 (the default now): a channels-last inference copy in cache-sized chunks;
 * bf16 (opt-in, ``--precision bf16``): the same under bf16 autocast.
 
@@ -32,7 +33,7 @@ import torch
 
 from astrovader import inference, sampling
 from astrovader.config import Config
-from astrovader.data.dataset import Dataset
+from astrovader.data.dataset import Dataset, DatasetWriter
 from astrovader.inference import infer
 from astrovader.predict import predict_dask, predict_dataset
 from astrovader.runs import load_network
@@ -48,20 +49,31 @@ except ImportError:  # imported as benchmarks.bench_precision
 MODES = ("before", "float32", "bf16")
 
 
+_commit = DatasetWriter.commit
+
+
+def _concatenating_commit(self: DatasetWriter) -> None:
+    """The earlier release's commit: the pending images joined into one new array before they are written."""
+    if len(self._pending_images) > 1:
+        self._pending_images = [np.concatenate(self._pending_images)]
+    _commit(self)
+
+
 @contextlib.contextmanager
 def before(generation: bool = False) -> Iterator[None]:
     """The code path of the earlier release: contiguous float32 network on whole batches for inference, the
-    channels-last decoder in 4 MB chunks for generation."""
-    saved = inference.inference_channels_last, inference.cpu_chunk
+    channels-last decoder in 4 MB chunks and a concatenating dataset commit for generation."""
+    saved = inference.inference_channels_last, inference.cpu_chunk, DatasetWriter.commit
     if generation:
         inference.cpu_chunk = lambda act, item, cache_bytes=4 << 20: saved[1](act, item, cache_bytes)
+        DatasetWriter.commit = _concatenating_commit
     else:
         inference.inference_channels_last = lambda device: False
         inference.cpu_chunk = lambda act, item, cache_bytes=0: 1 << 30
     try:
         yield
     finally:
-        inference.inference_channels_last, inference.cpu_chunk = saved
+        inference.inference_channels_last, inference.cpu_chunk, DatasetWriter.commit = saved
 
 
 def _mode(mode: str, generation: bool = False) -> tuple[contextlib.AbstractContextManager, str]:

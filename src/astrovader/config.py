@@ -53,7 +53,8 @@ class LossConfig:
     # Weight of an NT-Xent term between the latent means of two random views of each image (train.view_*): the
     # latents are pulled to agree across changes a galaxy's class does not depend on. 0 = off (the paper).
     contrastive: float = 0.0
-    contrastive_temperature: float = 0.5  # NT-Xent temperature on the cosine similarity of the latent means
+    contrastive_temperature: float = 0.5  # NT-Xent temperature (divides the similarity below)
+    contrastive_similarity: str = "cosine"  # "cosine" (SimCLR) or "euclidean" (-squared distance of latent means)
     # Neighbour consistency (SCAN) in the train.scan_epochs: weight of -log(q(c|x) . q(c|n)) for a random one of
     # each galaxy's nearest neighbours n in the latent space, and of the entropy of the batch's mean q(c|x).
     scan: float = 10.0
@@ -248,6 +249,8 @@ class Config:
         _need(lo.logvar_clamp > 0, "loss.logvar_clamp", "must be > 0")
         _need(lo.contrastive >= 0, "loss.contrastive", "must be >= 0 (0 disables the contrastive term)")
         _need(lo.contrastive_temperature > 0, "loss.contrastive_temperature", "must be > 0")
+        _need(lo.contrastive_similarity in ("cosine", "euclidean"), "loss.contrastive_similarity",
+              "must be 'cosine' or 'euclidean'")
         _need(lo.scan >= 0 and lo.scan_entropy >= 0, "loss.scan/scan_entropy", "must be >= 0")
         _need(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
         _need(t.gamma_epochs >= 1, "train.gamma_epochs", "must be >= 1 (the GMM is initialised after it)")

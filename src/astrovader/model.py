@@ -235,12 +235,20 @@ def kl_gmm_full(mu: Tensor, logvar: Tensor, resp: Tensor, weights: Tensor, means
     return term_entropy + term_cat + term_gauss
 
 
-def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+def nt_xent(a: Tensor, b: Tensor, temperature: float, similarity: str = "cosine") -> Tensor:
     """(B,) NT-Xent (SimCLR's normalised temperature-scaled cross-entropy) of the pairs (a_i, b_i) of latent
-    vectors (B, J): each vector must pick its partner out of the other 2B - 2 in the batch by cosine similarity,
-    averaged over the two directions."""
-    z = F.normalize(torch.cat([a, b]).float(), dim=1)
-    sim = z @ z.T / temperature
+    vectors (B, J): each vector must pick its partner out of the other 2B - 2 in the batch, averaged over the two
+    directions. ``similarity="cosine"`` is SimCLR's cos(a, b) / temperature; ``"euclidean"`` is
+    -|a - b|^2 / temperature, which shapes distances in the latent space itself (where the mixture prior's
+    Gaussians live) instead of only directions."""
+    z = torch.cat([a, b]).float()
+    if similarity == "cosine":
+        z = F.normalize(z, dim=1)
+        sim = z @ z.T / temperature
+    elif similarity == "euclidean":
+        sim = -torch.cdist(z, z).pow(2) / temperature
+    else:
+        raise ValueError(f"similarity must be 'cosine' or 'euclidean', got {similarity!r}")
     n = len(a)
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -425,8 +425,8 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
                       + plan.kl_gmm_weight * terms["kl_gmm"])
         # The decoder still reconstructs the un-augmented image; only the encoder sees the views. Negatives are
         # the other images of this rank's slice of the batch.
-        contrast = nt_xent(view_mu[:len(x)], view_mu[len(x):], lo.contrastive_temperature) \
-            if view_mu is not None else torch.zeros_like(per_sample)
+        contrast = torch.zeros_like(per_sample) if view_mu is None else \
+            nt_xent(view_mu[:len(x)], view_mu[len(x):], lo.contrastive_temperature, lo.contrastive_similarity)
         per_sample = per_sample + lo.contrastive * contrast
         if labels is not None and t.align_ce_weight > 0:
             # The KL only pulls z towards its label's component; this also makes the label the prior's most

@@ -416,7 +416,13 @@ class DatasetWriter:
 
     def commit(self) -> None:
         if self._pending_n:
-            self.images.append(np.concatenate(self._pending_images), axis=0)
+            # Block by block into one resized array, not one concatenated copy: a copy of tens of MB is fresh
+            # memory on every commit, and first-touching it cost more than compressing it (benchmarks/RESULTS.md).
+            start = self.images.shape[0]
+            self.images.resize((start + self._pending_n, *self.images.shape[1:]))
+            for block in self._pending_images:
+                self.images[start:start + len(block)] = block
+                start += len(block)
             parts_dir = self.path / CATALOG_PARTS
             parts_dir.mkdir(exist_ok=True)
             atomic_write_parquet(parts_dir / f"part-{self._next_part:06d}.parquet",
