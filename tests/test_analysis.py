@@ -210,6 +210,12 @@ def test_make_report_writes_everything(tmp_path_factory):
     assert list(desc["component"]) == [0, 1, 2] and used.any() and desc.loc[used, "r50"].notna().all()
     assert desc["sentence"].str.len().min() > 20 and desc["n_members"].sum() == 60
     assert text.count("<li><b>Component ") == 6  # once in the descriptions, once in the closing summary
+    # the synthetic galaxies measured against the 60 held-out real ones (benchmark realism's measures)
+    assert 'id="realism"' in text and "Morphology, synthetic against real" in text
+    assert 0 <= metrics["realism_classifier_accuracy"] <= 1 and 0 <= metrics["realism_memorised_share"] <= 1
+    realism = json.loads((out / "realism" / "realism.json").read_text())
+    assert realism["n_real"] == 60 and realism["noise"]["sigma"] > 0 and realism["split"] == "test"
+    assert metrics["realism_worst_w1_ratio"] == pytest.approx(max(p["w1_ratio"] for p in realism["parameters"]))
 
 
 def test_report_cli_split_and_errors(tmp_path_factory, tmp_path, capsys):
@@ -238,6 +244,7 @@ def test_report_without_a_split_says_all_rows_prominently(tmp_path_factory, tmp_
     banner = page[page.index('class="banner"'):][:400]
     assert "all rows" in banner and "no split column" in banner and "trained on" in banner
     assert "astrovader split" in page  # the first next step: hold out test galaxies
+    assert "Not measured: the comparison needs real galaxies the model was not fitted on" in page
     assert (tmp_path / "r" / "figures" / "overlap.svg").read_text().lstrip().startswith("<?xml")
 
 

@@ -75,8 +75,26 @@ def test_nt_xent_is_low_for_matching_pairs_and_log_2b_minus_1_for_identical_vect
     assert torch.allclose(nt_xent(same, same, 0.5), torch.full((8,), math.log(15)))  # no information: chance
 
 
+def test_euclidean_nt_xent_uses_squared_distances_not_directions():
+    a = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # same direction, different lengths
+    b = a + 0.01
+    # cosine similarity cannot tell the pairs apart; squared distance can
+    assert torch.allclose(nt_xent(a, b, 0.5), torch.full((2,), math.log(3)), atol=1e-3)
+    euclid = nt_xent(a, b, 0.5, "euclidean")
+    z = torch.cat([a, b])
+    logits = -torch.cdist(z, z).pow(2) / 0.5
+    # image 0 must pick its view (row 2) out of rows 1-3, and its view image 0 out of rows 0, 1, 3
+    row0 = torch.logsumexp(logits[0, [1, 2, 3]], 0) - logits[0, 2]
+    row2 = torch.logsumexp(logits[2, [0, 1, 3]], 0) - logits[2, 0]
+    assert euclid[0].item() == pytest.approx(0.5 * (row0 + row2).item(), rel=1e-5)
+    assert euclid.max() < 0.3 < math.log(3)  # chance: log 3
+    with pytest.raises(ValueError, match="euclidean"):
+        nt_xent(a, b, 0.5, "manhattan")
+
+
 @pytest.mark.parametrize("key,value", [("loss.contrastive", -1), ("loss.contrastive_temperature", 0),
-                                       ("train.view_scale", 1.0), ("train.view_gain", 3), ("train.view_blur", 9)])
+                                       ("loss.contrastive_similarity", "dot"), ("train.view_scale", 1.0),
+                                       ("train.view_gain", 3), ("train.view_blur", 9)])
 def test_bad_contrastive_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         Config.resolve("demo", overrides=[f"{key}={value}"])

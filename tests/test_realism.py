@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from astrovader.benchmark.realism import compare, frechet_distance, memorisation, two_sample_accuracy
+from astrovader.analysis.realism import compare, frechet_distance, memorisation, two_sample_accuracy
 from astrovader.cli import main
 
 from .conftest import blob_images
@@ -66,7 +66,7 @@ def test_cli_realism_writes_tables_and_figures(tmp_path_factory, tmp_path, capsy
 
 
 def test_posterior_sampler_draws_where_the_members_are(tmp_path_factory):
-    from astrovader.benchmark.realism import posterior_sample
+    from astrovader.analysis.realism import posterior_sample
     from astrovader.data.dataset import Dataset
     from astrovader.inference import infer
     from astrovader.runs import load_network

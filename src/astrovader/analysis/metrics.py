@@ -249,4 +249,12 @@ METRIC_WORDS: dict[str, tuple[str, str]] = {
     "label_ari": ("adjusted Rand index", "pairwise agreement with the labels corrected for chance; 0 chance, 1 "
                   "perfect"),
     "label_purity": ("purity", "share of galaxies in their component's majority class; 1 is perfect, rises with K"),
+    "realism_classifier_accuracy": ("synthetic vs real: classifier accuracy", "a small CNN trained to tell "
+                                    "synthetic (with sky noise) from held-out real galaxies, on galaxies it did "
+                                    "not see; 0.5 means it cannot tell them apart"),
+    "realism_memorised_share": ("synthetic galaxies that copy a training galaxy", "share closer to a training "
+                                "galaxy than the 1st percentile of real galaxies' distances to theirs"),
+    "realism_worst_w1_ratio": ("worst morphology mismatch", "largest Wasserstein distance, synthetic against "
+                               "real, over the real-against-real one, among the measured parameters; near 1 is "
+                               "as close as two halves of the real galaxies"),
 }

@@ -65,7 +65,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
                 gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None,
                 allow_unfinished: bool = False, dpi: int = 110, vector: Sequence[str] = (),
                 command: str | None = None, describe: DescribeSettings | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, n_realism: int = 300) -> Path:
     """Write the section-5 analyses of a trained run on ``dataset`` to ``out_dir``; returns report.html.
 
     ``split`` restricts to catalogue rows with that ``split`` value; by default the report uses the ``test``
@@ -73,7 +73,8 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     back to all rows; ``split="all"`` asks for every row. ``max_images`` randomly thins the rows (seeded).
     ``non_morphological`` lists components that group galaxies by something other than their shape; by
     default the components ``describe`` flags. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts. Figures
-    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg").
+    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg"). ``n_realism`` synthetic galaxies
+    are measured against as many held-out real ones (0 skips that section).
 
     The report is built in a temporary folder beside ``out_dir`` and swapped in when complete, so a killed report
     never mixes new files with an old one; a non-empty ``out_dir`` is replaced only with ``overwrite``."""
@@ -90,7 +91,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
             with F.figure_output(dpi, vector):
                 _make_report(Path(run_dir), dataset, tmp, split, cuts, non_morphological, label_column,
                              max_images, progress, gz_cuts, seed, device, allow_unfinished, command,
-                             describe or DescribeSettings(seed=seed), shown_dir=out_dir)
+                             describe or DescribeSettings(seed=seed), shown_dir=out_dir, n_realism=n_realism)
             swap_in(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +118,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                  cuts: Sequence[float], non_morphological: Sequence[int] | None, label_column: str | None,
                  max_images: int | None, progress: bool, gz_cuts: dict[str, float] | None, seed: int,
                  device: str | None, allow_unfinished: bool, command: str | None,
-                 describe: DescribeSettings, shown_dir: Path) -> Path:
+                 describe: DescribeSettings, shown_dir: Path, n_realism: int = 300) -> Path:
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise ValueError(f"probability cuts must lie in [0, 1), got {cuts}")
@@ -141,6 +142,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     sections.labels(ctx, gz_cuts)
     sections.history(ctx)
     sections.synthetic(ctx)
+    sections.synthetic_realism(ctx, n_realism)
     (out_dir / "metrics.json").write_text(json.dumps({**ctx.metrics, "provenance": prov}, indent=2, default=float)
                                           + "\n")
     _config_and_next_steps(ctx, split, shown_dir)

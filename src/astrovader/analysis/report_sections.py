@@ -32,7 +32,9 @@ from astrovader.analysis.metrics import (
 )
 from astrovader.analysis.morphology import companions_in
 from astrovader.analysis.page import Page, write_table
+from astrovader.analysis.realism import format_realism, realism, write_realism
 from astrovader.data.dataset import Dataset
+from astrovader.data.noise import dataset_sky_noise
 from astrovader.data.outputs import write_csv
 from astrovader.data.stretch import PixelStretch
 from astrovader.inference import Predictions, reconstruct
@@ -367,6 +369,50 @@ def synthetic(ctx: ReportContext) -> None:
                      "along the line. Same grey scale as above.")
     for title, path in gen_figs:
         ctx.page.figure(Path(path), title)
+
+
+def synthetic_realism(ctx: ReportContext, n: int) -> None:
+    """9. The synthetic galaxies, with the training stamps' sky noise, measured against held-out real ones
+    (``astrovader benchmark realism``): only when the analysed rows are a held-out split and the dataset has a
+    ``train`` split, since the comparison needs both."""
+    split = ctx.metrics["split"]
+    splits = set(ctx.ds.catalog["split"].astype(str)) if "split" in ctx.ds.catalog.columns else set()
+    if n <= 0:
+        return
+    title = "How realistic the synthetic galaxies are"
+    if split in ("all", "train") or "train" not in splits or len(ctx.pred.rows) < 20:
+        ctx.page.section("realism", title, "Not measured: the comparison needs real galaxies the model was not "
+                         "fitted on (a held-out split, e.g. --split test) and the dataset's 'train' split (for the "
+                         "memorisation test).")
+        return
+    log(ctx.progress, f"measuring {min(n, len(ctx.pred.rows)):,} synthetic galaxies against held-out real ones")
+    res = realism(ctx.net, ctx.ds, n=n, split=split, seed=ctx.seed, noise=dataset_sky_noise(ctx.ds),
+                  n_detailed=min(100, n), log=lambda message: log(ctx.progress, message))
+    paths = write_realism(res, ctx.out_dir / "realism")
+    m = res.memorisation
+    ctx.metrics.update(realism_classifier_accuracy=res.classifier_accuracy,
+                       realism_memorised_share=m["share_closer_than_real_p1"],
+                       realism_worst_w1_ratio=float(res.parameters["w1_ratio"].max()))
+    ctx.page.section("realism", title,
+                     f"{res.n_synthetic:,} galaxies drawn as `astrovader generate --noise` draws them (each "
+                     "component's Gaussian, the sky noise measured on this dataset's stamps) against "
+                     f"{res.n_real:,} real galaxies of the '{split}' split, measured the same way "
+                     f"({'on linear flux' if res.linear else 'on the stored pixels: the dataset records no stretch'}). "
+                     "Each "
+                     "distance is shown beside "
+                     "the same distance between two halves of the real galaxies: a ratio near 1 means the synthetic "
+                     "galaxies differ from the real ones no more than real galaxies differ among themselves.")
+    ctx.page.table(res.parameters, "Morphology, synthetic against real", csv=paths[1],
+                   caption="W1/IQR: Wasserstein-1 distance over the real galaxies' interquartile range; KS: the "
+                   "Kolmogorov-Smirnov statistic; each with its real-against-real floor.")
+    ctx.page.raw("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in format_realism(res).splitlines()[-3:])
+                 + "</ul>")
+    ctx.page.table(res.components, "Per component: synthetic galaxies of k against real members of k",
+                   csv=paths[2], caption="W1/IQR ratio (synthetic against real over real against real) of each "
+                   "parameter; '-' where a component has too few members.")
+    ctx.page.figure(paths[3], "Distributions, real (grey) and synthetic (red)")
+    ctx.page.figure(paths[4], "The synthetic galaxies nearest to a training galaxy",
+                    "A synthetic galaxy much closer to a training galaxy than real galaxies ever are would be a copy.")
 
 
 def summary(ctx: ReportContext, rows_text: str) -> None:

@@ -62,7 +62,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                       cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
                       max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
                       seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished, dpi=args.dpi,
-                      vector=args.vector, command=args.command_line, overwrite=args.overwrite)
+                      vector=args.vector, command=args.command_line, overwrite=args.overwrite,
+                      n_realism=args.realism)
     print(f"wrote {out} (open it in a browser; figures/ and tables/ beside it)")
     return 0
 
@@ -147,6 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resolution of the PNG figures (default 110; 300 for print)")
     p.add_argument("--vector", nargs="+", choices=("pdf", "svg"), default=(), metavar="FORMAT",
                    help="also write every figure as pdf and/or svg beside its PNG")
+    p.add_argument("--realism", type=int, default=300, metavar="N",
+                   help="measure N synthetic galaxies (with the sky noise) against N held-out real ones, as "
+                        "`benchmark realism` does (default 300; 0 skips that section)")
     p.add_argument("--cuts", type=_float_list, default=(0.1, 0.5, 0.9), metavar="P1,P2,...",
                    help="probability cut-offs for the occupancy table (default 0.1,0.5,0.9)")
     p.add_argument("--non-morphological", type=_int_list, default=None, metavar="C1,C2,...",

@@ -12,7 +12,7 @@ from astrovader.cli import CLIError
 
 def cmd_realism(args: argparse.Namespace) -> int:
     """``benchmark realism RUN DATASET``: synthetic galaxies against held-out real ones."""
-    from astrovader.benchmark.realism import format_realism, realism, write_realism
+    from astrovader.analysis.realism import format_realism, realism, write_realism
     from astrovader.data.dataset import open_dataset
     from astrovader.runs import load_network, provenance
 
@@ -35,7 +35,10 @@ def cmd_realism(args: argparse.Namespace) -> int:
         from astrovader.data.noise import dataset_sky_noise
 
         noise = dataset_sky_noise(ds)
+    if not args.temperature > 0:
+        raise CLIError(f"--temperature must be > 0, got {args.temperature}")
     res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0, noise=noise, sampler=args.sampler,
+                  temperature=args.temperature,
                   log=(lambda _m: None) if args.quiet else (lambda m: print(f"[realism] {m}", file=sys.stderr)))
     paths = write_realism(res, out, {**provenance(run, cfg, args.command_line), "DATASET": str(ds.path)})
     print(format_realism(res))
@@ -146,6 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("prior", "posterior"), default="prior",
                    help="realism: draw latents from each component's prior Gaussian (as generate) or from a "
                    "density fitted to its encoded training members (the aggregate posterior)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="realism: scale of the latent draws' spread, as generate --temperature (default 1)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="mnist: folder with the t10k IDX files; gz1: folder with labels.csv and images/ "
                    "(required for both; not needed for simulated)")

@@ -55,6 +55,8 @@ class RealismResult:
     classifier_accuracy: float
     memorisation: dict[str, float]
     sampler: str = "prior"
+    temperature: float = 1.0  # the latent draws' spread, as generate --temperature
+    linear: bool = True  # measured on linear flux (the dataset records its stretch); False: on the stored pixels
     measurements: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
     nearest: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
@@ -63,7 +65,8 @@ class RealismResult:
                 "parameters": self.parameters.to_dict("records"), "components": self.components.to_dict("records"),
                 "frechet": self.frechet, "frechet_floor": self.frechet_floor,
                 "classifier_accuracy": self.classifier_accuracy, "memorisation": self.memorisation,
-                "sampler": self.sampler}
+                "sampler": self.sampler, "temperature": self.temperature,
+                "linear_flux": self.linear}
 
 
 def _iqr(x: np.ndarray) -> float:
@@ -264,6 +267,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
         components=pd.DataFrame(comp_rows), frechet=frechet_distance(f_syn[syn_a], f_real[b]),
         frechet_floor=frechet_distance(f_real[a], f_real[b]),
         classifier_accuracy=two_sample_accuracy(real, synthetic, seed), memorisation=mem, sampler=sampler,
+        temperature=temperature, linear=stretch is not None,
         measurements={"real": m_real, "synthetic": m_syn},
         nearest={"synthetic": synthetic[closest], "training": train[i_syn[closest]], "distance": d_syn[closest]})
 
@@ -271,9 +275,11 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
 def format_realism(res: RealismResult) -> str:
     """The result as the text the command prints."""
     sky = (f"with sky noise sigma {res.noise['sigma']:.3g}" if res.noise else "noiseless (the decoder's mean)")
-    lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}; latents from the {res.sampler}) against "
+    lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}; latents from the {res.sampler}, "
+             f"temperature {res.temperature:g}) against "
              f"{res.n_real:,} real galaxies of the "
-             f"{res.split!r} split",
+             f"{res.split!r} split; morphology on "
+             + ("linear flux" if res.linear else "the stored pixels (the dataset records no stretch)"),
              "parameter            W1/IQR  (real-real)  ratio     KS  (real-real)"]
     for r in res.parameters.itertuples():
         lines.append(f"{r.parameter:<20} {r.w1:7.3f}  {r.w1_floor:10.3f}  {r.w1_ratio:5.2f}  {r.ks:6.3f}  "
@@ -306,7 +312,8 @@ def plot_parameters(res: RealismResult, out) -> Any:
         ax.set_title(f"{p}: W1/IQR {row.w1:.2f} (real-real {row.w1_floor:.2f})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Synthetic against real galaxies of the {res.split!r} split (linear-flux morphology)",
+    pixels = "linear-flux morphology" if res.linear else "morphology of the stored pixels: the stretch is unknown"
+    fig.suptitle(f"Synthetic against real galaxies of the {res.split!r} split ({pixels})",
                  fontsize=10)
     return save_figure(fig, out)
 
