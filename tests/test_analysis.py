@@ -244,7 +244,7 @@ def test_report_without_a_split_says_all_rows_prominently(tmp_path_factory, tmp_
     banner = page[page.index('class="banner"'):][:400]
     assert "all rows" in banner and "no split column" in banner and "trained on" in banner
     assert "astrovader split" in page  # the first next step: hold out test galaxies
-    assert "Not measured: the comparison needs real galaxies the model was not fitted on" in page
+    assert "Not measured: the comparison needs at least 20 real galaxies the model" in page
     assert (tmp_path / "r" / "figures" / "overlap.svg").read_text().lstrip().startswith("<?xml")
 
 

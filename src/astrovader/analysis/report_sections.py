@@ -375,15 +375,15 @@ def synthetic_realism(ctx: ReportContext, n: int) -> None:
     """9. The synthetic galaxies, with the training stamps' sky noise, measured against held-out real ones
     (``astrovader benchmark realism``): only when the analysed rows are a held-out split and the dataset has a
     ``train`` split, since the comparison needs both."""
-    split = ctx.metrics["split"]
-    splits = set(ctx.ds.catalog["split"].astype(str)) if "split" in ctx.ds.catalog.columns else set()
     if n <= 0:
         return
+    split = ctx.metrics["split"]
+    counts = ctx.ds.catalog["split"].astype(str).value_counts() if "split" in ctx.ds.catalog.columns else {}
     title = "How realistic the synthetic galaxies are"
-    if split in ("all", "train") or "train" not in splits or len(ctx.pred.rows) < 20:
-        ctx.page.section("realism", title, "Not measured: the comparison needs real galaxies the model was not "
-                         "fitted on (a held-out split, e.g. --split test) and the dataset's 'train' split (for the "
-                         "memorisation test).")
+    if split in ("all", "train") or min(counts.get(split, 0), counts.get("train", 0)) < 20:
+        ctx.page.section("realism", title, "Not measured: the comparison needs at least 20 real galaxies the model "
+                         "was not fitted on (a held-out split, e.g. --split test) and 20 of the dataset's 'train' "
+                         "split (for the memorisation test).")
         return
     log(ctx.progress, f"measuring {min(n, len(ctx.pred.rows)):,} synthetic galaxies against held-out real ones")
     res = realism(ctx.net, ctx.ds, n=n, split=split, seed=ctx.seed, noise=dataset_sky_noise(ctx.ds),
