@@ -307,11 +307,15 @@ def test_api_sample_gallery_and_cli_generate_make_the_same_images(trained, tmp_p
     imgs, comps = model.sample(40, seed=7)
     np.testing.assert_array_equal(imgs, written.load() / np.float32(255))
     np.testing.assert_array_equal(comps, written.catalog["component"].to_numpy())
-    # the gallery shows what `generate --cluster 0 1 2` writes, one row per component
+    # the gallery shows what `generate --component 0 1 2` writes, one row per component
     assert main(["generate", str(tmp / "run"), str(tmp_path / "cyc"), "--n", "12", "--seed", "2", "--quiet",
-                 "--cluster", "0", "1", "2", "--no-consistency"]) == 0
+                 "--component", "0", "1", "2", "--no-consistency"]) == 0
     grid, clusters = sampling.gallery(model.net, 4, seed=2)
     cyc = Dataset(tmp_path / "cyc").load() / np.float32(255)
     assert grid.shape == (3, 4, 1, 16, 16) and clusters == [0, 1, 2]
     for k in range(3):
         np.testing.assert_array_equal(grid[k], cyc[k::3])
+    # the old option name still works, and help never shows it
+    assert main(["generate", str(tmp / "run"), str(tmp_path / "old"), "--n", "12", "--seed", "2", "--quiet",
+                 "--cluster", "0", "1", "2", "--no-consistency"]) == 0
+    np.testing.assert_array_equal(Dataset(tmp_path / "old").load(), Dataset(tmp_path / "cyc").load())

@@ -175,7 +175,7 @@ def sample(net: AstroVaDErNet, n: int, spec: GenerationSpec,
 def gallery(net: AstroVaDErNet, n_per_cluster: int = 8, clusters: Sequence[int] | None = None,
             temperature: float = 1.0, seed: int = 0) -> tuple[np.ndarray, list[int]]:
     """``n_per_cluster`` samples of every component (or of ``clusters``): float images in [0, 1] of shape
-    (K, n, C, H, W), and the component list. The images are those of ``astrovader generate --cluster 0 1 ...
+    (K, n, C, H, W), and the component list. The images are those of ``astrovader generate --component 0 1 ...
     --n K*n --seed seed`` (components cycled), so the gallery shows what the generator writes."""
     K = net.cfg.model.n_clusters
     clusters = list(range(K)) if clusters is None else [int(c) for c in clusters]

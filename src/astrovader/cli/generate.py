@@ -78,12 +78,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--temperature must be > 0")
     cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
     K = cfg.model.n_clusters
-    if args.cluster and any(not 0 <= c < K for c in args.cluster):
-        raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.cluster}")
+    if args.component and any(not 0 <= c < K for c in args.component):
+        raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.component}")
     fmt = _format(args)
     noise = _sky_noise(args) if args.noise or args.noise_from else None
     _clear_output(Path(args.out), fmt, args.overwrite)
-    kw = dict(clusters=args.cluster or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
+    kw = dict(clusters=args.component or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
               batch_size=args.batch_size, precision=args.precision, noise=noise)
     if fmt == "png":
         out = sampling.generate_to_png(net, args.out, args.n, **kw)
@@ -167,7 +167,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="synthetic galaxies sampled from the mixture prior",
-                       description="Choose a component (--cluster, else drawn from the mixture weights or "
+                       description="Choose a component (--component, else drawn from the mixture weights or "
                        "uniformly), draw z ~ N(mu_c, T var_c) and decode. Streams in batches with bounded memory; "
                        "a dataset output is resumable (re-run the same command) and reproducible for a seed, "
                        "and is followed by a cluster-consistency check: the share of generated images the "
@@ -175,8 +175,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
     p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
     p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--component", "--cluster", dest="cluster", type=int, nargs="+", metavar="C",
+    p.add_argument("--component", type=int, nargs="+", metavar="C",
                    help="component(s) to sample from; several are cycled through in turn (default: drawn)")
+    p.add_argument("--cluster", dest="component", type=int, nargs="+", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--weights", choices=("mixture", "uniform"), default="mixture",
                    help="how components are drawn without --component: by the mixture weights (the training "
                    "distribution, default) or uniformly")
