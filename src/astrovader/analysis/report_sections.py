@@ -394,7 +394,7 @@ def synthetic_realism(ctx: ReportContext, n: int) -> None:
                        realism_memorised_share=m["share_closer_than_real_p1"],
                        realism_worst_w1_ratio=float(res.parameters["w1_ratio"].max()))
     ctx.page.section("realism", title,
-                     f"{res.n_synthetic:,} galaxies drawn as `astrovader generate --noise` draws them (each "
+                     f"{res.n_synthetic:,} galaxies drawn as astrovader generate --noise draws them (each "
                      "component's Gaussian, the sky noise measured on this dataset's stamps) against "
                      f"{res.n_real:,} real galaxies of the '{split}' split, measured the same way "
                      f"({'on linear flux' if res.linear else 'on the stored pixels: the dataset records no stretch'}). "
