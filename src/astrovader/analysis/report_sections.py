@@ -396,7 +396,7 @@ def synthetic_realism(ctx: ReportContext, n: int) -> None:
     ctx.page.section("realism", title,
                      f"{res.n_synthetic:,} galaxies drawn as astrovader generate --noise draws them (each "
                      "component's Gaussian, the sky noise measured on this dataset's stamps) against "
-                     f"{res.n_real:,} real galaxies of the '{split}' split, measured the same way "
+                     f"{res.n_real:,} real galaxies of the '{html.escape(split)}' split, measured the same way "
                      f"({'on linear flux' if res.linear else 'on the stored pixels: the dataset records no stretch'}). "
                      "Each "
                      "distance is shown beside "
