@@ -130,6 +130,12 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_report(sub)
+    _register_describe(sub)
+    _register_choose_k(sub)
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="HTML report of a trained run: the paper's section 5 analyses",
                        description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
                        "component overlap (Figure 5), members and secondary labels (Figures 6-8), the latent "
@@ -172,6 +178,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_report)
 
+
+def _register_describe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("describe", help="what each component is: morphology of its members, in numbers and words",
                        description="Measure the members of every component (photutils: R50, R90, axis ratio, "
                        "surface brightness, second sources in the stamp; statmorph: concentration, asymmetry, "
@@ -202,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_describe)
 
+
+def _register_choose_k(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("choose-k", help="estimate the number of mixture components from a run's latent space",
                        description="Fit Dirichlet-process Bayesian Gaussian mixtures (small concentration prior, "
                        "many components) to random mini-batches of latent means and count the components whose "
