@@ -42,6 +42,9 @@ class ModelConfig:
     group_pooling: str = "none"  # encoder features averaged over quarter turns ("c4") and mirror images ("d4")
 
 
+CONTRASTIVE_SIMILARITIES = ("cosine", "euclidean")  # loss.contrastive_similarity (model.nt_xent)
+
+
 @dataclass
 class LossConfig:
     reconstruction: str = "mse"  # "mse" (x D), "bce" or "calibrated" (Gaussian, sigma^2 = the batch's MSE)
@@ -249,8 +252,8 @@ class Config:
         _need(lo.logvar_clamp > 0, "loss.logvar_clamp", "must be > 0")
         _need(lo.contrastive >= 0, "loss.contrastive", "must be >= 0 (0 disables the contrastive term)")
         _need(lo.contrastive_temperature > 0, "loss.contrastive_temperature", "must be > 0")
-        _need(lo.contrastive_similarity in ("cosine", "euclidean"), "loss.contrastive_similarity",
-              "must be 'cosine' or 'euclidean'")
+        _need(lo.contrastive_similarity in CONTRASTIVE_SIMILARITIES, "loss.contrastive_similarity",
+              f"must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}")
         _need(lo.scan >= 0 and lo.scan_entropy >= 0, "loss.scan/scan_entropy", "must be >= 0")
         _need(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
         _need(t.gamma_epochs >= 1, "train.gamma_epochs", "must be >= 1 (the GMM is initialised after it)")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from astrovader.config import Config, LossConfig, ModelConfig
+from astrovader.config import CONTRASTIVE_SIMILARITIES, Config, LossConfig, ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
 # floor of the calibrated decoder variance: (1/1000 of the [0, 1] range)^2, so a perfect batch cannot divide by 0
@@ -248,7 +248,7 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float, similarity: str = "cosine"
     elif similarity == "euclidean":
         sim = -torch.cdist(z, z).pow(2) / temperature
     else:
-        raise ValueError(f"similarity must be 'cosine' or 'euclidean', got {similarity!r}")
+        raise ValueError(f"similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}, got {similarity!r}")
     n = len(a)
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -60,6 +60,11 @@ class RealismResult:
     measurements: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
     nearest: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
+    @property
+    def measured_on(self) -> str:
+        """What the morphology was measured on, in words."""
+        return "linear flux" if self.linear else "the stored pixels (the dataset records no stretch)"
+
     def as_dict(self) -> dict[str, Any]:
         return {"n_real": self.n_real, "n_synthetic": self.n_synthetic, "split": self.split, "noise": self.noise,
                 "parameters": self.parameters.to_dict("records"), "components": self.components.to_dict("records"),
@@ -278,8 +283,7 @@ def format_realism(res: RealismResult) -> str:
     lines = [f"{res.n_synthetic:,} synthetic galaxies ({sky}; latents from the {res.sampler}, "
              f"temperature {res.temperature:g}) against "
              f"{res.n_real:,} real galaxies of the "
-             f"{res.split!r} split; morphology on "
-             + ("linear flux" if res.linear else "the stored pixels (the dataset records no stretch)"),
+             f"{res.split!r} split; morphology on {res.measured_on}",
              "parameter            W1/IQR  (real-real)  ratio     KS  (real-real)"]
     for r in res.parameters.itertuples():
         lines.append(f"{r.parameter:<20} {r.w1:7.3f}  {r.w1_floor:10.3f}  {r.w1_ratio:5.2f}  {r.ks:6.3f}  "
@@ -312,8 +316,7 @@ def plot_parameters(res: RealismResult, out) -> Any:
         ax.set_title(f"{p}: W1/IQR {row.w1:.2f} (real-real {row.w1_floor:.2f})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)
-    pixels = "linear-flux morphology" if res.linear else "morphology of the stored pixels: the stretch is unknown"
-    fig.suptitle(f"Synthetic against real galaxies of the {res.split!r} split ({pixels})",
+    fig.suptitle(f"Synthetic against real galaxies of the {res.split!r} split (morphology on {res.measured_on})",
                  fontsize=10)
     return save_figure(fig, out)
 

@@ -385,7 +385,7 @@ def synthetic_realism(ctx: ReportContext, n: int) -> None:
                          "was not fitted on (a held-out split, e.g. --split test) and 20 of the dataset's 'train' "
                          "split (for the memorisation test).")
         return
-    log(ctx.progress, f"measuring {min(n, len(ctx.pred.rows)):,} synthetic galaxies against held-out real ones")
+    log(ctx.progress, f"measuring {min(n, counts[split]):,} synthetic galaxies against held-out real ones")
     res = realism(ctx.net, ctx.ds, n=n, split=split, seed=ctx.seed, noise=dataset_sky_noise(ctx.ds),
                   n_detailed=min(100, n), log=lambda message: log(ctx.progress, message))
     paths = write_realism(res, ctx.out_dir / "realism")
@@ -396,12 +396,10 @@ def synthetic_realism(ctx: ReportContext, n: int) -> None:
     ctx.page.section("realism", title,
                      f"{res.n_synthetic:,} galaxies drawn as astrovader generate --noise draws them (each "
                      "component's Gaussian, the sky noise measured on this dataset's stamps) against "
-                     f"{res.n_real:,} real galaxies of the '{html.escape(split)}' split, measured the same way "
-                     f"({'on linear flux' if res.linear else 'on the stored pixels: the dataset records no stretch'}). "
-                     "Each "
-                     "distance is shown beside "
-                     "the same distance between two halves of the real galaxies: a ratio near 1 means the synthetic "
-                     "galaxies differ from the real ones no more than real galaxies differ among themselves.")
+                     f"{res.n_real:,} real galaxies of the '{html.escape(split)}' split, measured the same way, on "
+                     f"{res.measured_on}. Each distance is shown beside the same distance between two halves of the "
+                     "real galaxies: a ratio near 1 means the synthetic galaxies differ from the real ones no more "
+                     "than real galaxies differ among themselves.")
     ctx.page.table(res.parameters, "Morphology, synthetic against real", csv=paths[1],
                    caption="W1/IQR: Wasserstein-1 distance over the real galaxies' interquartile range; KS: the "
                    "Kolmogorov-Smirnov statistic; each with its real-against-real floor.")
