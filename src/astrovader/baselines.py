@@ -27,6 +27,7 @@ import torch
 
 from astrovader.analysis.metrics import clustering_scores
 from astrovader.config import Config
+from astrovader.errors import InputError
 from astrovader.feeding import augment
 from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
@@ -263,7 +264,7 @@ def run_baseline(method: str, task: Task, cfg: Config,
             feats = all_feats[ev]
             pred = posthoc_gmm(all_feats[fit].astype(np.float64), k, seed, apply_to=feats.astype(np.float64))
         else:
-            raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
+            raise InputError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
         result = score(labels, pred, k, bool(np.isfinite(feats).all()))
         if task.knn:
             result["knn_accuracy"] = knn_accuracy(feats, labels, seed)

@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from astrovader.data.limits import MAX_STAMP_SIZE
-
-
-class ConfigError(ValueError):
-    """An invalid setting: the message names the key and what is allowed."""
+from astrovader.errors import ConfigError
 
 
 @dataclass

@@ -16,6 +16,7 @@ from astrovader.benchmark.ceilings import cnn_classifier, knn_pixels
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset
 from astrovader.data.selection import apply_split
+from astrovader.errors import InputError
 from astrovader.estimator import AstroVaDEr
 from astrovader.runs import CHECKPOINT
 from astrovader.train import train
@@ -37,7 +38,7 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     cfg.model.n_clusters = len(CLASS_NAMES)
     smallest = math.ceil(cfg.train.batch_size / DEMO_SPLIT[0])
     if n < smallest:  # checked before anything is written, so a bad --n leaves no half-made demo behind
-        raise ValueError(f"the demo needs at least {smallest} galaxies (one training batch of "
+        raise InputError(f"the demo needs at least {smallest} galaxies (one training batch of "
                          f"{cfg.train.batch_size} after the validation and test shares), got --n {n}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

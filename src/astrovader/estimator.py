@@ -29,6 +29,7 @@ import torch
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, write_dataset
 from astrovader.data.decode import fits_stretch
+from astrovader.errors import InputError
 from astrovader.explore import interpolate, traverse
 from astrovader.inference import as_float_images, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
@@ -80,7 +81,7 @@ class AstroVaDEr:
                 section, sep, name = key.partition("__")
                 part = getattr(base, section, None) if sep else None
                 if part is None or not is_dataclass(part) or name not in {f.name for f in fields(part)}:
-                    raise ValueError(f"unknown parameter {key!r}: use config, device or SECTION__KEY such as "
+                    raise InputError(f"unknown parameter {key!r}: use config, device or SECTION__KEY such as "
                                      "model__n_clusters or train__epochs")
                 setattr(getattr(base, section), name, value)
             config = base
@@ -158,12 +159,12 @@ class AstroVaDEr:
         if not flux:
             return x
         if isinstance(x, Dataset | str | Path):
-            raise ValueError("flux=True takes arrays of fluxes; a dataset directory is already stretched")
+            raise InputError("flux=True takes arrays of fluxes; a dataset directory is already stretched")
         arr = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
         arr = arr[:, None] if arr.ndim == 3 else arr
         m = self.config.model
         if arr.ndim != 4 or arr.shape[1:] != (m.channels, m.image_size, m.image_size):
-            raise ValueError(f"flux images must have shape (N, {m.channels}, {m.image_size}, {m.image_size}) for "
+            raise InputError(f"flux images must have shape (N, {m.channels}, {m.image_size}, {m.image_size}) for "
                              f"this model, got {arr.shape}; cut and resample them as astrovader ingest does")
         out = np.empty(arr.shape, np.uint8)
         for i, img in enumerate(arr):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.errors import InputError
 from astrovader.inference import Predictions, decode, infer
 from astrovader.model import AstroVaDErNet
 
@@ -120,7 +121,7 @@ def shortest_route(points: np.ndarray, closed: bool = True) -> list[int]:
 def interpolate(net: AstroVaDErNet, z_a: np.ndarray, z_b: np.ndarray, steps: int = 8) -> np.ndarray:
     """Decode ``steps`` points on the straight line from ``z_a`` to ``z_b`` (both ends included)."""
     if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}")
+        raise InputError(f"steps must be >= 2, got {steps}")
     t = np.linspace(0, 1, steps)[:, None]
     z = (1 - t) * np.asarray(z_a, np.float64)[None] + t * np.asarray(z_b, np.float64)[None]
     return decode(net, z.astype(np.float32))
@@ -135,19 +136,19 @@ def latent_summary(net: AstroVaDErNet, dataset: str | Path | Dataset,
     J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
     if isinstance(predictions, Predictions):
         if not np.array_equal(predictions.rows, np.arange(len(ds))):
-            raise ValueError("the predictions do not cover every row of the dataset in order")
+            raise InputError("the predictions do not cover every row of the dataset in order")
         return predictions
     if predictions is not None:
         cat = predictions if isinstance(predictions, pd.DataFrame) else pd.read_parquet(predictions)
         if len(cat) != len(ds) or not np.array_equal(cat["id"].to_numpy(), ds.ids):
-            raise ValueError("the predictions catalogue does not list the dataset's ids in order; "
+            raise InputError("the predictions catalogue does not list the dataset's ids in order; "
                              "re-run `astrovader predict` on this dataset")
         return Predictions(np.arange(len(ds)), cat[[f"z_{j}" for j in range(J)]].to_numpy(np.float32),
                            cat[[f"logvar_{j}" for j in range(J)]].to_numpy(np.float32),
                            cat[[f"p_{k}" for k in range(K)]].to_numpy(np.float32),
                            cat["recon_mse"].to_numpy(np.float32))
     if len(ds) == 0:
-        raise ValueError(f"{ds.path}: the dataset is empty")
+        raise InputError(f"{ds.path}: the dataset is empty")
     return infer(net, ds, batch_size=batch_size, progress=progress, desc="encoding")
 
 
@@ -177,9 +178,9 @@ def traverse(net: AstroVaDErNet, latents: np.ndarray, steps: int = 9) -> np.ndar
     (min..mean, mean..max) so the centre column is the 'mean galaxy' exactly, as in the paper's Figure 11."""
     lat = np.asarray(latents, np.float64)
     if lat.ndim != 2 or len(lat) == 0:
-        raise ValueError(f"latents must be a non-empty (N, J) array, got shape {lat.shape}")
+        raise InputError(f"latents must be a non-empty (N, J) array, got shape {lat.shape}")
     if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}")
+        raise InputError(f"steps must be >= 2, got {steps}")
     mean, lo, hi = lat.mean(0), lat.min(0), lat.max(0)
     J = lat.shape[1]
     z = np.repeat(mean[None, None], J * steps, 0).reshape(J, steps, J)
@@ -238,18 +239,18 @@ def deblend(net: AstroVaDErNet, summary: Predictions, dataset: Dataset, companio
     K = summary.probs.shape[1]
     comp = sorted({int(c) for c in companion_components})
     if not comp:
-        raise ValueError("no component is grouped by companions: nothing to deblend (name one with "
+        raise InputError("no component is grouped by companions: nothing to deblend (name one with "
                          "--companion, or see astrovader describe)")
     if any(not 0 <= c < K for c in comp):
-        raise ValueError(f"companion components must be in 0..{K - 1}, got {comp}")
+        raise InputError(f"companion components must be in 0..{K - 1}, got {comp}")
     if len(summary.rows) < 2:
-        raise ValueError("deblending needs at least two galaxies")
+        raise InputError("deblending needs at least two galaxies")
     assigned = summary.labels
     allowed = np.ones(len(summary.rows), bool) if rows is None else np.isin(summary.rows, rows)
     if galaxies is None:
         first = next((c for c in comp if ((assigned == c) & allowed).any()), None)
         if first is None:
-            raise ValueError(f"no galaxy has companion component(s) {comp} as its most probable: nothing to deblend")
+            raise InputError(f"no galaxy has companion component(s) {comp} as its most probable: nothing to deblend")
         members = np.flatnonzero((assigned == first) & allowed)
         galaxies = members[np.argsort(-summary.probs[members, first], kind="stable")][:n_examples]
     position = {int(r): i for i, r in enumerate(summary.rows)}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from astrovader.config import TrainConfig
 from astrovader.data.dataset import Dataset
+from astrovader.errors import InputError
 
 
 def to_float(x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -202,7 +203,7 @@ def split_indices(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray
     if "split" in ds.catalog.columns:
         train = ds.split_indices("train")
         if len(train) == 0:
-            raise ValueError(f"{ds.path}: the catalogue's 'split' column has no 'train' rows")
+            raise InputError(f"{ds.path}: the catalogue's 'split' column has no 'train' rows")
         return train, ds.split_indices("validation")
     n = len(ds)
     perm = np.random.default_rng(cfg.seed).permutation(n)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from astrovader.config import Config, TrainConfig
+from astrovader.errors import InputError
 from astrovader.feeding import BatchFeeder, to_float
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import INIT_CLUSTERS, atomic_save_safetensors
@@ -59,7 +60,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, cov
     from sklearn.mixture import GaussianMixture
 
     if len(z) < n_clusters:
-        raise ValueError(f"GMM initialisation needs at least {n_clusters} latent vectors, got {len(z)}; "
+        raise InputError(f"GMM initialisation needs at least {n_clusters} latent vectors, got {len(z)}; "
                          "use more train.gmm_init_batches or a smaller model.n_clusters")
     if embedding == "none":
         km = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z)
@@ -68,7 +69,7 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, cov
         return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
                 "responsibilities": gm.predict_proba(z)}
     if embedding != "umap":
-        raise ValueError(f"unknown GMM initialisation embedding {embedding!r}; use 'none' or 'umap'")
+        raise InputError(f"unknown GMM initialisation embedding {embedding!r}; use 'none' or 'umap'")
     e = umap_embedding(z, min(10, z.shape[1]), neighbours, seed)
     resp = GaussianMixture(n_clusters, covariance_type="full", n_init=n_init, random_state=seed, reg_covar=1e-6,
                            max_iter=200).fit(e).predict_proba(e)
@@ -139,7 +140,7 @@ def alignment_set(feeder: BatchFeeder, cfg: Config, device: torch.device, run_di
                                         "at the GMM initialisation. Start the run again from scratch.")
             labels = load_file(str(path))["labels"].numpy()
         if len(labels) != len(images):
-            raise ValueError(f"{run_dir / INIT_CLUSTERS}: {len(labels)} labels for {len(images)} initialisation "
+            raise InputError(f"{run_dir / INIT_CLUSTERS}: {len(labels)} labels for {len(images)} initialisation "
                              "images; the dataset or train.batch_size/gmm_init_batches changed since the init")
         out.copy_(torch.as_tensor(labels, dtype=torch.int64))
     if dist_info.world > 1:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, open_dataset
+from astrovader.errors import InputError
 from astrovader.model import AstroVaDErNet
 from astrovader.runtime import check_precision, inference_autocast, inference_channels_last
 
@@ -34,12 +35,12 @@ def as_image_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
+        raise InputError(f"images must have shape (N, C, H, W) or (N, H, W), got {tuple(t.shape)}")
     if t.dtype == torch.uint8:
         return t
     t = t.float()
     if t.numel() and (t.min() < -1e-6 or t.max() > 1 + 1e-6):
-        raise ValueError("float images must be scaled to [0, 1] (or pass uint8 images)")
+        raise InputError("float images must be scaled to [0, 1] (or pass uint8 images)")
     return t
 
 
@@ -201,7 +202,7 @@ def check_geometry(net: AstroVaDErNet, shape: tuple[int, ...], what: str) -> Non
     """Refuse images whose (C, H, W) differ from the model's, with a message naming both."""
     m = net.cfg.model
     if tuple(shape) != (m.channels, m.image_size, m.image_size):
-        raise ValueError(f"{what} has images of shape {tuple(shape)} (C, H, W) but the model expects "
+        raise InputError(f"{what} has images of shape {tuple(shape)} (C, H, W) but the model expects "
                          f"({m.channels}, {m.image_size}, {m.image_size}); use a model trained on such images or "
                          "re-ingest with the model's --size (and --colour for 3 bands)")
 
@@ -242,7 +243,7 @@ def iter_inference(net: AstroVaDErNet, images: ImageSource, *, rows: np.ndarray 
     all rows, rows ``start:stop``, or the given ``rows``. Results are NumPy arrays as in :func:`infer_batch`.
     Memory is bounded by one read block whatever the dataset size."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     engine = InferenceNet(net, precision)
     n, blocks = _blocks(images, rows, start, stop, max(batch_size, READ_ROWS))
     checked = False

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from astrovader.config import CONTRASTIVE_SIMILARITIES, Config, LossConfig, ModelConfig
+from astrovader.errors import InputError
 
 LOG_2PI = math.log(2 * math.pi)
 # floor of the calibrated decoder variance: (1/1000 of the [0, 1] range)^2, so a perfect batch cannot divide by 0
@@ -117,7 +118,7 @@ class GMMPrior(nn.Module):
     def __init__(self, n_clusters: int, latent_dim: int, covariance: str = "diag"):
         super().__init__()
         if covariance not in ("diag", "full"):
-            raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+            raise InputError(f"covariance must be 'diag' or 'full', got {covariance!r}")
         self.covariance = covariance
         self.logits = nn.Parameter(torch.zeros(n_clusters))
         self.means = nn.Parameter(torch.randn(n_clusters, latent_dim))
@@ -248,7 +249,7 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float, similarity: str = "cosine"
     elif similarity == "euclidean":
         sim = -torch.cdist(z, z).pow(2) / temperature
     else:
-        raise ValueError(f"similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}, got {similarity!r}")
+        raise InputError(f"similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}, got {similarity!r}")
     n = len(a)
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
+from astrovader.errors import InputError
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.pretrained import resolve as resolve_run
@@ -51,10 +52,10 @@ CATALOG_SUFFIXES = (".parquet", ".fits", ".fit", ".fits.gz")
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output name that is not a catalogue, is a directory, or exists (without ``overwrite``)."""
     if not out.name.lower().endswith(CATALOG_SUFFIXES):
-        raise ValueError(f"{out}: a prediction catalogue is .parquet, .fits or .fits.gz; name the output "
+        raise InputError(f"{out}: a prediction catalogue is .parquet, .fits or .fits.gz; name the output "
                          "accordingly")
     if out.is_dir():
-        raise ValueError(f"{out}: is a directory; give a file name ending in .parquet or .fits")
+        raise InputError(f"{out}: is a directory; give a file name ending in .parquet or .fits")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it, or choose another name")
 
@@ -94,7 +95,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                                         desc="predicting", precision=precision):
             bad = np.flatnonzero(~np.all([np.isfinite(v).reshape(len(rows), -1).all(1) for v in res.values()], 0))
             if len(bad):
-                raise ValueError(f"{ds.path}: non-finite predictions for {len(bad)} images (first id "
+                raise InputError(f"{ds.path}: non-finite predictions for {len(bad)} images (first id "
                                  f"{ids[rows[bad[0]]]!r}, row {rows[bad[0]]}); check those images and the run with "
                                  "`astrovader check`")
             table = prediction_table(ids[rows], res, names)
@@ -191,10 +192,10 @@ def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
         try:
             old = json.loads(job_file.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:
-            raise ValueError(f"{job_file}: unreadable ({' '.join(str(exc).split())}); pass --overwrite to start "
+            raise InputError(f"{job_file}: unreadable ({' '.join(str(exc).split())}); pass --overwrite to start "
                              "this folder afresh, or choose a new output directory") from None
         if not isinstance(old, dict):
-            raise ValueError(f"{job_file}: holds a JSON {type(old).__name__}, not the object astrovader writes; pass "
+            raise InputError(f"{job_file}: holds a JSON {type(old).__name__}, not the object astrovader writes; pass "
                              "--overwrite to start this folder afresh, or choose a new output directory")
     if old == job:
         return
@@ -225,9 +226,9 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     ds = open_dataset(dataset)
     out_dir = Path(out_dir)
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
+        raise InputError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
     with exclusive(out_dir):  # two jobs on one folder would share and delete each other's parts
         return _run_dask(run_dir, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite,
                          precision)
@@ -247,7 +248,7 @@ def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, c
         if scheduler == "local" or scheduler.startswith("local:"):
             n_workers = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
             if n_workers < 1:
-                raise ValueError(f"--dask local:N needs N >= 1, got {scheduler!r}")
+                raise InputError(f"--dask local:N needs N >= 1, got {scheduler!r}")
             # ":0": distributed still opens an HTTP port when given None (8787, shared by every job on the host)
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", scheduler_kwargs={"dashboard": False})
@@ -281,20 +282,20 @@ def read_names(path: str | Path, n_components: int, weights: str | None = None) 
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file ({exc}); export it again from explorer.html") from None
+        raise InputError(f"{path}: not a readable JSON file ({exc}); export it again from explorer.html") from None
     if not isinstance(body, dict) or not isinstance(body.get("components"), dict):
-        raise ValueError(f"{path}: no 'components' object; this is not a component_names.json from the explorer")
+        raise InputError(f"{path}: no 'components' object; this is not a component_names.json from the explorer")
     if weights and body.get("weights") and body["weights"] != weights:
-        raise ValueError(f"{path}: names were given for the model with weights {body['weights']}, not this run's "
+        raise InputError(f"{path}: names were given for the model with weights {body['weights']}, not this run's "
                          f"{weights}; name this run's components in its own explorer.html")
     out: dict[int, str] = {}
     for key, entry in body["components"].items():
         try:
             k = int(key)
         except ValueError:
-            raise ValueError(f"{path}: component key {key!r} is not a number") from None
+            raise InputError(f"{path}: component key {key!r} is not a number") from None
         if not 0 <= k < n_components:
-            raise ValueError(f"{path}: component {k} is not in 0..{n_components - 1}")
+            raise InputError(f"{path}: component {k} is not in 0..{n_components - 1}")
         name = entry.get("name", "") if isinstance(entry, dict) else str(entry)
         if name:
             out[k] = str(name)

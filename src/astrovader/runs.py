@@ -27,6 +27,7 @@ from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
 from astrovader.data.fingerprint import TRAINING_ROWS
 from astrovader.data.outputs import temporary_name
+from astrovader.errors import InputError, RunError
 from astrovader.model import AstroVaDErNet
 from astrovader.pretrained import PREFIX, is_pretrained, resolve
 from astrovader.runtime import resolve_device
@@ -59,10 +60,6 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
 
 def save_weights(net: AstroVaDErNet, path: Path, metadata: dict[str, str] | None = None) -> None:
     atomic_save_safetensors(net.state_dict(), path, {"format": "astrovader-weights", **(metadata or {})})
-
-
-class RunError(ValueError):
-    """A run directory that is missing, damaged, inconsistent or unfinished: the message names the file and fix."""
 
 
 def load_weights(net: AstroVaDErNet, path: Path) -> dict[str, str]:
@@ -118,7 +115,7 @@ def load_checkpoint(run_dir: Path, net: AstroVaDErNet, opt: torch.optim.Optimize
         meta = fh.metadata()
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     if meta.get("format") != "astrovader-checkpoint":
-        raise ValueError(f"{path}: not an astrovader checkpoint")
+        raise InputError(f"{path}: not an astrovader checkpoint")
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from astrovader.config import Config
+from astrovader.errors import InputError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,17 +31,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device torch knows; use auto, cpu, cuda, cuda:N or mps") from None
+        raise InputError(f"device {name!r} is not a device torch knows; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: no CUDA device is available; use auto or cpu")
+            raise InputError(f"device {name!r}: no CUDA device is available; use auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: Apple's MPS is not available here; use auto or cpu")
+        raise InputError(f"device {name!r}: Apple's MPS is not available here; use auto or cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {name!r}: astrovader runs on cpu, cuda or mps")
+        raise InputError(f"device {name!r}: astrovader runs on cpu, cuda or mps")
     return dev
 
 
@@ -76,7 +77,7 @@ PRECISIONS = ("float32", "bf16")
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     return precision
 
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
 from astrovader.data.noise import SkyNoise
 from astrovader.data.outputs import remove_stale_temporaries, temporary_name
+from astrovader.errors import InputError
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import fits_cards, provenance
@@ -58,18 +59,18 @@ class GenerationSpec:
 
     def validate(self, n_clusters: int) -> None:
         if self.weights not in COMPONENT_DRAWS:
-            raise ValueError(f"weights must be one of {', '.join(COMPONENT_DRAWS)}, got {self.weights!r}")
+            raise InputError(f"weights must be one of {', '.join(COMPONENT_DRAWS)}, got {self.weights!r}")
         if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+            raise InputError(f"temperature must be a positive number, got {self.temperature}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise InputError(f"seed must be >= 0, got {self.seed}")
         check_precision(self.precision)
         if self.clusters is not None:
             if len(self.clusters) == 0:
-                raise ValueError("clusters must name at least one component")
+                raise InputError("clusters must name at least one component")
             bad = [c for c in self.clusters if not 0 <= c < n_clusters]
             if bad:
-                raise ValueError(f"cluster must be in 0..{n_clusters - 1}, got {bad}")
+                raise InputError(f"cluster must be in 0..{n_clusters - 1}, got {bad}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"clusters": None if self.clusters is None else list(self.clusters), "weights": self.weights,
@@ -147,7 +148,7 @@ def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: i
     (same inputs, same batch shape) however the run was interrupted, so the bytes match exactly: math
     libraries pick kernels by batch shape, and a different shape may move a pixel by one grey level."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     spec.validate(net.cfg.model.n_clusters)
     gmm = gmm_arrays(net)
     decode = FastDecoder(net, spec.precision)
@@ -218,7 +219,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
     different settings are refused rather than mixed. ``stop_after_batches`` stops early, leaving the
     dataset marked incomplete (for tests of resumption)."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     m = net.cfg.model
     device = next(net.parameters()).device
     spec = _spec(clusters, weights, temperature, seed, precision, noise)
@@ -285,7 +286,7 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
     drawn from. Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge
     PNG."""
     if not 1 <= n <= max_images:
-        raise ValueError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
+        raise InputError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
     spec = _spec(clusters, weights, temperature, seed, precision, noise)
     imgs, comps = sample(net, n, spec, batch_size)[:2]
     scale = max(1, -(-tile_px // imgs.shape[-1]))
@@ -304,7 +305,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     from astropy.io import fits
 
     if n < 1:
-        raise ValueError(f"a FITS cube needs at least one image, got n={n}")
+        raise InputError(f"a FITS cube needs at least one image, got n={n}")
     m = net.cfg.model
     spec = _spec(clusters, weights, temperature, seed, precision, noise)
     out = Path(out)

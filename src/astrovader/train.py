@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
+from astrovader.errors import InputError
 from astrovader.feeding import (
     BatchFeeder,
     augment,
@@ -133,11 +134,11 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
     ds = open_dataset(dataset)
     m, t = cfg.model, cfg.train
     if (ds.image_size, ds.channels) != (m.image_size, m.channels):
-        raise ValueError(f"dataset {ds.path} has {ds.channels}-channel {ds.image_size}px images but the config "
+        raise InputError(f"dataset {ds.path} has {ds.channels}-channel {ds.image_size}px images but the config "
                          f"expects model.channels={m.channels}, model.image_size={m.image_size}; set those keys "
                          "or re-ingest with --size")
     if t.batch_size % dist_info.world:
-        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the number of ranks "
+        raise InputError(f"train.batch_size={t.batch_size} must be divisible by the number of ranks "
                          f"({dist_info.world})")
     run_dir = Path(run_dir)
     net, opt, device, cl = _build(cfg, dist_info)
@@ -159,7 +160,7 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
 
     train_idx, val_idx = split_indices(ds, t)
     if len(train_idx) < t.batch_size:
-        raise ValueError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
+        raise InputError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
     if dist_info.is_main and (start == 0 or not (run_dir / TRAINING_ROWS).exists()):
         fingerprint = ds.meta.get("fingerprint") if isinstance(ds.meta.get("fingerprint"), dict) else {}
         record_training_rows(run_dir, ds.ids[train_idx].tolist(), fingerprint.get("ids"))
@@ -357,7 +358,7 @@ RUNTIME_KEYS = ("train.device", "train.bf16", "train.channels_last", "train.comp
 def _refuse_changed_settings(run_dir: Path, cfg: Config) -> None:
     changed = _changed_settings(load_config(run_dir), cfg)
     if changed:
-        raise ValueError(f"{run_dir}: cannot resume with settings that differ from the run's {CONFIG} "
+        raise InputError(f"{run_dir}: cannot resume with settings that differ from the run's {CONFIG} "
                          f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}): that would be "
                          f"another run; resume with the run's own config (`--resume` alone) or train into a "
                          "new run directory")
@@ -373,7 +374,7 @@ def _changed_settings(saved: Config, cfg: Config) -> list[str]:
 def _check_run_dir(run_dir: Path, ds: Dataset, resume: bool, overwrite: bool) -> None:
     """Refuse to mix a run into a dataset, or to replace or continue another run without being asked."""
     if run_dir.resolve() == Path(ds.path).resolve() or is_dataset(run_dir):
-        raise ValueError(f"{run_dir}: is a dataset directory; give training its own run directory")
+        raise InputError(f"{run_dir}: is a dataset directory; give training its own run directory")
     held = [name for name in (CHECKPOINT, WEIGHTS, CONFIG) if (run_dir / name).exists()]
     if not held or (resume and ((run_dir / CHECKPOINT).exists() or (run_dir / RESTARTS_DIR).is_dir())):
         return

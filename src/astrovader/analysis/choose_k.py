@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.analysis.metrics import calinski_harabasz, simplified_silhouette
+from astrovader.errors import InputError
 
 
 @dataclass
@@ -55,7 +56,7 @@ def choose_k(latents: np.ndarray, *, max_components: int = 20, repeats: int = 20
 
     x = np.asarray(latents, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"latents must be an (N, J) array with N >= 2, got shape {x.shape}")
+        raise InputError(f"latents must be an (N, J) array with N >= 2, got shape {x.shape}")
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
     rng = np.random.default_rng(seed)
     m = min(batch, len(x))

@@ -39,6 +39,7 @@ from astrovader.analysis.metrics import gz_vote_classes
 from astrovader.analysis.morphology import DEFAULT, MorphologySettings, measure, psf_image
 from astrovader.data.dataset import Dataset
 from astrovader.data.stretch import PixelStretch
+from astrovader.errors import InputError
 from astrovader.inference import Predictions
 
 LABEL_COLUMNS = ("true_class", "gz1_label", "label")
@@ -100,7 +101,7 @@ def detect_label_column(catalog: pd.DataFrame, label_column: str | None = None) 
     """The class-label column: the one asked for (which must exist), else the first of LABEL_COLUMNS."""
     if label_column is not None:
         if label_column not in catalog.columns:
-            raise ValueError(f"label column {label_column!r} is not in the catalogue; columns: "
+            raise InputError(f"label column {label_column!r} is not in the catalogue; columns: "
                              f"{', '.join(map(str, catalog.columns))}")
         return label_column
     return next((c for c in LABEL_COLUMNS if c in catalog.columns), None)
@@ -359,7 +360,7 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
 
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"{out}: the description is written as .csv or .parquet; name the output accordingly")
+        raise InputError(f"{out}: the description is written as .csv or .parquet; name the output accordingly")
     galaxies = out.with_name(f"{out.stem}_galaxies{out.suffix}")
     for path in (out, galaxies):
         if path.exists() and not overwrite:
@@ -368,7 +369,7 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
     ds = open_dataset(dataset)
     rows = select_rows(ds, split, max_images, settings.seed)
     if len(rows) == 0:
-        raise ValueError("no images selected: the dataset (or the chosen split) is empty")
+        raise InputError("no images selected: the dataset (or the chosen split) is empty")
     leak = training_overlap(run_dir, ds.ids[rows])
     if leak:
         print(f"astrovader describe: WARNING: {leak}", file=sys.stderr)

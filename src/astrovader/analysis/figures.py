@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from astrovader.data.outputs import temporary_name
+from astrovader.errors import InputError
 
 __all__ = ["subplots", "save_figure", "plot_reconstructions", "plot_table", "plot_overlap", "plot_members",
            "plot_secondary", "plot_latent_map", "plot_latent_histograms", "plot_label_counts", "plot_history",
@@ -54,7 +55,7 @@ def figure_output(dpi: int = 110, vector: Sequence[str] = ()) -> Iterator[None]:
     ``vector`` ("pdf", "svg") beside it, for papers."""
     bad = [v for v in vector if v not in VECTOR_FORMATS]
     if bad or dpi < 20:
-        raise ValueError(f"figure output: dpi must be >= 20 and formats among {', '.join(VECTOR_FORMATS)}; "
+        raise InputError(f"figure output: dpi must be >= 20 and formats among {', '.join(VECTOR_FORMATS)}; "
                          f"got dpi {dpi}, formats {list(vector)}")
     old = dict(_OUTPUT)
     _OUTPUT.update(dpi=int(dpi), vector=tuple(vector))

@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from astrovader.data.noise import border_pixels
+from astrovader.errors import InputError
 
 
 def contingency(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,10 +150,10 @@ def secondary_labels(probs: np.ndarray, non_morphological: tuple[int, ...] | lis
     k = probs.shape[1]
     nm = sorted({int(c) for c in non_morphological})
     if any(c < 0 or c >= k for c in nm):
-        raise ValueError(f"non-morphological components must be in 0..{k - 1}, got {nm}")
+        raise InputError(f"non-morphological components must be in 0..{k - 1}, got {nm}")
     keep = np.array([c for c in range(k) if c not in nm], dtype=np.int64)
     if len(keep) == 0:
-        raise ValueError("every component is marked non-morphological; nothing is left to rank shape")
+        raise InputError("every component is marked non-morphological; nothing is left to rank shape")
     sub = probs[:, keep]
     total = sub.sum(1, keepdims=True)
     renorm = np.divide(sub, total, out=np.full_like(sub, 1.0 / len(keep)), where=total > 0)

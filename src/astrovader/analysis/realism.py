@@ -30,6 +30,7 @@ from astrovader.analysis.morphology import measure, psf_image
 from astrovader.data.dataset import Dataset
 from astrovader.data.noise import SkyNoise
 from astrovader.data.stretch import PixelStretch
+from astrovader.errors import InputError
 from astrovader.model import AstroVaDErNet
 from astrovader.sampling import GenerationSpec, gmm_arrays, sample, sample_latents
 
@@ -216,7 +217,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
     :mod:`astrovader.data.noise`) draws synthetic stamps with survey sky noise, as ``generate --noise``.
     ``sampler``: "prior" (each component's Gaussian, as ``generate``) or "posterior" (:func:`posterior_sample`)."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     from sklearn.decomposition import PCA
 
     from astrovader.inference import infer
@@ -226,7 +227,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
     rows = ds.split_indices(split)
     train_rows = ds.split_indices(train_split)
     if len(rows) < 20 or len(train_rows) < 20:
-        raise ValueError(f"{ds.path}: needs at least 20 rows in split {split!r} and in {train_split!r} (found "
+        raise InputError(f"{ds.path}: needs at least 20 rows in split {split!r} and in {train_split!r} (found "
                          f"{len(rows)} and {len(train_rows)}); run `astrovader split` on the dataset")
     rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
     train_rows = np.sort(rng.choice(train_rows, min(n_train, len(train_rows)), replace=False))

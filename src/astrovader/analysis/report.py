@@ -42,6 +42,7 @@ from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.data.outputs import remove_stale_temporaries, swap_in, temporary_name
 from astrovader.data.selection import select_rows
+from astrovader.errors import InputError
 from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import prediction_table
@@ -80,7 +81,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
     never mixes new files with an old one; a non-empty ``out_dir`` is replaced only with ``overwrite``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: is a file; a report is a folder (report.html, figures/, tables/)")
+        raise InputError(f"{out_dir}: is a file; a report is a folder (report.html, figures/, tables/)")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it, or "
                               "choose another folder")
@@ -121,12 +122,12 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                  describe: DescribeSettings, shown_dir: Path, n_realism: int = 300) -> Path:
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
-        raise ValueError(f"probability cuts must lie in [0, 1), got {cuts}")
+        raise InputError(f"probability cuts must lie in [0, 1), got {cuts}")
     cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
     ds = open_dataset(dataset)
     K = cfg.model.n_clusters
     if non_morphological is not None and any(int(c) < 0 or int(c) >= K for c in non_morphological):
-        raise ValueError(f"--non-morphological components must be in 0..{K - 1}, got {list(non_morphological)}")
+        raise InputError(f"--non-morphological components must be in 0..{K - 1}, got {list(non_morphological)}")
     for sub in ("figures", "tables"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     prov = provenance(run_dir, cfg, command)
@@ -172,7 +173,7 @@ def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, spli
         print(f"astrovader report: WARNING: {leak}", file=sys.stderr)
     sections.log(progress, f"inference on {len(rows):,} images ({rows_note})")
     if len(rows) == 0:
-        raise ValueError("no images selected: the dataset (or the chosen split) is empty")
+        raise InputError("no images selected: the dataset (or the chosen split) is empty")
     pred = infer(net, ds, rows=rows, progress=progress)
     catalog = ds.catalog.iloc[rows].reset_index(drop=True)
     table = prediction_table(catalog["id"].to_numpy(), pred.as_dict())

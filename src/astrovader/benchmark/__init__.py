@@ -61,6 +61,7 @@ from astrovader.benchmark.tasks import (
 )
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_json, is_dataset, write_dataset
+from astrovader.errors import InputError
 from astrovader.inference import infer
 from astrovader.train import TrainingDiverged, train
 
@@ -150,7 +151,7 @@ def resolve_data(name: str, data: str | Path | None) -> Path | None:
     if name not in DATA_FOLDERS:
         return None
     if data is None:
-        raise ValueError(f"benchmark {name} needs --data DIR: a {DATA_FOLDERS[name]} folder (see "
+        raise InputError(f"benchmark {name} needs --data DIR: a {DATA_FOLDERS[name]} folder (see "
                          f"benchmarks/README or the data README)")
     return Path(data)
 
@@ -171,14 +172,14 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     ``held_out`` (default 0.3) is the share of galaxies every method is scored on and none is fitted on; None
     fits and scores on all of them (the old mode)."""
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+        raise InputError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        raise InputError(f"--seeds must be >= 1, got {seeds}")
     if name == "gz1":
         crop = gz1_stamps(crop, derotate, flux_norm)  # a bad --crop fails here, before any work
     for kind, chosen, known in (("baseline", baselines, BASELINES), ("ceiling", ceilings, CEILINGS)):
         if bad := [m for m in chosen if m not in known]:
-            raise ValueError(f"unknown {kind}(s) {', '.join(bad)}; choose from {', '.join(known)}")
+            raise InputError(f"unknown {kind}(s) {', '.join(bad)}; choose from {', '.join(known)}")
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
     if only:
         unknown = sorted(set(only) - {t.name for t in tasks})
         if unknown:
-            raise ValueError(f"--tasks: {name} has no task {', '.join(unknown)}; its tasks: "
+            raise InputError(f"--tasks: {name} has no task {', '.join(unknown)}; its tasks: "
                              f"{', '.join(t.name for t in tasks)}")
         tasks = [t for t in tasks if t.name in only]
     summary: dict[str, Any] = {"benchmark": name, "seeds": seeds, "epochs_scale": epochs_scale,

@@ -30,6 +30,7 @@ from torch import nn
 
 from astrovader.analysis.metrics import clustering_scores
 from astrovader.baselines import Task
+from astrovader.errors import InputError
 
 CEILINGS = ("cnn", "morph_logreg", "knn_pixels")
 CEILING_NAMES = {"cnn": "CNN (supervised)", "morph_logreg": "morphology + LR (supervised)",
@@ -50,7 +51,7 @@ def run_ceiling(method: str, task: Task, seed: int, cache: Path | None = None) -
     elif method == "knn_pixels":
         pred = knn_pixels(task.images[fit], task.labels[fit], task.images[ev], seed)
     else:
-        raise ValueError(f"unknown ceiling {method!r}; choose from {', '.join(CEILINGS)}")
+        raise InputError(f"unknown ceiling {method!r}; choose from {', '.join(CEILINGS)}")
     result: dict[str, Any] = clustering_scores(task.labels[ev], pred)
     result.update(ok=True, nan=False, empty_components=0, supervised=True, seconds=time.perf_counter() - t0)
     return result

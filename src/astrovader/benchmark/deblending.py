@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from astrovader.data.dataset import Dataset
+from astrovader.errors import InputError
 from astrovader.inference import infer
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     cat = ds.catalog
     needed = {"has_companion", "companion_x", "companion_y", "offset_x", "offset_y", "half_light_radius"}
     if missing := needed - set(cat.columns):
-        raise ValueError(f"{ds.path}: not a simulated dataset with known companions (no {', '.join(sorted(missing))} "
+        raise InputError(f"{ds.path}: not a simulated dataset with known companions (no {', '.join(sorted(missing))} "
                          "column); make one with astrovader simulate")
     pred = infer(net, ds, progress=progress)
     if companion_components is None:
@@ -51,7 +52,7 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     members = np.flatnonzero(np.isin(pred.labels, companion_components) & truth)
     members = members[np.argsort(-pred.probs[members].max(1), kind="stable")][:n]
     if len(members) == 0:
-        raise ValueError(f"no galaxy with a companion in components {companion_components}")
+        raise InputError(f"no galaxy with a companion in components {companion_components}")
     res = deblend(net, pred, ds, companion_components, galaxies=members, steps=steps,
                   companion_mask=companion_mask, companion_free=strictly_companion_free)
     sub = cat.iloc[members]

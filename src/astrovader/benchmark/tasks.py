@@ -24,6 +24,7 @@ from astrovader.baselines import (
 from astrovader.config import SDSS64_STAMPS, Config
 from astrovader.data.dataset import Dataset, is_dataset, write_dataset
 from astrovader.data.simulate import DEFAULT_VARIANT, Variant, simulate
+from astrovader.errors import InputError
 
 if TYPE_CHECKING:
     from astrovader.data.stamps import Crop
@@ -57,7 +58,7 @@ def scale_epochs(cfg: Config, factor: float) -> Config:
     if factor == 1:
         return cfg
     if not factor > 0:
-        raise ValueError(f"--epochs-scale must be > 0, got {factor}")
+        raise InputError(f"--epochs-scale must be > 0, got {factor}")
     t = cfg.train
     t.gamma_epochs = max(1, round(t.gamma_epochs * factor))
     t.align_epochs = max(1, round(t.align_epochs * factor)) if t.align_epochs else 0
@@ -264,7 +265,7 @@ def sim_suite_tasks(n: int | None, cache: Path, held_out: float | None = HELD_OU
     names = [f"sim-{sv.name}" for sv in SIM_SUITE]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:  # checked here, before any survey is simulated
-        raise ValueError(f"--tasks: sim-suite has no task {', '.join(unknown)}; its tasks: {', '.join(names)}")
+        raise InputError(f"--tasks: sim-suite has no task {', '.join(unknown)}; its tasks: {', '.join(names)}")
     tasks = []
     for name, sv in zip(names, SIM_SUITE, strict=True):
         if only and name not in only:

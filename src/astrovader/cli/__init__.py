@@ -11,6 +11,9 @@ import argparse
 import importlib
 import shlex
 import sys
+import traceback
+
+from astrovader.errors import AstrovaderError, InputError
 
 _COMMAND_MODULES = (
     "astrovader.cli.core",
@@ -22,13 +25,16 @@ _COMMAND_MODULES = (
 )
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """A user error: printed as one clear line, exit code 2."""
 
 
-# What a person can fix: bad input, a missing or existing file, a damaged dataset or run. These are printed as
-# one line naming the culprit (exit 2); anything else is a bug and keeps its traceback.
-USER_ERRORS = (CLIError, ValueError, OSError)
+# What a person can fix: astrovader's own errors (bad input, a damaged dataset or run, a bad setting) and the
+# operating system's (a missing, unreadable or existing file, a full disk). These are printed as one line naming
+# the culprit (exit 2); anything else is a bug and keeps its traceback.
+USER_ERRORS = (AstrovaderError, OSError)
+BUG_LINE = ("astrovader {command}: this is a bug in astrovader, not a problem with your input: please report it "
+            "with the traceback above")
 
 
 def bounded(name: str, kind: type, minimum: float, what: str):
@@ -136,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if args.debug:
+            raise
+        traceback.print_exc()
+        print(BUG_LINE.format(command=args.command), file=sys.stderr)
+        return 1
 
 
 def _one_line(exc: BaseException) -> str:

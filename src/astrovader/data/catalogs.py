@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from astrovader.data.limits import read_csv_checked
+from astrovader.errors import InputError
 
 # GZ2 answer number -> short name (Willett et al. 2013, table 2). Kaggle ClassN.M follow the same order.
 GZ2_ANSWERS: dict[int, str] = {
@@ -60,7 +61,7 @@ _ID_ALIASES = ("id", "dr7objid", "objid", "specobjid", "galaxyid")
 _PETRO_ALIASES = ("petro_r90", "petror90_r", "petror90")
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalogue file lacks a required column or holds a malformed value (message names file and field)."""
 
 

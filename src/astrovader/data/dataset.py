@@ -31,6 +31,7 @@ from astrovader.data.fingerprint import IMAGE_IDS, chunk_digest, ids_digest, lin
 from astrovader.data.locks import exclusive
 from astrovader.data.outputs import temporary_name
 from astrovader.data.store import ImageStoreError, check_image_store
+from astrovader.errors import DatasetError
 
 FORMAT_NAME = "astrovader-dataset"
 FORMAT_VERSION = 1
@@ -38,10 +39,6 @@ IMAGES = "images.zarr"
 CATALOG = "catalog.parquet"
 CATALOG_PARTS = "catalog.parts"
 META = "dataset.json"
-
-
-class DatasetError(ValueError):
-    """A dataset directory is missing, malformed or inconsistent."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from astrovader.data.limits import InputLimitError, check_image_pixels, max_image_pixels
+from astrovader.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 
 
-class ImageReadError(Exception):
+class ImageReadError(InputError):
     """An input image that cannot be turned into a dataset row; the message is the reported reason."""
 
 

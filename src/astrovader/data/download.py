@@ -34,6 +34,7 @@ import pandas as pd
 
 from astrovader.data.dataset import atomic_write_bytes
 from astrovader.data.limits import plain_file_name
+from astrovader.errors import InputError
 
 # Cut-out services, all taking ra, dec (degrees), scale (arcsec per pixel), width and height (pixels). SkyServer's
 # REST service (DR17) is the current one; the retired DR7 CasJobs service the paper used is kept by name.
@@ -192,24 +193,24 @@ def _load_targets(catalog: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
         frame, name = read_catalog(catalog), str(catalog)
     missing = [c for c in ("id", "ra", "dec", "petro_r90") if c not in frame.columns]
     if missing:
-        raise ValueError(f"{name}: missing column(s) {missing} (need id, ra, dec, petro_r90 or petroR90_r)")
+        raise InputError(f"{name}: missing column(s) {missing} (need id, ra, dec, petro_r90 or petroR90_r)")
     for col in ("ra", "dec", "petro_r90"):  # a text cell (e.g. dec=abc) is named by row and column, not cast blindly
         numbers = pd.to_numeric(frame[col], errors="coerce")
         text = numbers.isna() & frame[col].notna()
         if text.any():
             row = int(np.flatnonzero(text.to_numpy())[0])
-            raise ValueError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}), column {col}: "
+            raise InputError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}), column {col}: "
                              f"{frame[col].iloc[row]!r} is not a number; fix that cell")
         frame = frame.assign(**{col: numbers})
     bad = ~(np.isfinite(frame["ra"].astype(float)) & np.isfinite(frame["dec"].astype(float))
             & (frame["petro_r90"].astype(float) > 0))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}): ra/dec must be finite and "
+        raise InputError(f"{name}: row {row + 2} (id {frame['id'].iloc[row]}): ra/dec must be finite and "
                          f"petro_r90 > 0, got ra={frame['ra'].iloc[row]}, dec={frame['dec'].iloc[row]}, "
                          f"petro_r90={frame['petro_r90'].iloc[row]}")
     if frame["id"].dropna().duplicated().any():
-        raise ValueError(f"{name}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]} appears more than once")
+        raise InputError(f"{name}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]} appears more than once")
     return frame
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from astrovader.errors import InputError
+
 IMAGE_IDS = "image_ids.parquet"
 TRAINING_ROWS = "training_rows.parquet"
 
@@ -95,7 +97,7 @@ def link_catalog(catalog: pd.DataFrame, ids_path: Path, cat_path: Path,
     try:
         stored = pd.read_parquet(ids_path)["id"].to_numpy()
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{ids_path}: unreadable ({' '.join(str(exc).split())}); restore it or re-create the "
+        raise InputError(f"{ids_path}: unreadable ({' '.join(str(exc).split())}); restore it or re-create the "
                          "dataset") from None
     ids = catalog["id"].to_numpy()
     if not complete:  # a writer is appending: rows beyond its last close are not recorded yet
@@ -104,7 +106,7 @@ def link_catalog(catalog: pd.DataFrame, ids_path: Path, cat_path: Path,
         return catalog, False
     order = realign_order(ids, stored) if complete else None
     if order is None:
-        raise ValueError(f"{cat_path}: does not match the stored images ({describe_mismatch(ids, stored)}); the "
+        raise InputError(f"{cat_path}: does not match the stored images ({describe_mismatch(ids, stored)}); the "
                          "catalogue was edited (rows dropped or added, or ids changed): restore it from a backup or "
                          "re-create the dataset (to add columns, keep every row and its id)")
     return catalog.iloc[order].reset_index(drop=True), True

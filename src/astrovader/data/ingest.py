@@ -31,6 +31,7 @@ from astrovader.data.dataset import Dataset, DatasetWriter, atomic_write_bytes, 
 from astrovader.data.decode import IMAGE_EXTENSIONS, ImageReadError, decode_image, read_h5_rows
 from astrovader.data.sources import SOURCE_CROPS, SOURCES, IngestIssue, Item, gather_items, label_records
 from astrovader.data.stamps import DEFAULT_SIZE, Crop, parse_crop, preprocess
+from astrovader.errors import InputError
 
 REPORT_NAME = "ingest_report.csv"
 _BATCH = 32  # files per worker task: large enough to amortise IPC, small enough to keep memory flat
@@ -193,13 +194,13 @@ def ingest_folder(src: str | os.PathLike, out: str | os.PathLike, labels: str | 
     t0 = time.perf_counter()
     out = Path(out)
     if source not in SOURCES:
-        raise ValueError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
+        raise InputError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
     if crop is None and crop_px is None:
         crop = SOURCE_CROPS[source]  # the source's own default, the same from the API and the CLI
     crop_spec = parse_crop(None if crop_px is not None else crop, pixels=crop_px, derotate=derotate,
                            flux_level=flux_level)
     if int(size) < 1:
-        raise ValueError(f"--size must be a positive number of pixels, got {size}")
+        raise InputError(f"--size must be a positive number of pixels, got {size}")
     size = int(size)
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     pool = _make_pool(workers) if workers > 1 else None
@@ -266,7 +267,7 @@ def _ingest(src, out, labels, id_column, crop_spec: Crop, size: int, colour: boo
             write_report(out / REPORT_NAME, report.issues)
         if len(w) == 0 and report.n_failed:
             first = next(i for i in report.issues if i.status == "failed")
-            raise ValueError(f"{src}: none of the {report.n_failed} images could be read (first: {first.file}: "
+            raise InputError(f"{src}: none of the {report.n_failed} images could be read (first: {first.file}: "
                              f"{first.reason}); every reason is in {out / REPORT_NAME}")
         report.n_total = len(w)
     report.seconds = time.perf_counter() - t0
@@ -288,7 +289,7 @@ def _check_existing(out: Path, items: list[Item], preprocessing: dict[str, Any],
     old_pre = existing.meta.get("preprocessing")
     if old_pre and {k: old_pre.get(k) for k in ("crop", "size", "colour")} != \
             {k: preprocessing[k] for k in ("crop", "size", "colour")}:
-        raise ValueError(f"{out}: dataset was ingested with crop={old_pre.get('crop')}, "
+        raise InputError(f"{out}: dataset was ingested with crop={old_pre.get('crop')}, "
                          f"size={old_pre.get('size')}, colour={old_pre.get('colour')}; this run uses "
                          f"crop={preprocessing['crop']}, size={preprocessing['size']}, "
                          f"colour={preprocessing['colour']}; "
@@ -298,7 +299,7 @@ def _check_existing(out: Path, items: list[Item], preprocessing: dict[str, Any],
         old_int = bool(pd.api.types.is_integer_dtype(existing.catalog["id"].dtype))
         new_int = isinstance(sample, int)
         if old_int != new_int:
-            raise ValueError(f"{out}: existing ids are {'integers' if old_int else 'strings'} but the new "
+            raise InputError(f"{out}: existing ids are {'integers' if old_int else 'strings'} but the new "
                              f"inputs' ids are {'integers' if new_int else 'strings'} (e.g. {sample!r})")
     return resuming
 

@@ -17,6 +17,8 @@ import csv
 import os
 from pathlib import Path
 
+from astrovader.errors import InputError
+
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_COLUMNS = 10_000
 # Model stamps are square and at most this many pixels a side: the paper uses 128; 2048 is already ~16k times
@@ -26,7 +28,7 @@ MAX_STAMP_SIZE = 2048
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
-class InputLimitError(ValueError):
+class InputLimitError(InputError):
     """An input larger than a limit astrovader enforces; the message names the file, the size and the setting."""
 
 

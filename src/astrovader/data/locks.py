@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from astrovader.data.outputs import process_alive
+from astrovader.errors import BusyError
 
 try:
     import fcntl
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
-class LockedError(OSError):
+class LockedError(BusyError):
     """Another astrovader process is writing the same folder; the message names it."""
 
 

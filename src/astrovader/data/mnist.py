@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from astrovader.errors import InputError
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -18,16 +20,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise InputError(f"{path}: not an IDX file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
     if dtype_code not in _DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
+        raise InputError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[dtype_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     body = data[4 + 4 * ndim:]
     if len(body) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(body)}")
+        raise InputError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(body)}")
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -44,5 +46,5 @@ def load_mnist(directory: str | Path, kind: str = "t10k") -> tuple[np.ndarray, n
     images = read_idx(find(f"{kind}-images-idx3-ubyte"))
     labels = read_idx(find(f"{kind}-labels-idx1-ubyte"))
     if len(images) != len(labels):
-        raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
+        raise InputError(f"{directory}: {len(images)} images but {len(labels)} labels")
     return images[:, None].astype(np.uint8), labels.astype(np.int64)

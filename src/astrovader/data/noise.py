@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from astrovader.data.stretch import PixelStretch
+from astrovader.errors import InputError
 
 BORDER = 2  # px of each stamp's edge taken as sky
 CORNER = 4  # px: side of the corner squares the neighbour correlation is measured on
@@ -104,7 +105,7 @@ def measure_sky_noise(images: np.ndarray, stretch: PixelStretch | None) -> SkyNo
     together."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] <= 2 * CORNER or len(images) == 0:
-        raise ValueError(f"need stamps (N, C, H, W) larger than {2 * CORNER} px to measure sky noise, got "
+        raise InputError(f"need stamps (N, C, H, W) larger than {2 * CORNER} px to measure sky noise, got "
                          f"{images.shape}")
     values = stretch.flux(images) if stretch is not None else images.astype(np.float64) / 255.0
     grey = values.reshape(-1, *values.shape[-2:])

@@ -20,6 +20,7 @@ import pandas as pd
 
 from astrovader.data.dataset import Dataset, write_catalog
 from astrovader.data.locks import exclusive
+from astrovader.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 PAPER_COUNTS = {"train": 159_600, "validation": 5_000, "test": 41_100}
@@ -32,14 +33,14 @@ def first_question_votes(catalog: pd.DataFrame, column: str | None = None) -> pd
     """Votes on GZ2 question 1, from ``column``, ``first_question_votes`` or the three answer counts."""
     if column is not None:
         if column not in catalog.columns:
-            raise KeyError(f"votes column {column!r} not in catalogue; columns include {list(catalog.columns)[:10]}")
+            raise InputError(f"votes column {column!r} not in catalogue; columns include {list(catalog.columns)[:10]}")
         return catalog[column]
     if "first_question_votes" in catalog.columns:
         return catalog["first_question_votes"]
     counts = ["smooth_count", "featured_count", "artifact_count"]
     if all(c in catalog.columns for c in counts):
         return catalog[counts].sum(axis=1)
-    raise KeyError("catalogue has no first_question_votes column nor smooth/featured/artifact _count columns; "
+    raise InputError("catalogue has no first_question_votes column nor smooth/featured/artifact _count columns; "
                    "ingest with --source gz2 or pass the votes column explicitly")
 
 
@@ -63,7 +64,7 @@ def split_counts_from_fractions(n: int, fractions: tuple[float, float, float], b
     """Train = fraction rounded *down* to a multiple of ``batch_size`` (full batches only, as in the paper),
     validation rounded to nearest, test the rest so no galaxy is left out."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not 0.999 <= sum(fractions) <= 1.001:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise InputError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     train = int(n * fractions[0]) // batch_size * batch_size
     val = min(int(round(n * fractions[1])), n - train)
     return {"train": train, "validation": val, "test": n - train - val}
@@ -74,7 +75,7 @@ def random_split(ids: np.ndarray, counts: dict[str, int], seed: int = 0) -> np.n
     ids = np.asarray(ids)
     need = counts["train"] + counts["validation"] + counts["test"]
     if need > len(ids):
-        raise ValueError(f"split needs {need:,} galaxies (train {counts['train']:,}, validation "
+        raise InputError(f"split needs {need:,} galaxies (train {counts['train']:,}, validation "
                          f"{counts['validation']:,}, test {counts['test']:,}) but only {len(ids):,} are available")
     order = _seeded_order(ids, seed)
     out = np.full(len(ids), UNASSIGNED, dtype=object)
@@ -89,7 +90,7 @@ def paper_split_counts(n: int) -> dict[str, int]:
     """The paper's 159,600 / 5,000 split with the remainder as test (41,100 for its 205,700 galaxies)."""
     fixed = PAPER_COUNTS["train"] + PAPER_COUNTS["validation"]
     if n < fixed:
-        raise ValueError(f"--paper-counts needs at least {fixed:,} galaxies after the vote cut, have {n:,}; "
+        raise InputError(f"--paper-counts needs at least {fixed:,} galaxies after the vote cut, have {n:,}; "
                          "use --fractions for smaller samples")
     return {"train": PAPER_COUNTS["train"], "validation": PAPER_COUNTS["validation"], "test": n - fixed}
 
@@ -108,14 +109,14 @@ def load_id_lists(directory: str | os.PathLike) -> dict[str, np.ndarray]:
                                     f"found {[p.name for p in found]}")
         arr = np.load(found[0], allow_pickle=False)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{found[0]}: expected a 1-D integer id array, got {arr.dtype} {arr.shape}")
+            raise InputError(f"{found[0]}: expected a 1-D integer id array, got {arr.dtype} {arr.shape}")
         out[name] = arr.astype(np.int64)  # big-endian '>i8' -> native
     names = list(out)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             both = np.intersect1d(out[a], out[b])
             if both.size:
-                raise ValueError(f"--id-lists: {both.size} ids are in both {a} and {b} (e.g. {both[0]})")
+                raise InputError(f"--id-lists: {both.size} ids are in both {a} and {b} (e.g. {both[0]})")
     return out
 
 
@@ -134,7 +135,7 @@ def apply_split(dataset: str | os.PathLike, *, fractions: tuple[float, float, fl
     """Write the ``split`` column of ``dataset``'s catalogue atomically; returns counts per split value.
     A different existing ``split`` column is replaced only with ``overwrite`` and kept as ``split_previous``."""
     if sum(x is not None and x is not False for x in (fractions, paper_counts or None, id_lists)) != 1:
-        raise ValueError("choose exactly one of fractions, paper_counts or id_lists")
+        raise InputError("choose exactly one of fractions, paper_counts or id_lists")
     with exclusive(dataset):  # no writer may append while the catalogue is rewritten
         return _apply_split(Dataset(dataset), fractions, paper_counts, id_lists, seed, batch_size, min_votes,
                             votes_column, overwrite)
@@ -144,14 +145,14 @@ def _apply_split(ds: Dataset, fractions: tuple[float, float, float] | None, pape
                  id_lists: str | os.PathLike | None, seed: int, batch_size: int, min_votes: int | None,
                  votes_column: str | None, overwrite: bool) -> dict[str, int]:
     if not ds.complete:
-        raise ValueError(f"{ds.path}: dataset is incomplete (an ingest is running or was killed); finish it first")
+        raise InputError(f"{ds.path}: dataset is incomplete (an ingest is running or was killed); finish it first")
     cat = ds.catalog.copy()
     keep = np.ones(len(cat), bool) if min_votes is None else vote_mask(cat, min_votes, votes_column)
     ids = cat["id"].to_numpy()
     split = np.full(len(cat), EXCLUDED, dtype=object)
     if id_lists is not None:
         if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"{ds.path}: --id-lists needs integer ids (SDSS objids); this dataset's ids are "
+            raise InputError(f"{ds.path}: --id-lists needs integer ids (SDSS objids); this dataset's ids are "
                              f"{ids.dtype}")
         split[keep] = split_from_id_lists(ids[keep], load_id_lists(id_lists))
     else:
@@ -181,15 +182,15 @@ def select_rows(ds: Dataset, split: str | None, max_images: int | None, seed: in
     """Rows of the chosen split (all rows without one), randomly thinned to ``max_images``, kept in order."""
     if split is not None:
         if "split" not in ds.catalog.columns:
-            raise ValueError(f"{ds.path}: the catalogue has no 'split' column, so --split {split} cannot be used")
+            raise InputError(f"{ds.path}: the catalogue has no 'split' column, so --split {split} cannot be used")
         rows = ds.split_indices(split)
         if len(rows) == 0:
             values = sorted(ds.catalog["split"].astype(str).unique())
-            raise ValueError(f"{ds.path}: no rows with split == {split!r}; splits present: {', '.join(values)}")
+            raise InputError(f"{ds.path}: no rows with split == {split!r}; splits present: {', '.join(values)}")
     else:
         rows = np.arange(len(ds))
     if max_images is not None and max_images < len(rows):
         if max_images < 1:
-            raise ValueError("max_images must be >= 1")
+            raise InputError("max_images must be >= 1")
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
     return rows

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from astrovader.data.dataset import Dataset, DatasetWriter
 from astrovader.data.stretch import PixelStretch
+from astrovader.errors import InputError
 
 CLASS_NAMES: tuple[str, ...] = ("elliptical", "face_on_disc", "edge_on_disc")
 PIXEL_SCALE = 0.396  # arcsec / px, SDSS
@@ -95,12 +96,12 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.family not in ("demo", "sersic"):
-            raise ValueError(f"variant family must be 'demo' or 'sersic', got {self.family!r}")
+            raise InputError(f"variant family must be 'demo' or 'sersic', got {self.family!r}")
         if self.stretch not in ("asinh", "linear"):
-            raise ValueError(f"variant stretch must be 'asinh' or 'linear', got {self.stretch!r}")
+            raise InputError(f"variant stretch must be 'asinh' or 'linear', got {self.stretch!r}")
         if not (self.size_factor > 0 and self.pixel_scale > 0 and self.softening > 0 and self.stretch_max > 0
                 and 0 < self.psf_fwhm[0] <= self.psf_fwhm[1] and 0 < self.sky[0] <= self.sky[1]):
-            raise ValueError(f"variant sizes, scales, PSF and sky ranges must be positive: {self}")
+            raise InputError(f"variant sizes, scales, PSF and sky ranges must be positive: {self}")
 
     def describe(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -253,7 +254,7 @@ def _draw_chunk(tasks: list[_Task]) -> list[tuple[np.ndarray, dict[str, Any]]]:
 def _class_cdf(class_fractions: Sequence[float] | None) -> tuple[float, ...]:
     fr = np.ones(len(CLASS_NAMES)) if class_fractions is None else np.asarray(class_fractions, float)
     if fr.shape != (len(CLASS_NAMES),) or not np.isfinite(fr).all() or (fr < 0).any() or fr.sum() <= 0:
-        raise ValueError(f"class_fractions must be {len(CLASS_NAMES)} non-negative numbers for "
+        raise InputError(f"class_fractions must be {len(CLASS_NAMES)} non-negative numbers for "
                          f"{', '.join(CLASS_NAMES)}, got {class_fractions}")
     return tuple(float(c) for c in np.cumsum(fr / fr.sum())[:-1])
 
@@ -267,13 +268,13 @@ def _iter_simulated(n: int, size: int, seed: int, companion_fraction: float,
                     variant: Variant = DEFAULT_VARIANT) -> Iterator[tuple[int, list[tuple[np.ndarray, dict]]]]:
     """Yield ``(first_index, [(pixels, row), ...])`` in index order, chunk by chunk."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     if size < 8:
-        raise ValueError(f"size must be >= 8 pixels, got {size}")
+        raise InputError(f"size must be >= 8 pixels, got {size}")
     if not 0 <= companion_fraction <= 1:
-        raise ValueError(f"companion_fraction must be in [0, 1], got {companion_fraction}")
+        raise InputError(f"companion_fraction must be in [0, 1], got {companion_fraction}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise InputError(f"seed must be >= 0, got {seed}")
     cdf = _class_cdf(class_fractions)
     tasks: list[_Task] = [(i, int(seed), int(size), float(companion_fraction), cdf, variant) for i in range(n)]
     chunks = [tasks[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
@@ -325,10 +326,10 @@ def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_f
     """Simulate ``n`` galaxies straight into a packed dataset at ``out`` (bounded memory for any ``n``)."""
     out = Path(out)
     if size < 8 or size % 8:
-        raise ValueError(f"stamp size must be a multiple of 8 pixels (the networks halve an image three times), "
+        raise InputError(f"stamp size must be a multiple of 8 pixels (the networks halve an image three times), "
                          f"got {size}")
     if n < 1:
-        raise ValueError(f"the number of galaxies must be >= 1, got {n}")
+        raise InputError(f"the number of galaxies must be >= 1, got {n}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists and is not an empty directory; "
                               "choose a new output directory")

@@ -20,6 +20,7 @@ import pandas as pd
 from astrovader.data.decode import IMAGE_EXTENSIONS
 from astrovader.data.limits import read_csv_checked
 from astrovader.data.stamps import Crop
+from astrovader.errors import InputError
 
 SOURCES = ("folder", "kaggle", "gz2", "galaxy10")
 # Canonical integers only: "012345", "+12345" and "12345" are three different names, so ids become integers only
@@ -135,7 +136,7 @@ def match_folder_labels(files: list[Path], src: Path, labels: pd.DataFrame | Non
     id_col = id_column or "id"
     has_file = "file" in labels.columns
     if id_col not in labels.columns and not has_file:
-        raise ValueError(f"{labels_name}: no id column {id_col!r} and no 'file' column; columns are "
+        raise InputError(f"{labels_name}: no id column {id_col!r} and no 'file' column; columns are "
                          f"{list(labels.columns)} (choose the id column with --id-column)")
     label_cols = [c for c in labels.columns if c not in (id_col, "file")]
     label_ids = _coerce_ids(labels[id_col]) if id_col in labels.columns else None
@@ -145,10 +146,10 @@ def match_folder_labels(files: list[Path], src: Path, labels: pd.DataFrame | Non
         by_file: dict[str, int] = {}
         for row, f in enumerate(labels["file"].tolist()):
             if not isinstance(f, str) or not f.strip():
-                raise ValueError(f"{labels_name}: row {row + 2}: empty 'file' field")
+                raise InputError(f"{labels_name}: row {row + 2}: empty 'file' field")
             key = Path(f.strip()).as_posix().removeprefix("./")
             if key in by_file:
-                raise ValueError(f"{labels_name}: rows {by_file[key] + 2} and {row + 2} name the same file {f!r}")
+                raise InputError(f"{labels_name}: rows {by_file[key] + 2} and {row + 2} name the same file {f!r}")
             by_file[key] = row
         stem_ids = _coerce_ids(_stem(p) for p in files)
         used: set[int] = set()
@@ -163,7 +164,7 @@ def match_folder_labels(files: list[Path], src: Path, labels: pd.DataFrame | Non
         prefix = src.name + "/"
         if not used and any(k.startswith(prefix) and k[len(prefix):] in set(rels) for k in by_file):
             example = next(k for k in by_file if k.startswith(prefix))
-            raise ValueError(f"{labels_name}: its 'file' column names paths like {example!r}, relative to the folder "
+            raise InputError(f"{labels_name}: its 'file' column names paths like {example!r}, relative to the folder "
                              f"above {src}; give that folder ({src.parent}) as the image folder, or remove the "
                              f"'{prefix}' prefix from the column")
         for f, row in by_file.items():
@@ -175,9 +176,9 @@ def match_folder_labels(files: list[Path], src: Path, labels: pd.DataFrame | Non
         for row, lid in enumerate(label_ids or []):
             k = str(lid)
             if k == "":
-                raise ValueError(f"{labels_name}: row {row + 2}: empty {id_col!r} field")
+                raise InputError(f"{labels_name}: row {row + 2}: empty {id_col!r} field")
             if k in by_id:
-                raise ValueError(f"{labels_name}: rows {by_id[k] + 2} and {row + 2} have the same "
+                raise InputError(f"{labels_name}: rows {by_id[k] + 2} and {row + 2} have the same "
                                  f"{id_col} {lid!r}")
             by_id[k] = row
         stems = [_stem(p) for p in files]
@@ -224,7 +225,7 @@ def gather_items(source: str, src: Path, *, labels: str | os.PathLike | None = N
     """Inputs of one source kind, plus label issues and provenance for ``dataset.json``."""
     src = Path(src)
     if source not in SOURCES:
-        raise ValueError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
+        raise InputError(f"--source: {source!r} is not one of {', '.join(SOURCES)}")
     if source == "galaxy10":
         from astrovader.data.catalogs import read_galaxy10_catalog
 
@@ -259,7 +260,7 @@ def gather_items(source: str, src: Path, *, labels: str | os.PathLike | None = N
     from astrovader.data.catalogs import read_gz2, read_gz2_mapping
 
     if catalog is None or mapping is None:
-        raise ValueError("--source gz2 needs --catalog (gz2_hart16.csv/.fits) and --mapping "
+        raise InputError("--source gz2 needs --catalog (gz2_hart16.csv/.fits) and --mapping "
                          "(gz2_filename_mapping.csv)")
     cat = read_gz2(catalog)
     mp = read_gz2_mapping(mapping)

@@ -36,6 +36,7 @@ from fractions import Fraction
 import numpy as np
 
 from astrovader.data.decode import ImageReadError
+from astrovader.errors import InputError
 
 DEFAULT_CROP = 0.75  # paper: central 192 of 256 px
 DEFAULT_SIZE = 128
@@ -47,7 +48,7 @@ DETECT_FRACTION = 0.03  # of the smoothed peak
 GROW = 3  # px
 
 
-class NoGalaxyError(ValueError):
+class NoGalaxyError(InputError):
     """No source was detected at the centre of the frame."""
 
 
@@ -188,12 +189,12 @@ def parse_crop(value: str | float | int | Crop | None, *, pixels: int | None = N
     """Accept ``0.75``, ``"0.75"``, ``"192/256"`` (a fraction), ``"3xR90"`` (a galaxy frame) or ``pixels=192``;
     reject anything else. ``derotate`` and ``flux_level`` apply to any of them."""
     if flux_level is not None and not 0 < float(flux_level) < 255:
-        raise ValueError(f"flux level must be a mean grey level in (0, 255), got {flux_level}")
+        raise InputError(f"flux level must be a mean grey level in (0, 255), got {flux_level}")
     if pixels is not None:
         if value is not None and not isinstance(value, Crop):
-            raise ValueError("give either a crop fraction (--crop) or a crop size in pixels (--crop-px), not both")
+            raise InputError("give either a crop fraction (--crop) or a crop size in pixels (--crop-px), not both")
         if int(pixels) < 1:
-            raise ValueError(f"--crop-px must be a positive number of pixels, got {pixels}")
+            raise InputError(f"--crop-px must be a positive number of pixels, got {pixels}")
         crop = Crop(fraction=None, pixels=int(pixels))
     elif value is None:
         crop = Crop()
@@ -202,16 +203,16 @@ def parse_crop(value: str | float | int | Crop | None, *, pixels: int | None = N
     elif (m := _R90_RE.match(str(value))) is not None:
         multiple = float(m.group(1))
         if not 0.5 <= multiple <= 50:
-            raise ValueError(f"--crop: {value!r}: the galaxy frame must be 0.5 to 50 x R90 on a side")
+            raise InputError(f"--crop: {value!r}: the galaxy frame must be 0.5 to 50 x R90 on a side")
         crop = Crop(fraction=None, r90=multiple)
     else:
         try:
             frac = float(Fraction(str(value).strip()))
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"--crop: {value!r} is not a fraction; use e.g. 0.75 or 192/256, 3xR90 for a frame "
+            raise InputError(f"--crop: {value!r} is not a fraction; use e.g. 0.75 or 192/256, 3xR90 for a frame "
                              "scaled to each galaxy (or --crop-px 192 for pixels)") from None
         if not 0 < frac <= 1:
-            raise ValueError(f"--crop: {value!r} = {frac:g} must be in (0, 1]; use --crop-px for a size in pixels")
+            raise InputError(f"--crop: {value!r} = {frac:g} must be in (0, 1]; use --crop-px for a size in pixels")
         crop = Crop(fraction=frac)
     if derotate and not crop.derotate:
         crop = replace(crop, derotate=True)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from astrovader.data.limits import MAX_STAMP_SIZE
+from astrovader.errors import DatasetError
 
 
-class ImageStoreError(ValueError):
+class ImageStoreError(DatasetError):
     """An image store whose metadata astrovader refuses; the message names the file and the fix."""
 
 

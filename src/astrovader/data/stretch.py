@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from astrovader.errors import InputError
+
 KINDS = ("asinh", "linear")
 
 
@@ -35,7 +37,7 @@ class PixelStretch:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or not (self.span > 0 and self.maximum > 0 and self.softening > 0):
-            raise ValueError(f"pixel_stretch: kind must be one of {KINDS} with span, maximum and softening > 0, "
+            raise InputError(f"pixel_stretch: kind must be one of {KINDS} with span, maximum and softening > 0, "
                              f"got {self}")
 
     def as_meta(self) -> dict[str, Any]:

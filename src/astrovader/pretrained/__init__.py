@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from astrovader.errors import InputError
+
 CARD = "card.json"
 NAMES = "component_names.json"  # as exported by the explorer page, read by `predict --names`
 PREFIX = "pretrained:"  # how provenance records a shipped model instead of a path on one machine
@@ -42,7 +44,7 @@ def resolve(run: str | Path) -> Path:
 def card(name: str) -> dict[str, Any]:
     """The model card of pretrained model ``name`` (a ValueError lists the names)."""
     if name not in names():
-        raise ValueError(f"unknown pretrained model {name!r}; shipped: {', '.join(names()) or 'none'}")
+        raise InputError(f"unknown pretrained model {name!r}; shipped: {', '.join(names()) or 'none'}")
     return json.loads((_root() / name / CARD).read_text(encoding="utf-8"))
 
 
@@ -79,6 +81,6 @@ def check_stamps(run_dir: str | Path, dataset: str | Path) -> None:
     need = {"crop": want["crop_description"], "colour": bool(want["colour"]), "size": want["size"]}
     if have != need:
         diff = ", ".join(f"{k} {have[k]!r} (needs {need[k]!r})" for k in need if have[k] != need[k])
-        raise ValueError(f"{dataset}: stamps made differently from what pretrained model {info['name']} was trained "
+        raise InputError(f"{dataset}: stamps made differently from what pretrained model {info['name']} was trained "
                          f"on: {diff}; ingest the images again with `astrovader ingest SOURCE OUT --preset "
                          f"{info['preset']}`")
