@@ -60,7 +60,7 @@ def main() -> None:
     build = time.perf_counter() - t0
     size_mb = page.stat().st_size / 1e6
     renders = sorted(render_seconds(page) for _ in range(args.repeats))
-    rows = [[f"{len(ds):,} galaxies, {ds.image_size} px, K = {net.cfg.model.n_clusters}", f"{size_mb:.1f}",
+    rows = [[f"{len(ds):,} galaxies, {ds.image_size} px, K = {net.cfg.model.n_components}", f"{size_mb:.1f}",
              f"{build:.0f}", f"{renders[0]:.2f} / {renders[len(renders) // 2]:.2f} / {renders[-1]:.2f}"]]
     table = markdown_table(["page", "size (MB)", "build (s)", "render in headless Chromium, min / median / max (s)"],
                            rows)

@@ -85,7 +85,7 @@ from astrovader import AstroVaDEr, Config
 from astrovader.sampling import generate_to_dataset
 cfg = Config.resolve("demo", overrides=["model.image_size=64", "model.encoder_filters=[4]",
     "model.encoder_kernels=[3]", "model.decoder_filters=[4]", "model.decoder_kernels=[3]",
-    "model.latent_dim=20", "model.n_clusters=12", "train.device=" + sys.argv[3]])
+    "model.latent_dim=20", "model.n_components=12", "train.device=" + sys.argv[3]])
 t0 = time.perf_counter()
 generate_to_dataset(AstroVaDEr(cfg).net, sys.argv[1], int(sys.argv[2]), batch_size=1024, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)

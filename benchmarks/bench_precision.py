@@ -146,7 +146,7 @@ predict_dataset(net, sys.argv[1], sys.argv[1] + ".parquet", stop=int(sys.argv[2]
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 TINY = ["model.image_size=16", "model.encoder_filters=[8,8]", "model.encoder_kernels=[3,3]",
-        "model.decoder_filters=[8,8]", "model.decoder_kernels=[3,3]", "model.latent_dim=8", "model.n_clusters=8"]
+        "model.decoder_filters=[8,8]", "model.decoder_kernels=[3,3]", "model.latent_dim=8", "model.n_components=8"]
 
 
 def peak_memory(tmp: Path, rows: int) -> list[list[object]]:

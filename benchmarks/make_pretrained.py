@@ -67,7 +67,7 @@ def main() -> int:
     _, net = load_network(dest, "cpu")
     labels = fit_set.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
     component = infer(net, fit_set.load()).labels
-    k = net.cfg.model.n_clusters
+    k = net.cfg.model.n_components
     components, names = {}, {}
     for c in range(k):
         members = labels[component == c]

@@ -28,7 +28,7 @@ from .conftest import blob_images
 
 TINY = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
         "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
-        "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
+        "model.n_components=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
         "train.anneal_epochs=1", "train.static_epochs=1", "train.periods=1", "train.device=cpu"]
 
 _CACHE: dict[str, object] = {}

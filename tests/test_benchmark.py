@@ -31,7 +31,7 @@ def _one_thread():
 def test_mnist_config_is_the_documented_architecture():
     cfg = Config.preset("mnist")
     m = cfg.model
-    assert (m.image_size, m.latent_dim, m.n_clusters, len(m.encoder_filters)) == (28, 10, 10, 2)
+    assert (m.image_size, m.latent_dim, m.n_components, len(m.encoder_filters)) == (28, 10, 10, 2)
     assert cfg.loss.reconstruction == "bce" and cfg.train.flips is False
     # the measured fix for MNIST (benchmarks/RESULTS.md): UMAP-graph initialisation, then alignment
     assert cfg.train.gmm_init_embedding == "umap" and cfg.train.align_epochs > 0
@@ -41,8 +41,8 @@ def test_mnist_config_is_the_documented_architecture():
 def test_gz1_config_is_the_measured_default():
     # benchmarks/RESULTS.md: J = 10 at both K; gamma-training as a plain VAE and full covariances only at K = 12
     k3, k12 = gz1_config(3), gz1_config(12)
-    assert (k3.model.latent_dim, k3.model.n_clusters, k3.loss.gamma, k3.model.covariance) == (10, 3, 5e-4, "diag")
-    assert (k12.model.latent_dim, k12.model.n_clusters, k12.loss.gamma, k12.model.covariance) == (10, 12, 1.0, "full")
+    assert (k3.model.latent_dim, k3.model.n_components, k3.loss.gamma, k3.model.covariance) == (10, 3, 5e-4, "diag")
+    assert (k12.model.latent_dim, k12.model.n_components, k12.loss.gamma, k12.model.covariance) == (10, 12, 1.0, "full")
     assert gz1_config(5).model.covariance == "diag"  # other K: VaDE's diagonal prior
 
 
@@ -79,12 +79,12 @@ def test_summarise_mean_std_and_worst():
     assert s["accuracy"]["mean"] == pytest.approx(0.7) and s["accuracy"]["std"] == pytest.approx(0.1)
     assert s["accuracy"]["min"] == pytest.approx(0.6)
     assert s["runs_with_empty_components"] == 1 and not s["all_ok"] and not s["any_nan"]
-    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_clusters": 2,
+    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_components": 2,
                                                        "epochs": 3, "reference": {"ref": 0.9}, "methods": {"m": s}}}})
     assert "0.7000+-0.1000 (0.600)" in text and "ref: accuracy 0.9000" in text and "supervised" not in text
     cnn = summarise([{"methods": {"cnn": {"accuracy": 0.9, "nmi": 1.0, "ari": 0.8, "purity": 0.9, "ok": True,
                                           "empty_components": 0}}}])["cnn"]
-    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_clusters": 2,
+    text = format_summary({"seeds": 2, "tasks": {"t": {"n_images": 4, "n_classes": 2, "n_components": 2,
                                                        "epochs": 3, "methods": {"m": s, "cnn": cnn}}}})
     lines = text.splitlines()
     assert lines.index(next(x for x in lines if "supervised ceiling" in x)) < lines.index(
@@ -102,7 +102,7 @@ def test_plain_autoencoder_and_vae_train_the_same_network():
         net = train_autoencoder(cfg, imgs, variational=variational)
         assert all(torch.isfinite(p).all() for p in net.parameters())
         # The mixture prior is not trained: it keeps its initial values.
-        assert torch.equal(net.gmm.logits.detach(), torch.zeros(cfg.model.n_clusters))
+        assert torch.equal(net.gmm.logits.detach(), torch.zeros(cfg.model.n_components))
 
 
 def test_held_out_baselines_are_fitted_on_one_part_and_scored_on_the_other():
@@ -114,7 +114,7 @@ def test_held_out_baselines_are_fitted_on_one_part_and_scored_on_the_other():
     test = bm.held_out_split(labels, 0.3)
     assert len(test) == 27 and np.bincount(labels[test]).tolist() == [9, 9, 9]  # stratified
     np.testing.assert_array_equal(test, bm.held_out_split(labels, 0.3))  # seeded: the same for every run
-    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_clusters=3"])
+    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_components=3"])
     task = bm.Task("t", imgs, labels, cfg, knn=True, test=test)
     assert len(np.intersect1d(task.fit_index, task.eval_index)) == 0 and len(task.fit_index) == 63
     for method in ("kmeans", "pca_gmm"):
@@ -151,7 +151,7 @@ def test_brightness_baseline_splits_on_brightness_and_not_on_shape():
     assert feats.shape == (80, 2)
     b = np.array(bright, bool)
     assert feats[b, 0].min() > feats[~b, 0].max() and feats[b, 1].min() > feats[~b, 1].max()
-    cfg = Config.resolve("demo", overrides=["model.image_size=24", "model.n_clusters=2"])
+    cfg = Config.resolve("demo", overrides=["model.image_size=24", "model.n_components=2"])
     for truth, expected in ((np.array(bright), 1.0), (np.array(shape), 0.5)):
         r = bm.run_baseline("brightness_gmm", bm.Task("t", imgs, truth, cfg), cfg)
         assert r["accuracy"] == pytest.approx(expected, abs=0.05), truth
@@ -165,7 +165,7 @@ def test_supervised_ceilings_learn_the_classes_on_held_out_images(tmp_path: Path
     from .conftest import blob_images
 
     imgs, labels = blob_images(60, size=16)
-    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_clusters=3"])
+    cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.n_components=3"])
     task = bm.Task("t", imgs, labels, cfg, test=bm.held_out_split(labels, 0.3))
     for method in ("knn_pixels", "morph_logreg"):
         r = ceilings.run_ceiling(method, task, seed=0, cache=tmp_path)
@@ -200,7 +200,7 @@ def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
     cache: dict = {}
     scores = {}
     for k, gamma, cov in ((4, 1.0, "full"), (2, 5e-4, "diag")):  # gz1's tasks differ in K, gamma and covariance
-        cfg = Config.resolve("demo", overrides=[*base, f"model.n_clusters={k}", f"loss.gamma={gamma}",
+        cfg = Config.resolve("demo", overrides=[*base, f"model.n_components={k}", f"loss.gamma={gamma}",
                                                 f"model.covariance='{cov}'"])
         task = bm.Task(f"t{k}", imgs, labels, cfg)
         scores[k] = bm.run_baseline("ae_gmm", task, cfg, cache)
@@ -209,7 +209,7 @@ def test_deep_baselines_train_once_per_seed_and_images(monkeypatch):
     cfg.train.seed = 1
     bm.run_baseline("ae_gmm", bm.Task("t2", imgs, labels, cfg), cfg, cache)
     assert calls == [False, False]  # a new seed trains its own network
-    cfg = Config.resolve("demo", overrides=[*base, "model.n_clusters=2", "model.latent_dim=3"])
+    cfg = Config.resolve("demo", overrides=[*base, "model.n_components=2", "model.latent_dim=3"])
     bm.run_baseline("ae_gmm", bm.Task("t2", imgs, labels, cfg), cfg, cache)
     assert calls == [False, False, False]  # so does another latent size
 
@@ -245,7 +245,7 @@ def test_mnist_benchmark_end_to_end_and_resumes(tmp_path: Path, capsys):
     assert "VaDE (published): accuracy 0.9446" in text and "ae_gmm" in text
     summary = json.loads((out / "summary.json").read_text())
     task = summary["tasks"]["mnist"]
-    assert task["n_images"] == 200 and task["n_clusters"] == 10
+    assert task["n_images"] == 200 and task["n_components"] == 10
     assert set(task["methods"]) == {"astrovader", *BASELINES}
     for row in task["methods"].values():
         assert row["runs"] == 2 and set(METRICS) <= set(row) and not row["any_nan"]
@@ -280,7 +280,7 @@ def test_gz1_benchmark_small_subset(tmp_path: Path, capsys, monkeypatch):
     assert k3["cnn"] == k12["cnn"]  # a ceiling depends on the images and labels, not on K: fitted once per seed
     for name, k in (("gz1-k12", 12), ("gz1-k3", 3)):
         task = summary["tasks"][name]
-        assert task["n_clusters"] == k and task["n_classes"] == 3 and task["n_images"] == 120
+        assert task["n_components"] == k and task["n_classes"] == 3 and task["n_images"] == 120
         assert task["evaluated_on"].startswith("held-out 36 of 120")  # fitted on 84, scored on the other 36
         for method in ("astrovader", "kmeans"):
             assert 0 <= task["methods"][method]["knn_accuracy"]["mean"] <= 1
@@ -304,7 +304,7 @@ def test_gz2_kaggle_benchmark_small_subset(tmp_path: Path):
                  "0.05", "--set", "train.batch_size=16", "--baselines", "kmeans", "--ceilings", "none", "--out",
                  str(out), "--quiet"]) == 0
     task = json.loads((out / "summary.json").read_text())["tasks"]["gz2-kaggle-k2"]
-    assert task["n_images"] == 60 and task["n_classes"] == 2 and task["n_clusters"] == 2
+    assert task["n_images"] == 60 and task["n_classes"] == 2 and task["n_components"] == 2
     assert task["evaluated_on"].startswith("held-out 18 of 60")
     for method in ("astrovader", "kmeans"):
         assert 0 <= task["methods"][method]["linear_probe"]["mean"] <= 1
@@ -330,7 +330,7 @@ def test_sim_suite_tunes_on_some_surveys_and_reports_only_the_named_tasks(tmp_pa
 
     roles = {sv.role for sv in SIM_SUITE}
     assert roles == {"tune", "held-out"} and sum(sv.role == "held-out" for sv in SIM_SUITE) >= 3
-    assert sim_suite_config(64).model.image_size == 64 and sim_suite_config(32).model.n_clusters == 3
+    assert sim_suite_config(64).model.image_size == 64 and sim_suite_config(32).model.n_components == 3
     out = tmp_path / "suite"
     assert main(["benchmark", "sim-suite", "--tasks", "sim-nonsense", "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -61,7 +61,7 @@ def test_predict_baseline_equals_predict_dataset(tmp_path):
     cfg = Config.resolve("demo", overrides=["model.image_size=16", "model.encoder_filters=[4,4]",
                                             "model.encoder_kernels=[3,3]", "model.decoder_filters=[4,4]",
                                             "model.decoder_kernels=[3,3]", "model.latent_dim=4",
-                                            "model.n_clusters=3"])
+                                            "model.n_components=3"])
     device = torch.device("cpu")
     ds = bench_predict.make_dataset(tmp_path / "ds", cfg, 300)
     net = bench_predict.make_net(cfg, device)

@@ -29,7 +29,7 @@ SHRINK: dict[str, list[str]] = {
     "split": ["--batch-size", "4"],
     "train": SMALL_SCHEDULE,
     "choose-k": ["--max-components", "4", "--batch", "16", "--repeats", "3"],
-    "explore": ["--steps", "3", "--traverse-steps", "3", "--n-per-cluster", "2"],
+    "explore": ["--steps", "3", "--traverse-steps", "3", "--n-per-component", "2"],
     "report": ["--max-images", "40"],
     "describe": ["--members", "20", "--detailed", "4"],
     "benchmark": ["--n", "60", "--seeds", "1", "--epochs-scale", "0.02", "--baselines", "kmeans",

@@ -7,7 +7,7 @@ from astrovader.config import Config, ConfigError
 
 def test_paper_preset_matches_reference_facts():
     c = Config.preset("paper")
-    assert (c.model.image_size, c.model.latent_dim, c.model.n_clusters) == (128, 20, 12)
+    assert (c.model.image_size, c.model.latent_dim, c.model.n_components) == (128, 20, 12)
     assert c.model.encoder_filters == [64, 64, 16] and c.model.encoder_kernels == [3, 5, 5]
     assert c.model.decoder_filters == [16, 64, 64] and c.model.decoder_kernels == [5, 5, 5]
     assert c.loss.gmm_kl_scale == 0.3 and c.loss.l2 == 0.01 and c.loss.minmax_scale == 50 and c.loss.gamma == 5e-4
@@ -24,7 +24,7 @@ def test_toml_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("override, fragment", [
     ("model.image_size=30", "model.image_size"),
-    ("model.n_clusters=0", "model.n_clusters"),
+    ("model.n_components=0", "model.n_components"),
     ("train.colour=1", "unknown config key 'train.colour'"),
     ("bogus.x=1", "unknown config section 'bogus'"),
     ("train.batch_size=abc", "train.batch_size: expected int"),
@@ -54,9 +54,19 @@ def test_presets_are_one_registry_listed_by_the_cli(capsys):
     for name in PRESETS:
         Config.preset(name).validate()
     k12, k3 = Config.preset("sdss64-k12"), Config.preset("sdss64-k3")
-    assert (k12.model.image_size, k12.model.n_clusters, k12.model.covariance) == (64, 12, "full")
-    assert (k3.model.n_clusters, k3.model.covariance) == (3, "diag")
+    assert (k12.model.image_size, k12.model.n_components, k12.model.covariance) == (64, 12, "full")
+    assert (k3.model.n_components, k3.model.covariance) == (3, "diag")
     assert PRESETS["sdss64-k12"].stamps["crop"] == "3xR90"
     assert PRESETS["gz2-64"].stamps["crop"] == "192/424" and not PRESETS["gz2-64"].stamps["derotate"]
     with pytest.raises(ConfigError, match="unknown preset"):
         Config.preset("nope")
+
+
+def test_the_old_key_n_clusters_is_read_as_n_components_with_a_warning(tmp_path):
+    old = tmp_path / "config.toml"
+    old.write_text("[model]\nn_clusters = 5\n")  # as runs written before the rename hold it
+    with pytest.warns(FutureWarning, match="model.n_clusters is renamed model.n_components"):
+        cfg = Config.from_toml(old)
+    assert cfg.model.n_components == 5 and "n_clusters" not in cfg.to_toml()
+    with pytest.warns(FutureWarning):
+        assert Config().with_overrides(["model.n_clusters=7"]).model.n_components == 7

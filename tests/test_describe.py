@@ -179,7 +179,7 @@ def test_estimator_follows_scikit_learn(tmp_path_factory):
     # get_params / set_params / clone, as sklearn expects; set_params leaves an unfitted estimator
     fresh = AstroVaDEr("demo")
     assert fresh.get_params() == {"config": "demo", "device": None} and "not fitted" in repr(fresh)
-    fresh.set_params(model__n_clusters=5, train__static_epochs=3)
+    fresh.set_params(model__n_components=5, train__static_epochs=3)
     assert fresh.n_components == 5 and fresh.config.train.static_epochs == 3
     assert clone(fresh).n_components == 5
     with pytest.raises(ValueError, match="unknown parameter"):

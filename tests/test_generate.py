@@ -101,7 +101,7 @@ def test_same_seed_same_images_and_other_seeds_differ(trained, tmp_path):
 
 def test_resume_after_interruption_gives_identical_bytes(trained, tmp_path):
     _, _, model = trained
-    kw = dict(clusters=[0, 2], temperature=0.5, seed=3, batch_size=100, progress=False)
+    kw = dict(components=[0, 2], temperature=0.5, seed=3, batch_size=100, progress=False)
     full = sampling.generate_to_dataset(model.net, tmp_path / "full", 750, **kw)
     part = sampling.generate_to_dataset(model.net, tmp_path / "part", 750, **kw, stop_after_batches=3, commit_every=100)
     ds = Dataset(part)
@@ -131,8 +131,8 @@ def test_uniform_weights_and_invalid_arguments(trained, tmp_path):
     c2, z2 = sampling.sample_latents(sampling.gmm_arrays(model.net), 700, 1300, spec)
     np.testing.assert_array_equal(c2, comps[700:1300])
     np.testing.assert_array_equal(z2, z[700:1300])
-    with pytest.raises(ValueError, match="cluster must be in"):
-        sampling.generate_to_dataset(model.net, tmp_path / "x", 10, clusters=[5], progress=False)
+    with pytest.raises(ValueError, match="component must be in"):
+        sampling.generate_to_dataset(model.net, tmp_path / "x", 10, components=[5], progress=False)
     with pytest.raises(ValueError, match="temperature"):
         sampling.generate_to_dataset(model.net, tmp_path / "x", 10, temperature=0, progress=False)
 
@@ -176,7 +176,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
         from astrovader.sampling import generate_to_dataset
         cfg = Config.resolve("demo", overrides=["model.image_size=64", "model.encoder_filters=[4]",
             "model.encoder_kernels=[3]", "model.decoder_filters=[4]", "model.decoder_kernels=[3]",
-            "model.latent_dim=4", "model.n_clusters=3", "train.device=cpu"])
+            "model.latent_dim=4", "model.n_components=3", "train.device=cpu"])
         peaks = []
         commit = dataset.DatasetWriter.commit
         def recording_commit(self):
@@ -288,10 +288,10 @@ def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):
         assert name + ".png" in printed
     gif = Image.open(out / "interpolation.gif")
     assert gif.n_frames == 3 * 4 + 1 - 1  # closed tour of 3 legs x 4 steps; the loop's end is the start
-    figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_cluster=2, companion_components=[1])
+    figs = generation_figures(model.net, ds, tmp_path / "api", steps=3, n_per_component=2, companion_components=[1])
     assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png", "deblending.png"]
     # blobs have no companions: no component is flagged, and no deblending figure pretends otherwise
-    figs = generation_figures(model.net, ds, tmp_path / "api2", steps=3, n_per_cluster=2)
+    figs = generation_figures(model.net, ds, tmp_path / "api2", steps=3, n_per_component=2)
     assert [p.name for _, p in figs] == ["gallery.png", "interpolation.png", "traversal.png"]
     assert all(isinstance(t, str) and t for t, _ in figs)
 
@@ -310,9 +310,9 @@ def test_api_sample_gallery_and_cli_generate_make_the_same_images(trained, tmp_p
     # the gallery shows what `generate --component 0 1 2` writes, one row per component
     assert main(["generate", str(tmp / "run"), str(tmp_path / "cyc"), "--n", "12", "--seed", "2", "--quiet",
                  "--component", "0", "1", "2", "--no-consistency"]) == 0
-    grid, clusters = sampling.gallery(model.net, 4, seed=2)
+    grid, components = sampling.gallery(model.net, 4, seed=2)
     cyc = Dataset(tmp_path / "cyc").load() / np.float32(255)
-    assert grid.shape == (3, 4, 1, 16, 16) and clusters == [0, 1, 2]
+    assert grid.shape == (3, 4, 1, 16, 16) and components == [0, 1, 2]
     for k in range(3):
         np.testing.assert_array_equal(grid[k], cyc[k::3])
     # the old option name still works, and help never shows it

@@ -288,15 +288,15 @@ def test_two_trains_racing_into_one_run_leave_one_whole_run(pristine, tmp_path):
 
     run = tmp_path / "run"
     a = ["train", str(pristine / "ds"), str(run), "--overwrite", "--preset", "demo", *TRAIN_SETS, "--quiet",
-         "--set", "model.n_clusters=3"]
+         "--set", "model.n_components=3"]
     b = ["train", str(pristine / "ds"), str(run), "--overwrite", "--preset", "demo", *TRAIN_SETS, "--quiet",
-         "--set", "model.n_clusters=4", "--set", "model.latent_dim=6"]
+         "--set", "model.n_components=4", "--set", "model.latent_dim=6"]
 
     def whole(i, pair):
         for r in pair:
             assert r["code"] == 0 or (r["code"] == 2 and "in use by another astrovader process" in r["err"]), r
         cfg, net, state = load_run(run, "cpu")  # weights, config and checkpoint from one and the same run
-        assert state.finished and (cfg.model.n_clusters, cfg.model.latent_dim) in ((3, 4), (4, 6)), i
+        assert state.finished and (cfg.model.n_components, cfg.model.latent_dim) in ((3, 4), (4, 6)), i
         assert not list(tmp_path.glob(".run.astrovader-lock")) and not list(run.glob(".*tmp*"))
 
     results = _race(tmp_path, a, b, 20, whole)

@@ -75,7 +75,7 @@ def test_loss_terms_against_numpy_on_random_inputs():
     rng = np.random.default_rng(3)
     cfg = Config.preset("demo")
     net = AstroVaDErNet(cfg).double()
-    B, J, K = 6, cfg.model.latent_dim, cfg.model.n_clusters
+    B, J, K = 6, cfg.model.latent_dim, cfg.model.n_components
     pi = rng.dirichlet(np.ones(K))
     mu_c, var_c = rng.normal(size=(K, J)), rng.uniform(0.2, 2, size=(K, J))
     net.gmm.set_parameters(torch.tensor(pi), torch.tensor(mu_c), torch.tensor(var_c))
@@ -149,7 +149,7 @@ def test_gmm_weights_and_variances_stay_valid():
 
 def test_encoder_decoder_shapes_configurable():
     cfg = Config.resolve(overrides=["model.image_size=64", "model.channels=3", "model.latent_dim=7",
-                                    "model.n_clusters=5", "model.encoder_filters=[8,8]",
+                                    "model.n_components=5", "model.encoder_filters=[8,8]",
                                     "model.encoder_kernels=[3,5]", "model.decoder_filters=[8,4]",
                                     "model.decoder_kernels=[3,3]"])
     net = AstroVaDErNet(cfg)

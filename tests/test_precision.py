@@ -16,7 +16,7 @@ from astrovader.model import AstroVaDErNet
 
 SMALL = ["model.image_size=32", "model.encoder_filters=[8,16]", "model.encoder_kernels=[3,3]",
          "model.decoder_filters=[16,8]", "model.decoder_kernels=[3,3]", "model.latent_dim=6",
-         "model.n_clusters=4"]
+         "model.n_components=4"]
 
 
 @pytest.fixture()

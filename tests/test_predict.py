@@ -16,7 +16,7 @@ from .conftest import blob_images
 
 TINY = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
         "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
-        "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
+        "model.n_components=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
         "train.anneal_epochs=1", "train.static_epochs=1", "train.periods=1", "train.device=cpu"]
 
 
@@ -75,7 +75,7 @@ def test_estimator_api_roundtrip(trained, tmp_path):
     np.testing.assert_array_equal(imgs, imgs2)
     with pytest.raises(ValueError, match="expects"):
         model.predict(np.zeros((2, 1, 32, 32), np.uint8))
-    with pytest.raises(ValueError, match="cluster must be in 0..2"):
+    with pytest.raises(ValueError, match="component must be in 0..2"):
         model.sample(2, cluster=5)
     with torch.no_grad():
         w = model.net.gmm.weights

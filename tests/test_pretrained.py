@@ -40,7 +40,7 @@ def test_shipped_models_have_cards_with_held_out_scores():
         assert 0 < scores["astrovader"]["nmi"] < 1 and 0.3 < scores["astrovader"]["purity"] <= 1
         assert card["weights_sha256"] == weights_sha256(name)  # the card describes exactly these weights
         cfg, net, state = load_run(name)
-        assert state.finished and cfg.model.n_clusters == len(card["components"])
+        assert state.finished and cfg.model.n_components == len(card["components"])
         size = sum(f.stat().st_size for f in pretrained.resolve(name).iterdir())
         assert size < 5e6  # small enough to ship inside the package
 

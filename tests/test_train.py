@@ -23,7 +23,7 @@ from astrovader.train import TrainingDiverged, train
 def tiny_config(**over) -> Config:
     sets = ["model.image_size=16", "model.encoder_filters=[4,4]", "model.encoder_kernels=[3,3]",
             "model.decoder_filters=[4,4]", "model.decoder_kernels=[3,3]", "model.latent_dim=4",
-            "model.n_clusters=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
+            "model.n_components=3", "train.batch_size=32", "train.gamma_epochs=2", "train.gmm_init_batches=4",
             "train.anneal_epochs=2", "train.static_epochs=1", "train.periods=2", "train.lr=1e-3",
             "train.lr_min=1e-4", "train.lr_decay_every=2", "train.device=cpu", "train.validation_fraction=0.1"]
     sets += [f"{k}={v}" for k, v in over.items()]
@@ -101,7 +101,7 @@ def test_fixed_mixture_weights_stay_uniform(blob_dataset, tmp_path):
     while the means and variances still train."""
     cfg = tiny_config(**{"train.gmm_init": "'s3vdc'", "train.learn_weights": "false"})
     res = train(cfg, blob_dataset, tmp_path / "fixed", progress=False)
-    K = cfg.model.n_clusters
+    K = cfg.model.n_components
     assert torch.allclose(res.net.gmm.weights, torch.full((K,), 1 / K))
     assert not res.net.gmm.logits.requires_grad
     learned = train(tiny_config(**{"train.gmm_init": "'s3vdc'"}), blob_dataset, tmp_path / "learned", progress=False)
@@ -170,7 +170,7 @@ def test_empty_component_is_reseeded_by_splitting_the_largest(monkeypatch, covar
     mu = np.concatenate([mu, 0.1 * rng.standard_normal((len(mu), 2))], 1)
     logvar = np.full_like(mu, np.log(1e-3))
     monkeypatch.setattr(tr, "latent_moments", lambda *a, **k: (mu, logvar))
-    cfg = tiny_config(**{"model.n_clusters": 5, "model.latent_dim": 4, "model.covariance": covariance})
+    cfg = tiny_config(**{"model.n_components": 5, "model.latent_dim": 4, "model.covariance": covariance})
     net = AstroVaDErNet(cfg)
     fit = fit_gmm_init(mu, 4, seed=0)
     with torch.no_grad():  # components 0-3 on the blobs; component 4 parked far away with no members

@@ -107,16 +107,16 @@ def linear_probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 
     return float(cross_val_score(probe, features, labels, cv=folds).mean())
 
 
-def score(labels: np.ndarray, pred: np.ndarray, n_clusters: int, finite: bool) -> dict[str, Any]:
+def score(labels: np.ndarray, pred: np.ndarray, n_components: int, finite: bool) -> dict[str, Any]:
     """The four metrics plus the health checks: members per component, empty components, non-finite values."""
-    members = np.bincount(pred, minlength=n_clusters)[:n_clusters] if len(pred) else np.zeros(n_clusters, int)
+    members = np.bincount(pred, minlength=n_components)[:n_components] if len(pred) else np.zeros(n_components, int)
     out: dict[str, Any] = clustering_scores(labels, pred)
     out.update(members=members.tolist(), empty_components=int((members == 0).sum()), nan=not finite)
     out["ok"] = bool(finite and out["empty_components"] == 0)
     return out
 
 
-def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_components: int = 20,
+def pca_gmm_baseline(images: np.ndarray, n_components: int, seed: int = 0, pca_dims: int = 20,
                      apply_to: np.ndarray | None = None) -> np.ndarray:
     """The obvious non-deep baseline: PCA of the pixels, then a full-covariance Gaussian mixture, fitted on
     ``images`` (uint8) and returning the labels of ``apply_to`` (default: of ``images`` themselves)."""
@@ -126,8 +126,8 @@ def pca_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0, n_compo
     def flat(x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
-    pca = PCA(n_components=min(n_components, flat(images).shape[1], len(images)), random_state=seed)
-    gmm = GaussianMixture(n_clusters, random_state=seed, n_init=3).fit(pca.fit_transform(flat(images)))
+    pca = PCA(n_components=min(pca_dims, flat(images).shape[1], len(images)), random_state=seed)
+    gmm = GaussianMixture(n_components, random_state=seed, n_init=3).fit(pca.fit_transform(flat(images)))
     return gmm.predict(pca.transform(flat(images if apply_to is None else apply_to)))
 
 
@@ -148,20 +148,20 @@ def brightness_features(images: np.ndarray, border: int = 2, centre_radius: floa
     return np.log10(np.maximum(np.stack([flux, central], 1), 1e-4))
 
 
-def brightness_gmm_baseline(images: np.ndarray, n_clusters: int, seed: int = 0,
+def brightness_gmm_baseline(images: np.ndarray, n_components: int, seed: int = 0,
                             apply_to: np.ndarray | None = None) -> np.ndarray:
     """The brightness-only floor: a GaussianMixture on :func:`brightness_features`, fitted on ``images`` and
     returning the labels of ``apply_to`` (default: of ``images`` themselves)."""
     bright = brightness_features(images)
-    return posthoc_gmm(bright, n_clusters, seed, apply_to=None if apply_to is None else brightness_features(apply_to))
+    return posthoc_gmm(bright, n_components, seed, apply_to=None if apply_to is None else brightness_features(apply_to))
 
 
-def posthoc_gmm(z: np.ndarray, n_clusters: int, seed: int, apply_to: np.ndarray | None = None) -> np.ndarray:
+def posthoc_gmm(z: np.ndarray, n_components: int, seed: int, apply_to: np.ndarray | None = None) -> np.ndarray:
     """Full-covariance GaussianMixture (k-means start) fitted on a representation ``z``; returns the hard labels
     of ``apply_to`` (default: of ``z`` itself)."""
     from sklearn.mixture import GaussianMixture
 
-    gm = GaussianMixture(n_clusters, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=300)
+    gm = GaussianMixture(n_components, covariance_type="full", random_state=seed, reg_covar=1e-4, max_iter=300)
     return gm.fit(z).predict(z if apply_to is None else apply_to)
 
 
@@ -219,7 +219,7 @@ def _network_settings(cfg: Config) -> str:
     """Everything that shapes a baseline network's training (the seed included): the config without the
     mixture prior's shape (K, covariance) and without the loss weights only the mixture model uses."""
     d = cfg.to_dict()
-    for key in ("n_clusters", "covariance"):  # the prior's; train_autoencoder never builds a loss on it
+    for key in ("n_components", "covariance"):  # the prior's; train_autoencoder never builds a loss on it
         d["model"].pop(key)
     for key in ("gamma", "gmm_kl_scale", "minmax_scale"):  # the s3VDC losses' weights, unused by train_autoencoder
         d["loss"].pop(key)
@@ -235,7 +235,7 @@ def run_baseline(method: str, task: Task, cfg: Config,
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    seed, k = cfg.train.seed, cfg.model.n_clusters
+    seed, k = cfg.train.seed, cfg.model.n_components
     fit, ev = task.fit_index, task.eval_index
     labels = task.labels[ev]
     t0 = time.perf_counter()

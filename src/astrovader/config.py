@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import math
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ class ModelConfig:
     decoder_kernels: list[int] = field(default_factory=lambda: [5, 5, 5])
     output_kernel: int = 3
     latent_dim: int = 20
-    n_clusters: int = 12
+    n_components: int = 12
     covariance: str = "diag"  # GMM prior covariances: "diag" (VaDE, the paper) or "full"
     leaky_slope: float = 0.1
     upsample_first: bool = False  # decoder: up-sample before each block's convolutions (the paper's section 6)
@@ -178,6 +179,10 @@ class Config:
 
     # access -------------------------------------------------------------------------------------
     def set(self, dotted: str, value: Any) -> None:
+        if dotted in RENAMED_KEYS:
+            warnings.warn(f"config key {dotted} is renamed {RENAMED_KEYS[dotted]}; read as that", FutureWarning,
+                          stacklevel=2)
+            dotted = RENAMED_KEYS[dotted]
         if "." not in dotted:
             raise ConfigError(f"config key {dotted!r} must be written section.key, e.g. train.epochs; "
                               f"sections: {', '.join(_SECTIONS)}")
@@ -235,7 +240,7 @@ class Config:
               f"must be at most {MAX_STAMP_SIZE} pixels (stamps are cut-outs), got {m.image_size}")
         _need(m.channels in (1, 3), "model.channels", f"must be 1 (grey) or 3 (colour), got {m.channels}")
         _need(1 <= m.latent_dim <= 1024, "model.latent_dim", f"must be in 1..1024, got {m.latent_dim}")
-        _need(1 <= m.n_clusters <= 1000, "model.n_clusters", f"must be in 1..1000, got {m.n_clusters}")
+        _need(1 <= m.n_components <= 1000, "model.n_components", f"must be in 1..1000, got {m.n_components}")
         _need(0 <= m.leaky_slope < 1, "model.leaky_slope", "must be in [0, 1)")
         _need(m.covariance in ("diag", "full"), "model.covariance", f"must be 'diag' or 'full', got {m.covariance!r}")
         _need(m.group_pooling in ("none", "c4", "d4"), "model.group_pooling",
@@ -290,6 +295,8 @@ class Config:
 
 
 _SECTIONS = ("model", "loss", "train")
+# Keys renamed since they were first written to runs' config.toml: still read, with a warning naming the new key.
+RENAMED_KEYS = {"model.n_clusters": "model.n_components"}
 
 
 def _need(ok: bool, key: str, message: str) -> None:
@@ -377,7 +384,7 @@ _GRAPH_INIT = {"gmm_init_embedding": "umap", "gmm_init_neighbours": 20, "align_e
 _SHORT_VADE = {"periods": 1, "anneal_epochs": 3, "static_epochs": 2}
 _DEMO = {
     "model": {"image_size": 32, "encoder_filters": [16, 32, 16], "encoder_kernels": [3, 3, 3],
-              "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 16, "n_clusters": 3},
+              "decoder_filters": [16, 32, 16], "decoder_kernels": [3, 3, 3], "latent_dim": 16, "n_components": 3},
     "loss": {"l2": 1e-4},
     "train": {"batch_size": 128, "gamma_epochs": 40, "gmm_init_batches": 20, "anneal_epochs": 10,
               "static_epochs": 10, "periods": 3, "lr": 1e-3, "lr_min": 1e-4, "lr_decay_every": 2,
@@ -415,7 +422,7 @@ def _merge(base: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> dict[
 
 
 # sdss64-k3's network and schedule, also those of gz2-64 (the same on Petrosian-scaled stamps)
-_SDSS64_K3 = _merge(_SDSS64, model={"n_clusters": 3, "covariance": "diag"}, loss={"gamma": 5e-4})
+_SDSS64_K3 = _merge(_SDSS64, model={"n_components": 3, "covariance": "diag"}, loss={"gamma": 5e-4})
 # At K = 3 most single runs on GZ1 end in a split by central concentration (11 of 18 seeds, on the training part);
 # those runs also end with a higher training loss (rank correlation with held-out NMI -0.86), so the best of five
 # restarts by that loss finds the class split in ~95% of trainings (RESULTS.md, "GZ1 at K = 3: restarts").
@@ -434,7 +441,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            _merge(_DEMO, train={"validation_fraction": 0.0, "gmm_init_batches": 100, **_GRAPH_INIT, **_SHORT_VADE})),
     Preset("sdss64-k12", "measured on Galaxy Zoo 1: 64 px stamps of fixed-scale SDSS cut-outs (3xR90, derotated, "
            "flux-normalised), J = 10, K = 12, full covariances, gamma = 1; 40 epochs",
-           _merge(_SDSS64, model={"n_clusters": 12, "covariance": "full"}, loss={"gamma": 1.0}), SDSS64_STAMPS),
+           _merge(_SDSS64, model={"n_components": 12, "covariance": "full"}, loss={"gamma": 1.0}), SDSS64_STAMPS),
     Preset("sdss64-k3", "measured on Galaxy Zoo 1: as sdss64-k12 with K = 3 (elliptical / spiral / edge-on), "
            "diagonal covariances, gamma = 5e-4; the best of 5 restarts of 40 epochs by training loss",
            _merge(_SDSS64_K3, train=_K3_RESTARTS), SDSS64_STAMPS),
@@ -450,7 +457,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "and alignment; 0.919 accuracy over 5 seeds", {
                "model": {"image_size": 28, "encoder_filters": [32, 64], "encoder_kernels": [3, 3],
                          "decoder_filters": [64, 32], "decoder_kernels": [3, 3], "latent_dim": 10,
-                         "n_clusters": 10},
+                         "n_components": 10},
                "loss": {"reconstruction": "bce", "l2": 0.0, "gamma": 1.0},
                "train": {"batch_size": 128, "gamma_epochs": 30, "gmm_init_batches": 100,
                          "gmm_init_embedding": "umap", "gmm_init_neighbours": 30, "align_epochs": 10,

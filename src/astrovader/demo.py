@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     out = Path(out)
     cfg = config or Config.preset("demo")
     cfg.train.seed = seed
-    cfg.model.n_clusters = len(CLASS_NAMES)
+    cfg.model.n_components = len(CLASS_NAMES)
     smallest = math.ceil(cfg.train.batch_size / DEMO_SPLIT[0])
     if n < smallest:  # checked before anything is written, so a bad --n leaves no half-made demo behind
         raise InputError(f"the demo needs at least {smallest} galaxies (one training batch of "
@@ -73,15 +73,15 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     truth = ds.catalog["true_class"].to_numpy()[test]
     scores = clustering_scores(truth, pred["component"].to_numpy()[test])
     images = ds.load()
-    base = clustering_scores(truth, pca_gmm_baseline(images[train_rows], cfg.model.n_clusters, seed,
+    base = clustering_scores(truth, pca_gmm_baseline(images[train_rows], cfg.model.n_components, seed,
                                                      apply_to=images[test]))
-    brightness = clustering_scores(truth, brightness_gmm_baseline(images[train_rows], cfg.model.n_clusters, seed,
+    brightness = clustering_scores(truth, brightness_gmm_baseline(images[train_rows], cfg.model.n_components, seed,
                                                                   apply_to=images[test]))
     labels = ds.catalog["true_class"].to_numpy()
     ceiling = {name: clustering_scores(truth, fit(images[train_rows], labels[train_rows], images[test], seed))
                for name, fit in (("cnn", _demo_cnn), ("knn_pixels", knn_pixels))}
     summary = {
-        "n_images": len(ds), "n_test": len(test), "n_clusters": cfg.model.n_clusters, "epochs": len(result.history),
+        "n_images": len(ds), "n_test": len(test), "n_components": cfg.model.n_components, "epochs": len(result.history),
         "scored_on": "test split (held out from training)", "astrovader": scores, "pca_gmm_baseline": base,
         "brightness_gmm_baseline": brightness, "supervised_ceiling": ceiling,
         "seconds": {"simulate": t_sim, "train": t_train, "total": time.perf_counter() - t0},
@@ -90,7 +90,7 @@ def run_demo(out: str | Path = "astrovader-demo", n: int = 8000, seed: int = 0, 
     atomic_write_json(out / "metrics.json", summary)
     print()
     print(f"Clustering of the {len(test):,} held-out test galaxies (the model and the baseline were fitted on the "
-          f"{len(train_rows):,} training galaxies) into K = {cfg.model.n_clusters} components, "
+          f"{len(train_rows):,} training galaxies) into K = {cfg.model.n_components} components, "
           "Hungarian-matched to the true classes:")
     print(f"  {'method':<38}{'accuracy':>10}{'NMI':>8}{'ARI':>8}{'purity':>8}")
     rows = (("astrovader (VaDE)", scores), ("PCA(20) + GMM", base),

@@ -10,7 +10,7 @@ the sampler and exploration::
     model.save("run/"); model = AstroVaDEr.load("run/")
 
 Parameters follow scikit-learn's conventions: ``get_params`` / ``set_params`` (``config`` and ``device``, or any
-setting as ``model__n_clusters=5``, ``train__epochs=50``), ``fit_predict``, and fitted attributes ending in
+setting as ``model__n_components=5``, ``train__epochs=50``), ``fit_predict``, and fitted attributes ending in
 ``_``, so the estimator works with ``sklearn.base.clone``.
 """
 
@@ -72,7 +72,7 @@ class AstroVaDEr:
         return {"config": self._config_arg, "device": self._device_arg}
 
     def set_params(self, **params: Any) -> AstroVaDEr:
-        """Set ``config`` / ``device``, or single settings as ``section__key=value`` (``model__n_clusters=5``).
+        """Set ``config`` / ``device``, or single settings as ``section__key=value`` (``model__n_components=5``).
         The network is rebuilt untrained, as scikit-learn expects of a re-parameterised estimator."""
         config, device = params.pop("config", self._config_arg), params.pop("device", self._device_arg)
         if params:
@@ -82,7 +82,7 @@ class AstroVaDEr:
                 part = getattr(base, section, None) if sep else None
                 if part is None or not is_dataclass(part) or name not in {f.name for f in fields(part)}:
                     raise InputError(f"unknown parameter {key!r}: use config, device or SECTION__KEY such as "
-                                     "model__n_clusters or train__epochs")
+                                     "model__n_components or train__epochs")
                 setattr(getattr(base, section), name, value)
             config = base
         self._build(config, device)
@@ -92,13 +92,13 @@ class AstroVaDEr:
     def __repr__(self) -> str:
         m = self.config.model
         state = f"fitted, run_dir='{self.run_dir_}'" if self.fitted_ else "not fitted"
-        return (f"AstroVaDEr(n_components={m.n_clusters}, latent_dim={m.latent_dim}, image_size={m.image_size}, "
+        return (f"AstroVaDEr(n_components={m.n_components}, latent_dim={m.latent_dim}, image_size={m.image_size}, "
                 f"channels={m.channels}, covariance_type='{m.covariance}', device='{self.device}'; {state})")
 
     @property
     def n_components(self) -> int:
         """K, the number of mixture components."""
-        return self.config.model.n_clusters
+        return self.config.model.n_components
 
     @property
     def covariance_type(self) -> str:
@@ -203,8 +203,8 @@ class AstroVaDEr:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         chosen = component if component is not None else cluster
-        clusters = None if chosen is None else tuple(int(c) for c in np.atleast_1d(chosen))
-        imgs, comps, _ = sample(self.net, n, GenerationSpec(clusters, weights, float(temperature), int(seed)),
+        components = None if chosen is None else tuple(int(c) for c in np.atleast_1d(chosen))
+        imgs, comps, _ = sample(self.net, n, GenerationSpec(components, weights, float(temperature), int(seed)),
                                 DEFAULT_BATCH)
         return imgs.astype(np.float32) / np.float32(255), comps.astype(np.int64)
 

@@ -133,7 +133,7 @@ def latent_summary(net: AstroVaDErNet, dataset: str | Path | Dataset,
     """:class:`Predictions` for every row of ``dataset``: ``predictions`` themselves when they already are, read
     from an ``astrovader predict`` catalogue when given (no second inference pass), else inferred."""
     ds = open_dataset(dataset)
-    J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+    J, K = net.cfg.model.latent_dim, net.cfg.model.n_components
     if isinstance(predictions, Predictions):
         if not np.array_equal(predictions.rows, np.arange(len(ds))):
             raise InputError("the predictions do not cover every row of the dataset in order")

@@ -45,7 +45,7 @@ def init_batches(feeder: BatchFeeder, t: TrainConfig, device: torch.device, key:
         yield xb
 
 
-def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, covariance: str = "diag",
+def fit_gmm_init(z: np.ndarray, n_components: int, seed: int, n_init: int = 1, covariance: str = "diag",
                  embedding: str = "none", neighbours: int = 20) -> dict[str, np.ndarray]:
     """The prior's starting mixture on latent means ``z``.
 
@@ -59,19 +59,19 @@ def fit_gmm_init(z: np.ndarray, n_clusters: int, seed: int, n_init: int = 1, cov
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
-    if len(z) < n_clusters:
-        raise InputError(f"GMM initialisation needs at least {n_clusters} latent vectors, got {len(z)}; "
-                         "use more train.gmm_init_batches or a smaller model.n_clusters")
+    if len(z) < n_components:
+        raise InputError(f"GMM initialisation needs at least {n_components} latent vectors, got {len(z)}; "
+                         "use more train.gmm_init_batches or a smaller model.n_components")
     if embedding == "none":
-        km = KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z)
-        gm = GaussianMixture(n_clusters, covariance_type=covariance, means_init=km.cluster_centers_,
+        km = KMeans(n_components, n_init=n_init, random_state=seed).fit(z)
+        gm = GaussianMixture(n_components, covariance_type=covariance, means_init=km.cluster_centers_,
                              random_state=seed, reg_covar=1e-6, max_iter=200).fit(z)
         return {"weights": gm.weights_, "means": gm.means_, "variances": gm.covariances_,
                 "responsibilities": gm.predict_proba(z)}
     if embedding != "umap":
         raise InputError(f"unknown GMM initialisation embedding {embedding!r}; use 'none' or 'umap'")
     e = umap_embedding(z, min(10, z.shape[1]), neighbours, seed)
-    resp = GaussianMixture(n_clusters, covariance_type="full", n_init=n_init, random_state=seed, reg_covar=1e-6,
+    resp = GaussianMixture(n_components, covariance_type="full", n_init=n_init, random_state=seed, reg_covar=1e-6,
                            max_iter=200).fit(e).predict_proba(e)
     nk = resp.sum(0) + 1e-12
     means = (resp.T @ z) / nk[:, None]
@@ -108,7 +108,7 @@ def initialise_gmm(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config, device:
     images' initial cluster (the alignment phase's labels)."""
     t = cfg.train
     mu, logvar = latent_moments(net, init_batches(feeder, t, device, -1), training_channels_last(cfg, device))
-    fit = fit_gmm_init(mu, cfg.model.n_clusters, t.seed, t.gmm_init_restarts, cfg.model.covariance,
+    fit = fit_gmm_init(mu, cfg.model.n_components, t.seed, t.gmm_init_restarts, cfg.model.covariance,
                        t.gmm_init_embedding, t.gmm_init_neighbours)
     variances = fit["variances"]
     resp = fit["responsibilities"]
@@ -180,7 +180,7 @@ def reseed_empty_components(net: AstroVaDErNet, feeder: BatchFeeder, cfg: Config
     cluster (seen on GZ1 with K = 12)."""
     from sklearn.cluster import KMeans
 
-    t, K = cfg.train, cfg.model.n_clusters
+    t, K = cfg.train, cfg.model.n_components
     if t.reseed_min_fraction <= 0:
         return []
     mu, logvar = latent_moments(net, init_batches(feeder, t, device, -2 - epoch), training_channels_last(cfg, device))

@@ -108,7 +108,7 @@ def check_run(path: str | Path) -> Health:
         health.problems.append(str(exc))
         return health
     m = cfg.model
-    health.summary.append(f"{m.image_size} px, {m.channels} band(s), J = {m.latent_dim}, K = {m.n_clusters}; "
+    health.summary.append(f"{m.image_size} px, {m.channels} band(s), J = {m.latent_dim}, K = {m.n_components}; "
                           f"{state.describe()}")
     if not state.mixture_initialised:
         health.problems.append(f"{path / WEIGHTS}: the mixture prior was never initialised (training stopped in "

@@ -266,7 +266,7 @@ def infer(net: AstroVaDErNet, images: ImageSource, **kwargs) -> Predictions:
     for r, res in iter_inference(net, images, **kwargs):
         rows.append(r)
         parts.append(res)
-    J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+    J, K = net.cfg.model.latent_dim, net.cfg.model.n_components
     if not parts:
         empty = np.zeros((0,), np.float32)
         return Predictions(np.zeros(0, np.int64), np.zeros((0, J), np.float32), np.zeros((0, J), np.float32),

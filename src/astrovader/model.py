@@ -115,16 +115,16 @@ class GMMPrior(nn.Module):
     triangular part to the Cholesky factor, L = diag(exp(log_vars / 2)) + tril(off_diag, -1), for latent
     spaces whose clusters are correlated across dimensions; with off_diag = 0 it is the diagonal prior."""
 
-    def __init__(self, n_clusters: int, latent_dim: int, covariance: str = "diag"):
+    def __init__(self, n_components: int, latent_dim: int, covariance: str = "diag"):
         super().__init__()
         if covariance not in ("diag", "full"):
             raise InputError(f"covariance must be 'diag' or 'full', got {covariance!r}")
         self.covariance = covariance
-        self.logits = nn.Parameter(torch.zeros(n_clusters))
-        self.means = nn.Parameter(torch.randn(n_clusters, latent_dim))
-        self.log_vars = nn.Parameter(torch.zeros(n_clusters, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(n_components))
+        self.means = nn.Parameter(torch.randn(n_components, latent_dim))
+        self.log_vars = nn.Parameter(torch.zeros(n_components, latent_dim))
         if covariance == "full":
-            self.off_diag = nn.Parameter(torch.zeros(n_clusters, latent_dim, latent_dim))
+            self.off_diag = nn.Parameter(torch.zeros(n_components, latent_dim, latent_dim))
 
     @property
     def weights(self) -> Tensor:
@@ -282,7 +282,7 @@ class AstroVaDErNet(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg.model)
         self.decoder = Decoder(cfg.model, bce=cfg.loss.reconstruction == "bce")
-        self.gmm = GMMPrior(cfg.model.n_clusters, cfg.model.latent_dim, cfg.model.covariance)
+        self.gmm = GMMPrior(cfg.model.n_components, cfg.model.latent_dim, cfg.model.covariance)
         for layer in self.modules():
             # Keras defaults (Glorot-uniform weights, zero biases), as in the reference model. PyTorch's
             # default init shrinks the signal through the deep conv stack so much that training stalls.
@@ -388,6 +388,6 @@ def describe_architecture(cfg: Config) -> list[tuple[str, str, int]]:
         rows.append(("decoder.fc Linear+LeakyReLU", "x".join(map(str, h.shape[1:])),
                      sum(p.numel() for p in d.fc.parameters())))
         walk("decoder", d.features, h)
-        rows.append((f"gmm (pi, means, {m.covariance} covariances)", f"K={m.n_clusters}, J={m.latent_dim}",
+        rows.append((f"gmm (pi, means, {m.covariance} covariances)", f"K={m.n_components}, J={m.latent_dim}",
                      net.gmm.n_parameters()))
     return rows

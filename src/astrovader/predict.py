@@ -105,7 +105,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                 writer = pq.ParquetWriter(str(parquet_path), _with_metadata(table, metadata).schema)
             writer.write_table(table)
         if writer is None:  # empty range: still write a valid, empty catalogue
-            J, K = net.cfg.model.latent_dim, net.cfg.model.n_clusters
+            J, K = net.cfg.model.latent_dim, net.cfg.model.n_components
             empty = {"mu": np.zeros((0, J)), "logvar": np.zeros((0, J)), "probs": np.zeros((0, K)),
                      "recon_mse": np.zeros(0)}
             table = prediction_table(ids[:0], empty, names)

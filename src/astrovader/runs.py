@@ -230,7 +230,7 @@ def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> 
     out = {"ASTROVER": package, "DATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
            "RUNDIR": f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve()),
            "WEIGHTS": weights_sha256(run_dir),
-           "NCOMP": str(cfg.model.n_clusters), "NLATENT": str(cfg.model.latent_dim),
+           "NCOMP": str(cfg.model.n_components), "NLATENT": str(cfg.model.latent_dim),
            "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(run_dir, cfg))}
     scale = _training_pixel_scale(resolve(run_dir))
     if scale:

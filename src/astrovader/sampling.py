@@ -50,14 +50,14 @@ class GenerationSpec:
     Stored in the output dataset's ``dataset.json`` so a re-run can tell whether it is continuing the same
     run (resume) or would silently mix two different ones (refused)."""
 
-    clusters: tuple[int, ...] | None = None
+    components: tuple[int, ...] | None = None
     weights: str = "mixture"
     temperature: float = 1.0
     seed: int = 0
     precision: str = "float32"  # of the decoder: "bf16" moves some pixels by a grey level or two
     noise: SkyNoise | None = None  # survey sky noise added to every stamp (None: the noiseless mean)
 
-    def validate(self, n_clusters: int) -> None:
+    def validate(self, n_components: int) -> None:
         if self.weights not in COMPONENT_DRAWS:
             raise InputError(f"weights must be one of {', '.join(COMPONENT_DRAWS)}, got {self.weights!r}")
         if not (self.temperature > 0 and np.isfinite(self.temperature)):
@@ -65,22 +65,22 @@ class GenerationSpec:
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}")
         check_precision(self.precision)
-        if self.clusters is not None:
-            if len(self.clusters) == 0:
+        if self.components is not None:
+            if len(self.components) == 0:
                 raise InputError("clusters must name at least one component")
-            bad = [c for c in self.clusters if not 0 <= c < n_clusters]
+            bad = [c for c in self.components if not 0 <= c < n_components]
             if bad:
-                raise InputError(f"cluster must be in 0..{n_clusters - 1}, got {bad}")
+                raise InputError(f"component must be in 0..{n_components - 1}, got {bad}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"clusters": None if self.clusters is None else list(self.clusters), "weights": self.weights,
+        return {"clusters": None if self.components is None else list(self.components), "weights": self.weights,
                 "temperature": float(self.temperature), "seed": int(self.seed), "precision": self.precision,
                 "noise": self.noise.as_dict() if self.noise is not None else None}
 
 
-def _spec(clusters: int | Sequence[int] | None, weights: str, temperature: float, seed: int,
+def _spec(components: int | Sequence[int] | None, weights: str, temperature: float, seed: int,
           precision: str = "float32", noise: SkyNoise | None = None) -> GenerationSpec:
-    cl = None if clusters is None else tuple(int(c) for c in np.atleast_1d(np.asarray(clusters)))
+    cl = None if components is None else tuple(int(c) for c in np.atleast_1d(np.asarray(components)))
     return GenerationSpec(cl, weights, float(temperature), int(seed), precision, noise)
 
 
@@ -114,8 +114,8 @@ def sample_latents(gmm: tuple[np.ndarray, np.ndarray, np.ndarray], start: int, s
         eps[k * RNG_BLOCK:(k + 1) * RNG_BLOCK] = rng.standard_normal((RNG_BLOCK, J))
     lo = start - b0 * RNG_BLOCK
     u, eps = u[lo:lo + stop - start], eps[lo:lo + stop - start]
-    if spec.clusters is not None:  # cycled by global index: balanced counts, independent of batching
-        comps = np.asarray(spec.clusters, np.int64)[np.arange(start, stop) % len(spec.clusters)]
+    if spec.components is not None:  # cycled by global index: balanced counts, independent of batching
+        comps = np.asarray(spec.components, np.int64)[np.arange(start, stop) % len(spec.components)]
     elif spec.weights == "uniform":
         comps = np.minimum((u * K).astype(np.int64), K - 1)
     else:
@@ -149,7 +149,7 @@ def iter_generated(net: AstroVaDErNet, n: int, spec: GenerationSpec, *, start: i
     libraries pick kernels by batch shape, and a different shape may move a pixel by one grey level."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    spec.validate(net.cfg.model.n_clusters)
+    spec.validate(net.cfg.model.n_components)
     gmm = gmm_arrays(net)
     decode = FastDecoder(net, spec.precision)
     for s0 in range(start - start % batch_size, n, batch_size):
@@ -173,16 +173,16 @@ def sample(net: AstroVaDErNet, n: int, spec: GenerationSpec,
     return tuple(np.concatenate([p[k] for p in parts]) for k in (1, 2, 3))  # type: ignore[return-value]
 
 
-def gallery(net: AstroVaDErNet, n_per_cluster: int = 8, clusters: Sequence[int] | None = None,
+def gallery(net: AstroVaDErNet, n_per_component: int = 8, components: Sequence[int] | None = None,
             temperature: float = 1.0, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """``n_per_cluster`` samples of every component (or of ``clusters``): float images in [0, 1] of shape
+    """``n_per_component`` samples of every component (or of ``components``): float images in [0, 1] of shape
     (K, n, C, H, W), and the component list. The images are those of ``astrovader generate --component 0 1 ...
     --n K*n --seed seed`` (components cycled), so the gallery shows what the generator writes."""
-    K = net.cfg.model.n_clusters
-    clusters = list(range(K)) if clusters is None else [int(c) for c in clusters]
-    imgs, _, _ = sample(net, n_per_cluster * len(clusters), _spec(clusters, "mixture", temperature, seed))
-    grid = imgs.reshape(n_per_cluster, len(clusters), *imgs.shape[1:]).swapaxes(0, 1)
-    return grid.astype(np.float32) / np.float32(255), clusters
+    K = net.cfg.model.n_components
+    components = list(range(K)) if components is None else [int(c) for c in components]
+    imgs, _, _ = sample(net, n_per_component * len(components), _spec(components, "mixture", temperature, seed))
+    grid = imgs.reshape(n_per_component, len(components), *imgs.shape[1:]).swapaxes(0, 1)
+    return grid.astype(np.float32) / np.float32(255), components
 
 
 def _catalog_rows(first: int, comps: np.ndarray, z: np.ndarray) -> pd.DataFrame:
@@ -203,7 +203,7 @@ def model_fingerprint(net: AstroVaDErNet) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
                         weights: str = "mixture", temperature: float = 1.0, seed: int = 0,
                         batch_size: int = DEFAULT_BATCH, *, progress: bool = True,
                         stop_after_batches: int | None = None, commit_every: int | None = None,
@@ -222,8 +222,8 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
         raise InputError(f"n must be >= 0, got {n}")
     m = net.cfg.model
     device = next(net.parameters()).device
-    spec = _spec(clusters, weights, temperature, seed, precision, noise)
-    spec.validate(m.n_clusters)
+    spec = _spec(components, weights, temperature, seed, precision, noise)
+    spec.validate(m.n_components)
     out = Path(out)
     gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
                 "device": device.type, "run_dir": str(run_dir) if run_dir else None}
@@ -277,7 +277,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, clusters: i
     return out
 
 
-def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                     *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96,
                     precision: str = "float32", noise: SkyNoise | None = None) -> Path:
@@ -287,13 +287,13 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, clusters: int |
     PNG."""
     if not 1 <= n <= max_images:
         raise InputError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
-    spec = _spec(clusters, weights, temperature, seed, precision, noise)
+    spec = _spec(components, weights, temperature, seed, precision, noise)
     imgs, comps = sample(net, n, spec, batch_size)[:2]
     scale = max(1, -(-tile_px // imgs.shape[-1]))
     return save_png_grid(imgs, out, ncols=ncols, scale=scale, labels=[f"comp. {int(k)}" for k in comps])
 
 
-def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int | Sequence[int] | None = None,
+def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                      *, progress: bool = True, run_dir: str | Path | None = None,
                      command: str | None = None, precision: str = "float32",
@@ -307,7 +307,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     if n < 1:
         raise InputError(f"a FITS cube needs at least one image, got n={n}")
     m = net.cfg.model
-    spec = _spec(clusters, weights, temperature, seed, precision, noise)
+    spec = _spec(components, weights, temperature, seed, precision, noise)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # a killed earlier run's partial cube
@@ -336,7 +336,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
             ("GENSEED", spec.seed, "seed of the draws (generate --seed)"),
             ("TEMPERAT", spec.temperature, "scale of the component variances"),
             ("DRAW", spec.weights, "how components are drawn without --component"),
-            ("CLUSTERS", "drawn" if spec.clusters is None else " ".join(map(str, spec.clusters)),
+            ("CLUSTERS", "drawn" if spec.components is None else " ".join(map(str, spec.components)),
              "components sampled from"),
             ("PRECISN", spec.precision, "network arithmetic: float32 or bf16"),
             ("NOISE", spec.noise.sigma if spec.noise else 0.0, "sky noise sigma added (0: noiseless mean)"),
@@ -366,14 +366,14 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, clusters: int 
     return out
 
 
-def consistency_from_assignments(drawn: np.ndarray, assigned: np.ndarray, n_clusters: int) -> pd.DataFrame:
+def consistency_from_assignments(drawn: np.ndarray, assigned: np.ndarray, n_components: int) -> pd.DataFrame:
     """Per component drawn from: how many images, and the share the model assigns back to that component.
 
     This is the generative counterpart of cluster purity: a component whose samples decode to images the
     encoder places elsewhere does not describe a coherent population."""
     drawn, assigned = np.asarray(drawn), np.asarray(assigned)
     rows = []
-    for k in range(n_clusters):
+    for k in range(n_components):
         sel = drawn == k
         if sel.any():
             rows.append({"component": k, "n": int(sel.sum()), "consistency": float((assigned[sel] == k).mean())})
@@ -395,7 +395,7 @@ def cluster_consistency(net: AstroVaDErNet, dataset: str | Path | Dataset, *, ma
                                     progress=progress, desc="consistency"):
         assigned[rows] = res["probs"].argmax(1)
     return consistency_from_assignments(ds.catalog["component"].to_numpy()[:stop], assigned,
-                                        net.cfg.model.n_clusters)
+                                        net.cfg.model.n_components)
 
 
 def format_consistency(table: pd.DataFrame) -> str:

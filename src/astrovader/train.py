@@ -420,7 +420,7 @@ def _make_step(net: AstroVaDErNet, opt: torch.optim.Optimizer, cfg: Config, devi
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = forward(x, sample=sample, eps=eps)
             view_mu = net.encode(views)[0] if views is not None else None
-        resp = F.one_hot(labels, cfg.model.n_clusters).float() if labels is not None else None
+        resp = F.one_hot(labels, cfg.model.n_components).float() if labels is not None else None
         terms = vade_losses(net, x, out, lo, gmm_phase, resp)
         per_sample = (terms["recon"] + plan.kl_unit_weight * terms["kl_unit"]
                       + plan.kl_gmm_weight * terms["kl_gmm"])

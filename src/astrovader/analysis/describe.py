@@ -382,7 +382,7 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
     if leak:
         meta["TRAINOVL"] = leak
     if names is not None:
-        named = read_names(names, cfg.model.n_clusters, meta["WEIGHTS"])
+        named = read_names(names, cfg.model.n_components, meta["WEIGHTS"])
         desc.table.insert(1, "component_name", [named.get(int(c), "") for c in desc.table["component"]])
         desc.measurements["component_name"] = [named.get(int(c), "") for c in desc.measurements["component"]]
     out.parent.mkdir(parents=True, exist_ok=True)

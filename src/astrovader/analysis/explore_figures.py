@@ -55,13 +55,13 @@ def _to_uint8_display(images: np.ndarray, vmax: float, upscale: int = 1) -> np.n
 # --------------------------------------------------------------------------------------------------
 # the figures
 # --------------------------------------------------------------------------------------------------
-def plot_gallery(images: np.ndarray, clusters: Sequence[int], out: str | Path, weights: np.ndarray | None = None,
+def plot_gallery(images: np.ndarray, components: Sequence[int], out: str | Path, weights: np.ndarray | None = None,
                  title: str = "Synthetic galaxies per component") -> Path:
     """One row per component, labelled with its number and mixture weight."""
     k, n = images.shape[:2]
     vmax = _vmax(images)
     fig, axes = _grid(k, n)
-    for r, c in enumerate(clusters):
+    for r, c in enumerate(components):
         for i in range(n):
             show_image(axes[r, i], images[r, i], 0.0, vmax, frame=False)
         label = f"comp. {c}" + (f"\nπ={weights[c]:.2f}" if weights is not None else "")
@@ -157,7 +157,7 @@ def plot_deblend(results: list[dict[str, Any]], out: str | Path,
 
 def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_dir: str | Path, *,
                        predictions: str | Path | pd.DataFrame | Predictions | None = None,
-                       n_per_cluster: int = 8,
+                       n_per_component: int = 8,
                        steps: int = 8, traverse_steps: int = 9, companion_components: Sequence[int] | None = None,
                        closed: bool = True, temperature: float = 1.0, seed: int = 0,
                        progress: bool = False, rows: np.ndarray | None = None,
@@ -175,7 +175,7 @@ def generation_figures(net: AstroVaDErNet, dataset: str | Path | Dataset, out_di
     weights = net.gmm.weights.detach().double().cpu().numpy()
     figs: list[tuple[str, Path]] = []
     log("synthetic galaxies per component")
-    imgs, comps = gallery(net, n_per_cluster, temperature=temperature, seed=seed)
+    imgs, comps = gallery(net, n_per_component, temperature=temperature, seed=seed)
     t = f"Synthetic galaxies per component (z ~ N(μ_c, T σ²_c), T = {temperature:g})"
     figs.append((t, plot_gallery(imgs, comps, out_dir / "gallery.png", weights, title=t)))
     log("shortest-route interpolation (figure, GIF, frame strip)")

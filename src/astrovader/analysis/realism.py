@@ -183,7 +183,7 @@ def posterior_sample(net: AstroVaDErNet, train: np.ndarray, n: int, *, temperatu
         members = pred.mu[pred.labels == k].astype(np.float64)
         draw = comps == k
         if len(members) < 10:  # too few members for a density: the prior's Gaussian
-            spec = GenerationSpec(clusters=(int(k),), temperature=temperature, seed=seed)
+            spec = GenerationSpec(components=(int(k),), temperature=temperature, seed=seed)
             z[draw] = sample_latents(gmm_arrays(net), 0, int(draw.sum()), spec)[1]
             continue
         gm = GaussianMixture(min(per_component, len(members) // 25 or 1), covariance_type="full",
@@ -251,7 +251,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
         params.append({"parameter": p, **row, "n_real": int(m_real[p].notna().sum()),
                        "n_synthetic": int(m_syn[p].notna().sum())})
     comp_rows = []
-    for k in range(net.cfg.model.n_clusters):
+    for k in range(net.cfg.model.n_components):
         members, drawn = real_labels == k, comps == k
         row: dict[str, Any] = {"component": k, "n_members": int(members.sum()), "n_synthetic": int(drawn.sum())}
         for p in CHEAP:

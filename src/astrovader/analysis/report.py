@@ -125,7 +125,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
         raise InputError(f"probability cuts must lie in [0, 1), got {cuts}")
     cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
     ds = open_dataset(dataset)
-    K = cfg.model.n_clusters
+    K = cfg.model.n_components
     if non_morphological is not None and any(int(c) < 0 or int(c) >= K for c in non_morphological):
         raise InputError(f"--non-morphological components must be in 0..{K - 1}, got {list(non_morphological)}")
     for sub in ("figures", "tables"):
@@ -183,7 +183,7 @@ def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, spli
     rows_text = f"{rows_note}; {len(rows):,} galaxies" + (f" (a random {max_images:,})" if max_images else "")
     metrics: dict[str, Any] = {"run_dir": str(run_dir), "dataset": str(ds.path), "split": split or "all",
                                "rows": rows_text, "n_objects": int(len(rows)),
-                               "n_components": net.cfg.model.n_clusters, "latent_dim": net.cfg.model.latent_dim,
+                               "n_components": net.cfg.model.n_components, "latent_dim": net.cfg.model.latent_dim,
                                "mean_recon_mse": float(pred.recon_mse.mean()),
                                "median_recon_mse": float(np.median(pred.recon_mse))}
     metrics["sky_noise_variance"] = sky_noise_variance(ds.take(np.sort(rng.choice(rows, min(500, len(rows)),

@@ -91,7 +91,7 @@ def run_astrovader(task: Task, cfg: Config, run_dir: Path) -> dict[str, Any]:
     already had, the main question when tuning. With ``train.restarts`` > 1 it is the first candidate's."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    k = cfg.model.n_clusters
+    k = cfg.model.n_components
     images, labels = task.images[task.eval_index], task.labels[task.eval_index]  # scored where nothing was fitted
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
@@ -233,7 +233,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                     per_seed.append(old)
                     continue
             log(f"{task.name} seed {seed}: {len(task.images)} images, {cfg.train.epochs} epochs, "
-                f"K={cfg.model.n_clusters}, J={cfg.model.latent_dim}")
+                f"K={cfg.model.n_components}, J={cfg.model.latent_dim}")
             methods = {"astrovader": run_astrovader(task, cfg, out / "runs" / task.name / f"seed{seed}")}
             log(f"  astrovader: {_short(methods['astrovader'])}")
             for b in baselines:
@@ -251,7 +251,7 @@ def run_benchmark(name: str, out: str | Path, *, data: str | Path | None = None,
                      "(the same images every method was fitted on)")
         summary["tasks"][task.name] = {"n_images": len(task.images), "evaluated_on": evaluated,
                                        "n_classes": int(len(np.unique(task.labels))),
-                                       "n_clusters": base_cfg.model.n_clusters, "epochs": base_cfg.train.epochs,
+                                       "n_components": base_cfg.model.n_components, "epochs": base_cfg.train.epochs,
                                        "reference": task.reference, "methods": summarise(per_seed)}
     atomic_write_json(out / "summary.json", summary)
     return summary
@@ -293,7 +293,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     methods first, then the supervised ceiling, then the share of the best ceiling's NMI the methods reach."""
     lines: list[str] = []
     for name, task in summary["tasks"].items():
-        lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_clusters']}, "
+        lines.append(f"{name}: {task['n_images']} images, {task['n_classes']} classes, K={task['n_components']}, "
                      f"{task['epochs']} epochs, {summary['seeds']} seed(s); scored on "
                      f"{task.get('evaluated_on', 'all images')}")
         cols = [*METRICS, "knn_accuracy", "linear_probe", "neighbour_agreement", "recon_mse"]

@@ -40,13 +40,13 @@ GZ1_CLASS_NAMES = ("elliptical", "spiral", "edge_on")
 # --------------------------------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------------------------------
-def gz1_config(n_clusters: int) -> Config:
+def gz1_config(n_components: int) -> Config:
     """The measured real-galaxy preset for a GZ1 task: ``sdss64-k12`` at K = 12, else ``sdss64-k3`` with K set
     (s3VDC's gamma and VaDE's diagonal prior)."""
-    if n_clusters == 12:
+    if n_components == 12:
         return Config.preset("sdss64-k12")
     cfg = Config.preset("sdss64-k3")
-    cfg.model.n_clusters = n_clusters
+    cfg.model.n_components = n_components
     cfg.validate()
     return cfg
 
@@ -187,7 +187,7 @@ def gz2_kaggle_tasks(data: Path, n: int | None, cache: Path, log: Callable[[str]
     labels = ds.catalog["spiral"].to_numpy(np.int64)
     images, test, train_set = _held_out(ds, labels, held_out)
     cfg = Config.preset("gz2-64")
-    cfg.model.n_clusters = 2
+    cfg.model.n_components = 2
     pre = {"crop": SOURCE_CROPS["kaggle"].describe(), "size": 64, "held_out": held_out or 0}
     return [Task("gz2-kaggle-k2", images, labels, cfg, knn=True, dataset=train_set, preprocessing=pre, test=test)]
 

@@ -116,7 +116,7 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
           f"{min(args.batch, len(latents))} latent means:")
     for k, n in res.distribution().items():
         print(f"  K = {k:3d}: {n:3d} {'#' * n}")
-    print(f"consensus K = {res.consensus} (the model was trained with K = {cfg.model.n_clusters})")
+    print(f"consensus K = {res.consensus} (the model was trained with K = {cfg.model.n_components})")
     sweep = None
     if args.sweep:
         lo, hi = 2, max(args.max_components, 2)

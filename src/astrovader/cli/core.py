@@ -14,7 +14,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                    f"lists them; default: {default_preset or 'the paper defaults'})")
     p.add_argument("--config", metavar="FILE", help="TOML config file applied on top of the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set train.seed=3 --set model.n_clusters=8 (repeatable)")
+                   help="override one setting, e.g. --set train.seed=3 --set model.n_components=8 (repeatable)")
 
 
 def _resolve_config(args: argparse.Namespace):
@@ -64,7 +64,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(f"encoder parameters: {counts['encoder']:,}")
     print(f"decoder parameters: {counts['decoder']:,}")
     print(f"network parameters: {counts['network']:,}")
-    print(f"GMM parameters:     {counts['gmm']:,} (K + 2*K*J = {m.n_clusters} + 2*{m.n_clusters}*{m.latent_dim})")
+    print(f"GMM parameters:     {counts['gmm']:,} (K + 2*K*J = {m.n_components} + 2*{m.n_components}*{m.latent_dim})")
     print(f"total parameters:   {counts['total']:,}")
     t = cfg.train
     init = "UMAP graph" if t.gmm_init_embedding == "umap" else "k-means + GMM"
@@ -148,7 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     metadata = {**provenance(args.run_dir, cfg, args.command_line), "DATASET": str(Path(args.dataset).resolve())}
     if not state.finished:
         metadata["RUNSTATE"] = state.describe()
-    names = read_names(args.names, cfg.model.n_clusters, metadata["WEIGHTS"]) if args.names else None
+    names = read_names(args.names, cfg.model.n_components, metadata["WEIGHTS"]) if args.names else None
     out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
                           overwrite=args.overwrite, metadata=metadata, names=names, precision=args.precision)
     if not state.finished:

@@ -77,13 +77,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.temperature <= 0:
         raise CLIError("--temperature must be > 0")
     cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
-    K = cfg.model.n_clusters
+    K = cfg.model.n_components
     if args.component and any(not 0 <= c < K for c in args.component):
         raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.component}")
     fmt = _format(args)
     noise = _sky_noise(args) if args.noise or args.noise_from else None
     _clear_output(Path(args.out), fmt, args.overwrite)
-    kw = dict(clusters=args.component or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
+    kw = dict(components=args.component or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
               batch_size=args.batch_size, precision=args.precision, noise=noise)
     if fmt == "png":
         out = sampling.generate_to_png(net, args.out, args.n, **kw)
@@ -146,7 +146,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if companions is None and description is not None:
         companions = description.companion_components
     figs = generation_figures(net, ds, args.out_dir, predictions=summary,
-                              n_per_cluster=args.n_per_cluster, steps=args.steps,
+                              n_per_component=args.n_per_component, steps=args.steps,
                               traverse_steps=args.traverse_steps, companion_components=companions,
                               closed=not args.open, temperature=args.temperature, seed=args.seed,
                               progress=not args.quiet, log=log)
@@ -218,7 +218,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="directory for the figures")
     p.add_argument("--predictions", default=None, metavar="CATALOG",
                    help="an `astrovader predict` catalogue of DATASET, to skip re-encoding it")
-    p.add_argument("--n-per-cluster", type=int, default=8, help="gallery samples per component (default 8)")
+    p.add_argument("--n-per-component", type=int, default=8, help="gallery samples per component (default 8)")
+    p.add_argument("--n-per-cluster", dest="n_per_component", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the old name
     p.add_argument("--steps", type=int, default=8, help="interpolation steps per leg (default 8)")
     p.add_argument("--traverse-steps", type=int, default=9, help="traversal columns (default 9)")
     p.add_argument("--companion", type=int, nargs="+", default=None, metavar="C",
