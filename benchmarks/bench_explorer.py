@@ -21,7 +21,7 @@ from common import append_results, markdown_table
 
 from astrovader.analysis.explorer import write_explorer
 from astrovader.data.dataset import open_dataset
-from astrovader.runs import load_network
+from astrovader.runs import Run
 
 
 def render_seconds(page: Path) -> float:
@@ -53,10 +53,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
-    _, net = load_network(args.run_dir)
+    net = Run.open(args.run_dir).network
     ds = open_dataset(args.dataset)
     t0 = time.perf_counter()
-    page = write_explorer(args.run_dir, net, ds, Path(args.out_dir) / "explorer.html")
+    page = write_explorer(args.run_dir, ds, Path(args.out_dir) / "explorer.html")
     build = time.perf_counter() - t0
     size_mb = page.stat().st_size / 1e6
     renders = sorted(render_seconds(page) for _ in range(args.repeats))

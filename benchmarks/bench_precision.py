@@ -36,7 +36,7 @@ from astrovader.config import Config
 from astrovader.data.dataset import Dataset, DatasetWriter
 from astrovader.inference import infer
 from astrovader.predict import predict_dask, predict_dataset
-from astrovader.runs import load_network
+from astrovader.runs import Run
 
 try:
     import bench_predict
@@ -196,7 +196,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     peaks = {"float32": flops.matmul_rate(device, torch.float32), "bf16": flops.matmul_rate(device, torch.bfloat16)}
-    _, net64 = load_network("sdss64-k12-gz1", device="cpu")
+    net64 = Run.open("sdss64-k12-gz1", device="cpu").network
     paper = Config.preset("paper")
     net128 = bench_predict.make_net(paper, device)
     speed: list[list[object]] = []
@@ -235,10 +235,10 @@ def main() -> None:
         images = gz1_tasks(args.gz1, args.n_gz1, Path(tempfile.gettempdir()) / "astrovader-bench-cache",
                            log=lambda s: None, held_out=None)[0].images
         for model in ("sdss64-k12-gz1", "sdss64-k3-gz1"):
-            _, net = load_network(model, device="cpu")
+            net = Run.open(model, device="cpu").network
             agree += [[f"GZ1 ({len(images)} galaxies), {model}", *row] for row in agreement(net, images)]
     if args.demo:
-        _, net = load_network(args.demo[0], device="cpu")
+        net = Run.open(args.demo[0], device="cpu").network
         images = Dataset(args.demo[1]).load()
         agree += [[f"demo ({len(images)} galaxies), {args.demo[0].name}", *row] for row in agreement(net, images)]
     if agree:

@@ -23,7 +23,7 @@ from astrovader.benchmark import GZ1_CLASS_NAMES, GZ1_CLASSES
 from astrovader.config import get_preset
 from astrovader.data.dataset import Dataset, atomic_write_json
 from astrovader.inference import infer
-from astrovader.runs import CONFIG, WEIGHTS, load_network, weights_sha256
+from astrovader.runs import CONFIG, WEIGHTS, Run, weights_sha256
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "astrovader" / "pretrained"
 LIMITS = ("Trained on {n_fit:,} Galaxy Zoo 1 SDSS galaxies (gri cut-outs at one fixed pixel scale, made into 64 px "
@@ -64,7 +64,7 @@ def main() -> int:
     shutil.copy(run / WEIGHTS, dest / WEIGHTS)
 
     # each component's make-up on the galaxies the model was fitted on (never the held-out ones)
-    _, net = load_network(dest, "cpu")
+    net = Run.open(dest, "cpu").network
     labels = fit_set.catalog["gz1_class"].map(GZ1_CLASSES).to_numpy(np.int64)
     component = infer(net, fit_set.load()).labels
     k = net.cfg.model.n_components

@@ -141,9 +141,8 @@ def test_explorer_filters_leave_out_missing_values_and_filter_booleans(browser, 
                                                        "kind": np.where(np.arange(80) % 2 == 0, "a", "b")}))
     out = tmp_path / "explore"
     from astrovader.analysis.explorer import write_explorer
-    from astrovader.runs import load_network
 
-    page = write_explorer(run, load_network(run, "cpu")[1], tmp_path / "ds", out / "explorer.html")
+    page = write_explorer(run, tmp_path / "ds", out / "explorer.html")
     browser.get(page.resolve().as_uri())
     _wait(browser, "return document.body.dataset.ready === 'yes'")
     count = "return Bokeh.documents[0].get_model_by_name('shown').booleans.filter(Boolean).length"

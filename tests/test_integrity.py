@@ -284,7 +284,7 @@ def _race(tmp: Path, argv_a: list[str], argv_b: list[str], rounds: int, after_ro
 
 @pytest.mark.slow
 def test_two_trains_racing_into_one_run_leave_one_whole_run(pristine, tmp_path):  # noqa: F811
-    from astrovader.runs import load_run
+    from astrovader.runs import Run
 
     run = tmp_path / "run"
     a = ["train", str(pristine / "ds"), str(run), "--overwrite", "--preset", "demo", *TRAIN_SETS, "--quiet",
@@ -295,7 +295,8 @@ def test_two_trains_racing_into_one_run_leave_one_whole_run(pristine, tmp_path):
     def whole(i, pair):
         for r in pair:
             assert r["code"] == 0 or (r["code"] == 2 and "in use by another astrovader process" in r["err"]), r
-        cfg, net, state = load_run(run, "cpu")  # weights, config and checkpoint from one and the same run
+        opened = Run.open(run, "cpu")
+        cfg, state = opened.config, opened.state  # weights, config and checkpoint from one and the same run
         assert state.finished and (cfg.model.n_components, cfg.model.latent_dim) in ((3, 4), (4, 6)), i
         assert not list(tmp_path.glob(".run.astrovader-lock")) and not list(run.glob(".*tmp*"))
 

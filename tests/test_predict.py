@@ -114,3 +114,34 @@ def test_predict_proba_on_a_dataset_streams_and_matches_the_array_path(trained, 
     assert READ_ROWS >= 1024
     np.testing.assert_array_equal(model.predict_proba(ds.path), whole)
     np.testing.assert_array_equal(model.predict_proba(str(ds.path), batch_size=50), whole)
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "{ds}", "{tmp}/p.parquet"],
+                                     ["generate", "{run}", "{tmp}/g.fits", "--n", "4", "--quiet"],
+                                     ["describe", "{run}", "{ds}", "{tmp}/d.csv", "--max-images", "60"]])
+def test_a_command_opens_the_run_once_and_never_re_derives_its_path(trained, tmp_path, monkeypatch, command):
+    import astrovader.pretrained
+    from astrovader.runs import Run
+
+    tmp, ds, _ = trained
+    opened, resolved = [], []
+    real_open, real_resolve = Run.open.__func__, astrovader.pretrained.resolve
+    monkeypatch.setattr(Run, "open", classmethod(lambda cls, *a, **k: opened.append(a[0]) or real_open(cls, *a, **k)))
+    monkeypatch.setattr(astrovader.pretrained, "resolve", lambda r: resolved.append(r) or real_resolve(r))
+    monkeypatch.setattr("astrovader.runs.resolve", astrovader.pretrained.resolve)
+    args = [a.format(run=tmp / "run", ds=ds.path, tmp=tmp_path) for a in command]
+    assert main([*args, "--quiet"] if "--quiet" not in args else args) == 0
+    assert opened[0] == str(tmp / "run") and all(isinstance(r, Run) for r in opened[1:])
+    assert resolved == [str(tmp / "run")]  # the name became a path once, when the run was opened
+
+
+def test_run_open_names_the_run_and_refuses_an_unfinished_one(trained):
+    from astrovader.runs import Run, RunError
+
+    tmp, _, _ = trained
+    run = Run.open(tmp / "run", "cpu")
+    assert run.path == tmp / "run" and run.config.model.n_components == 3 and run.state.finished
+    assert Run.open(run) is run
+    assert run.provenance("cmd")["RUNDIR"] == str((tmp / "run").resolve()) and len(run.weights_sha256) == 16
+    with pytest.raises(RunError, match="no model.safetensors"):
+        Run.open(tmp / "nothing-here")

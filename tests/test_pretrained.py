@@ -12,7 +12,7 @@ from astrovader import pretrained
 from astrovader.cli import main
 from astrovader.data.dataset import write_dataset
 from astrovader.estimator import AstroVaDEr
-from astrovader.runs import WEIGHTS, load_run, provenance, weights_sha256
+from astrovader.runs import WEIGHTS, Run, provenance, weights_sha256
 
 NAMES = ("sdss64-k12-gz1", "sdss64-k3-gz1")
 
@@ -39,7 +39,8 @@ def test_shipped_models_have_cards_with_held_out_scores():
         assert {"astrovader", "kmeans", "pca_gmm"} <= set(scores)
         assert 0 < scores["astrovader"]["nmi"] < 1 and 0.3 < scores["astrovader"]["purity"] <= 1
         assert card["weights_sha256"] == weights_sha256(name)  # the card describes exactly these weights
-        cfg, net, state = load_run(name)
+        run = Run.open(name)
+        cfg, state = run.config, run.state
         assert state.finished and cfg.model.n_components == len(card["components"])
         size = sum(f.stat().st_size for f in pretrained.resolve(name).iterdir())
         assert size < 5e6  # small enough to ship inside the package
@@ -80,7 +81,7 @@ def test_an_existing_directory_wins_over_a_name(tmp_path, monkeypatch):
     assert str(pretrained.resolve("sdss64-k3-gz1")) == "sdss64-k3-gz1"
     assert not pretrained.is_pretrained("sdss64-k3-gz1")
     with pytest.raises(ValueError, match=f"no {WEIGHTS}"):
-        load_run("sdss64-k3-gz1")
+        Run.open("sdss64-k3-gz1")
 
 
 def test_presets_lists_the_pretrained_models(capsys):
@@ -92,7 +93,7 @@ def test_presets_lists_the_pretrained_models(capsys):
 
 
 def test_provenance_names_the_shipped_model():
-    cfg, _, _ = load_run("sdss64-k12-gz1")
+    cfg = Run.open("sdss64-k12-gz1").config
     meta = provenance("sdss64-k12-gz1", cfg)
     assert meta["RUNDIR"] == "pretrained:sdss64-k12-gz1" and meta["NCOMP"] == "12"
 

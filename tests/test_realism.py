@@ -69,10 +69,10 @@ def test_posterior_sampler_draws_where_the_members_are(tmp_path_factory):
     from astrovader.analysis.realism import posterior_sample
     from astrovader.data.dataset import Dataset
     from astrovader.inference import infer
-    from astrovader.runs import load_network
+    from astrovader.runs import Run
 
     run, ds = tiny_run(tmp_path_factory)
-    _, net = load_network(run, "cpu")
+    net = Run.open(run, "cpu").network
     train = Dataset(ds).load()
     images, comps = posterior_sample(net, train, 90, seed=1)
     assert images.shape == (90, *train.shape[1:]) and images.dtype == np.uint8

@@ -273,7 +273,7 @@ def test_restarts_keep_the_lowest_final_loss_and_resume(blob_dataset, tmp_path):
     """train.restarts = 2: two ordinary runs (seeds 0 and 1000); the run is the one with the lower last-epoch loss."""
     import json
 
-    from astrovader.runs import load_config, load_network, provenance
+    from astrovader.runs import Run, load_config, provenance
 
     cfg = tiny_config(**{"train.restarts": 2, "train.periods": 1})
     res = train(cfg, blob_dataset, tmp_path / "best", progress=False)
@@ -284,7 +284,7 @@ def test_restarts_keep_the_lowest_final_loss_and_resume(blob_dataset, tmp_path):
     assert losses == {s: r.history[-1]["train_total"] for s, r in singles.items()}  # each candidate is a plain run
     chosen = min(losses, key=losses.__getitem__)
     assert note["chosen_seed"] == chosen and losses[1000] != losses[0]
-    kept = load_network(tmp_path / "best", "cpu", allow_unfinished=False)[1].state_dict()
+    kept = Run.open(tmp_path / "best", "cpu", allow_unfinished=False).network.state_dict()
     for k, v in singles[chosen].net.state_dict().items():
         torch.testing.assert_close(kept[k], v, rtol=0, atol=0, msg=k)
     assert load_config(tmp_path / "best").train.restarts == 2 and res.run_dir == tmp_path / "best"
@@ -306,5 +306,5 @@ def test_restarts_keep_the_lowest_final_loss_and_resume(blob_dataset, tmp_path):
               progress=False, resume=True)
     train(cfg, blob_dataset, tmp_path / "killed", progress=False, resume=True)
     assert json.loads((tmp_path / "killed" / "restarts.json").read_text()) == {**note}
-    for k, v in load_network(tmp_path / "killed", "cpu")[1].state_dict().items():
+    for k, v in Run.open(tmp_path / "killed", "cpu").network.state_dict().items():
         torch.testing.assert_close(v, kept[k], rtol=0, atol=0, msg=k)

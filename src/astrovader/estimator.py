@@ -35,7 +35,7 @@ from astrovader.inference import as_float_images, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
 from astrovader.pretrained import resolve as resolve_run
-from astrovader.runs import CONFIG, HISTORY, WEIGHTS, load_network, read_history, save_weights
+from astrovader.runs import CONFIG, HISTORY, WEIGHTS, Run, read_history, save_weights
 from astrovader.runtime import resolve_device
 from astrovader.sampling import DEFAULT_BATCH, GenerationSpec, sample
 from astrovader.train import train
@@ -247,7 +247,8 @@ class AstroVaDEr:
     def load(cls, directory: str | Path, device: str | None = None) -> AstroVaDEr:
         """A trained model from its run directory, or a pretrained model by name (``astrovader presets``)."""
         directory = resolve_run(directory)
-        cfg, net = load_network(directory, device)
+        run = Run.open(directory, device)
+        cfg, net = run.config, run.network
         cfg.train.device = device or "auto"
         model = cls.__new__(cls)
         model.config, model.net, model.device = cfg, net, next(net.parameters()).device

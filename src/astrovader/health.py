@@ -4,7 +4,7 @@ Each check returns a :class:`Health`: a few summary lines, and the problems foun
 row or key) and the fix. A dataset is checked down to every image chunk (present and decodable); a run down to
 every tensor of its weights and checkpoint (readable and finite), its config against its checkpoint, and how far
 its training got. The commands that use datasets and runs run the cheap parts of these checks when they open them
-(:class:`~astrovader.data.dataset.Dataset`, :func:`~astrovader.runs.load_run`) and refuse with the same messages.
+(:class:`~astrovader.data.dataset.Dataset`, :class:`~astrovader.runs.Run`) and refuse with the same messages.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from astrovader.runs import (
     HISTORY,
     TRAINING_ROWS,
     WEIGHTS,
+    Run,
     RunError,
-    load_run,
     read_history,
     training_dataset,
     training_ids,
@@ -103,10 +103,11 @@ def check_run(path: str | Path) -> Health:
     path = Path(path)
     health = Health("run", path)
     try:
-        cfg, net, state = load_run(path, "cpu")
+        run = Run.open(path, "cpu")
     except (RunError, ValueError, OSError) as exc:
         health.problems.append(str(exc))
         return health
+    cfg, net, state = run.config, run.network, run.state
     m = cfg.model
     health.summary.append(f"{m.image_size} px, {m.channels} band(s), J = {m.latent_dim}, K = {m.n_components}; "
                           f"{state.describe()}")

@@ -21,8 +21,7 @@ from astrovader.data.outputs import fits_text, remove_stale_temporaries, tempora
 from astrovader.errors import InputError
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.pretrained import resolve as resolve_run
-from astrovader.runs import fits_cards, load_network, weights_sha256
+from astrovader.runs import Run, fits_cards
 from astrovader.runtime import check_precision
 
 
@@ -151,7 +150,7 @@ def _worker_model(run_dir: str, device: str) -> AstroVaDErNet:
     """One model per worker process, loaded on first use and kept for every later chunk."""
     key = (run_dir, device)
     if key not in _WORKER_MODELS:
-        _WORKER_MODELS[key] = load_network(run_dir, device)[1]
+        _WORKER_MODELS[key] = Run.open(run_dir, device).network
     return _WORKER_MODELS[key]
 
 
@@ -175,10 +174,10 @@ JOB = "_job.json"
 MANIFEST = "_manifest.json"
 
 
-def _job(run_dir: str | Path, ds: Dataset, chunk_rows: int, precision: str = "float32") -> dict[str, Any]:
+def _job(run: Run, ds: Dataset, chunk_rows: int, precision: str = "float32") -> dict[str, Any]:
     """What a partitioned catalogue is of: the weights (by content), the dataset and its size, the chunking and
     the arithmetic (parts of float32 and bf16 are never mixed)."""
-    job = {"weights_sha256": weights_sha256(run_dir), "dataset": str(Path(ds.path).resolve()), "n": len(ds),
+    job = {"weights_sha256": run.weights_sha256, "dataset": str(Path(ds.path).resolve()), "n": len(ds),
            "chunk_rows": int(chunk_rows)}
     return job if precision == "float32" else {**job, "precision": precision}  # float32 jobs read as before
 
@@ -210,7 +209,7 @@ def _claim(out_dir: Path, job: dict[str, Any], overwrite: bool) -> None:
     atomic_write_json(job_file, job)
 
 
-def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, *, scheduler: str = "local",
+def predict_dask(run: Run | str | Path, dataset: str | Path, out_dir: str | Path, *, scheduler: str = "local",
                  chunk_rows: int = 8192, batch_size: int = 1024, device: str = "auto",
                  progress: bool = True, overwrite: bool = False, precision: str = "float32") -> Path:
     """Predict a dataset in chunks on Dask workers, writing a partitioned Parquet catalogue.
@@ -223,6 +222,7 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     ``overwrite``. Worker memory is bounded by the chunk size. ``precision`` as in :func:`predict_dataset`."""
     check_precision(precision)
 
+    run = Run.open(run, "cpu")  # the workers open it again, each on its own device
     ds = open_dataset(dataset)
     out_dir = Path(out_dir)
     if chunk_rows < 1:
@@ -230,15 +230,15 @@ def predict_dask(run_dir: str | Path, dataset: str | Path, out_dir: str | Path, 
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: is a file; --dask writes a directory of Parquet parts, give a directory name")
     with exclusive(out_dir):  # two jobs on one folder would share and delete each other's parts
-        return _run_dask(run_dir, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite,
+        return _run_dask(run, ds, out_dir, scheduler, chunk_rows, batch_size, device, progress, overwrite,
                          precision)
 
 
-def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, chunk_rows: int, batch_size: int,
+def _run_dask(run: Run, ds: Dataset, out_dir: Path, scheduler: str, chunk_rows: int, batch_size: int,
               device: str, progress: bool, overwrite: bool, precision: str) -> Path:
     from dask.distributed import Client, LocalCluster, as_completed
 
-    _claim(out_dir, _job(run_dir, ds, chunk_rows, precision), overwrite)
+    _claim(out_dir, _job(run, ds, chunk_rows, precision), overwrite)
     parts = plan_parts(len(ds), chunk_rows)
     todo = [p for p in parts if not (out_dir / f"part-{p[0]:05d}.parquet").exists()]
     if progress:
@@ -256,7 +256,7 @@ def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, c
         else:
             cluster, client = None, Client(scheduler)
         try:
-            futures = client.map(_predict_part, todo, run_dir=str(resolve_run(run_dir).resolve()),
+            futures = client.map(_predict_part, todo, run_dir=str(run.path.resolve()),
                                  dataset=str(Path(ds.path).resolve()), out_dir=str(out_dir.resolve()),
                                  images_per_batch=batch_size, device=device, precision=precision,
                                  pure=False)  # not batch_size:
@@ -270,7 +270,7 @@ def _run_dask(run_dir: str | Path, ds: Dataset, out_dir: Path, scheduler: str, c
             if cluster is not None:
                 cluster.close()
     atomic_write_json(out_dir / MANIFEST, {"dataset": str(Path(ds.path).resolve()),
-                                                   "run_dir": str(resolve_run(run_dir).resolve()), "n": len(ds),
+                                                   "run_dir": str(run.path.resolve()), "n": len(ds),
                                                    "chunk_rows": chunk_rows, "parts": len(parts)})
     return out_dir
 

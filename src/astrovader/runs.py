@@ -29,7 +29,7 @@ from astrovader.data.fingerprint import TRAINING_ROWS
 from astrovader.data.outputs import temporary_name
 from astrovader.errors import InputError, RunError
 from astrovader.model import AstroVaDErNet
-from astrovader.pretrained import PREFIX, is_pretrained, resolve
+from astrovader.pretrained import NAMES, PREFIX, card_in, check_stamps, is_pretrained, resolve
 from astrovader.runtime import resolve_device
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -183,56 +183,163 @@ class RunState:
 
 def load_config(run_dir: str | Path) -> Config:
     """A run's config, or a RunError naming the missing file."""
-    path = resolve(run_dir) / CONFIG
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunError(f"{run_dir}: no {CONFIG}; is this a run directory written by `astrovader train`?")
     return Config.from_toml(path)
 
 
-def load_network(run_dir: str | Path, device: str | torch.device | None = None, *,
-                 allow_unfinished: bool = True) -> tuple[Config, AstroVaDErNet]:
-    """The config and trained network of a run directory, in eval mode on ``device`` (default "auto": a GPU when
-    there is one). Damaged weights raise a RunError; so does an unfinished run unless ``allow_unfinished``."""
-    cfg, net, state = load_run(run_dir, device)
-    if not allow_unfinished:
-        state.require_finished(run_dir)
-    return cfg, net
+class Run:
+    """A trained run, opened once: its directory, config, training state and network, and what outputs record
+    of it.
+
+    Every command that uses a trained model opens a ``Run`` from the name the user gave (a run directory or a
+    pretrained model's name) and passes it down; nothing below turns the name into a path again.
+
+    Attributes
+    ----------
+    name : str
+        The run as the user named it (a path, or a pretrained model's name).
+    path : pathlib.Path
+        The run directory (for a pretrained model, its packaged folder).
+    config : Config
+        The run's ``config.toml``.
+    state : RunState
+        How far training got.
+    network : AstroVaDErNet
+        The trained network, in eval mode on the device it was opened for.
+    """
+
+    def __init__(self, name: str, path: Path, config: Config, state: RunState, network: AstroVaDErNet):
+        self.name, self.path, self.config, self.state, self.network = name, path, config, state, network
+        self._weights_sha256: str | None = None
+
+    @classmethod
+    def open(cls, run: Run | str | Path, device: str | torch.device | None = None, *,
+             allow_unfinished: bool = True) -> Run:
+        """Open ``run`` (a :class:`Run` is returned as it is).
+
+        Parameters
+        ----------
+        run : Run, str or path-like
+            A run directory written by ``astrovader train`` or :meth:`AstroVaDEr.save`, or a pretrained model's
+            name (``astrovader presets`` lists them).
+        device : str or torch.device, optional
+            Where the network runs: "auto" (default: a GPU when there is one), "cpu", "cuda", "cuda:N" or "mps".
+        allow_unfinished : bool, default True
+            False refuses a run whose training has not finished, with the command that finishes it.
+
+        Raises
+        ------
+        RunError
+            The directory is not a run, its weights are damaged, or (``allow_unfinished=False``) it is unfinished.
+        """
+        if isinstance(run, Run):
+            if not allow_unfinished:
+                run.require_finished()
+            return run
+        path = resolve(run)
+        if not (path / WEIGHTS).is_file():
+            raise RunError(f"{path}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
+        cfg = load_config(path)
+        dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
+        net = AstroVaDErNet(cfg)
+        meta = load_weights(net, path / WEIGHTS)
+        epoch = int(meta["epoch"]) if str(meta.get("epoch", "")).lstrip("-").isdigit() else None
+        out = cls(str(run), path, cfg, RunState(epoch, cfg.train.epochs, cfg.train.gamma_epochs), net.to(dev).eval())
+        if not allow_unfinished:
+            out.require_finished()
+        return out
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, {self.state.describe()})"
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the run is a shipped model named by its name."""
+        return is_pretrained(self.name)
+
+    @property
+    def label(self) -> str:
+        """What outputs record as the run: ``pretrained:NAME`` for a shipped model, else the absolute path."""
+        return f"{PREFIX}{self.name}" if self.pretrained else str(self.path.resolve())
+
+    @property
+    def weights_sha256(self) -> str:
+        """A short content hash of the weights file: which model made an output, whatever its path."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = _sha256_16(self.path / WEIGHTS)
+        return self._weights_sha256
+
+    def require_finished(self) -> None:
+        """Refuse an unfinished run, with the fix (resume it, or accept it with --allow-unfinished)."""
+        self.state.require_finished(self.name)
+
+    def provenance(self, command: str | None = None) -> dict[str, str]:
+        """What made an output, as FITS-style keys (see :func:`provenance`)."""
+        return provenance(self, self.config, command)
+
+    @property
+    def training_dataset(self) -> Path | None:
+        """The dataset the run was trained on, as it records it (None for shipped models and older runs)."""
+        return training_dataset(self.path)
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card of a shipped model, else None."""
+        return card_in(self.path)
+
+    @property
+    def names_file(self) -> Path | None:
+        """The component names shipped with a pretrained model (None for a run directory)."""
+        path = self.path / NAMES
+        return path if self.pretrained and path.is_file() else None
+
+    def check_stamps(self, dataset: str | Path) -> None:
+        """Refuse a dataset whose stamps were made differently from a shipped model's recipe (see
+        :func:`astrovader.pretrained.check_stamps`); nothing is checked for a run directory."""
+        check_stamps(self.card, dataset)
+
+    def trained_on_rows(self, ids: Any) -> int | None:
+        """How many of ``ids`` the run trained on (None when it does not record its training rows)."""
+        return trained_on_rows(self.path, ids)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Config, AstroVaDErNet,
-                                                                                     RunState]:
-    """:func:`load_network` plus the run's :class:`RunState`. ``run_dir`` may name a pretrained model."""
-    run_dir = resolve(run_dir)
-    if not (run_dir / WEIGHTS).is_file():
-        raise RunError(f"{run_dir}: no {WEIGHTS}; is this a run directory written by `astrovader train`?")
-    cfg = load_config(run_dir)
-    dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
-    net = AstroVaDErNet(cfg)
-    meta = load_weights(net, run_dir / WEIGHTS)
-    epoch = int(meta["epoch"]) if str(meta.get("epoch", "")).lstrip("-").isdigit() else None
-    return cfg, net.to(dev).eval(), RunState(epoch, cfg.train.epochs, cfg.train.gamma_epochs)
+def network_of(model: AstroVaDErNet | Run) -> AstroVaDErNet:
+    """The network itself, or a run's network: for functions that take either."""
+    return model.network if isinstance(model, Run) else model
 
 
 def weights_sha256(run_dir: str | Path) -> str:
     """A short content hash of a run's weights file: which model made an output, whatever its path."""
-    return hashlib.sha256((resolve(run_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
+    return _sha256_16(resolve(run_dir) / WEIGHTS)
 
 
-def provenance(run_dir: str | Path, cfg: Config, command: str | None = None) -> dict[str, str]:
+def _sha256_16(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def provenance(run_dir: Run | str | Path, cfg: Config, command: str | None = None) -> dict[str, str]:
     """What made an output, as FITS-style keys (<= 8 characters), used both as FITS header cards and as Parquet
     schema metadata: package version, UTC date, run directory and weights hash, K, J and the command line."""
     from importlib.metadata import PackageNotFoundError, version
+
+    if isinstance(run_dir, Run):
+        run = run_dir
+        label, sha, path = run.label, run.weights_sha256, run.path
+    else:
+        label = f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve())
+        sha, path = weights_sha256(run_dir), resolve(run_dir)
 
     try:
         package = version("astrovader")
     except PackageNotFoundError:  # running from a source tree that was never installed
         package = "unknown"
     out = {"ASTROVER": package, "DATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-           "RUNDIR": f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve()),
-           "WEIGHTS": weights_sha256(run_dir),
+           "RUNDIR": label, "WEIGHTS": sha,
            "NCOMP": str(cfg.model.n_components), "NLATENT": str(cfg.model.latent_dim),
-           "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(run_dir, cfg))}
-    scale = _training_pixel_scale(resolve(run_dir))
+           "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(path, cfg))}
+    scale = _training_pixel_scale(path)
     if scale:
         out["PIXSCALE"] = f"{scale:g}"  # arcsec / pixel of the images the model was trained on
     if command:
@@ -281,7 +388,7 @@ def fits_cards(meta: dict[str, str]) -> list[tuple[str, Any, str]]:
 def trained_seed(run_dir: str | Path, cfg: Config) -> int:
     """The ``train.seed`` the weights were trained with: the kept candidate's when the run had restarts."""
     try:
-        return int(json.loads((resolve(run_dir) / RESTARTS_NOTE).read_text())["chosen_seed"])
+        return int(json.loads((Path(run_dir) / RESTARTS_NOTE).read_text())["chosen_seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return cfg.train.seed
 
@@ -289,7 +396,7 @@ def trained_seed(run_dir: str | Path, cfg: Config) -> int:
 def training_dataset(run_dir: str | Path) -> Path | None:
     """The dataset the run was trained on, as its ``dataset.txt`` records it; None when it records none (shipped
     models, older runs). The path may no longer exist."""
-    note = resolve(run_dir) / DATASET_NOTE
+    note = Path(run_dir) / DATASET_NOTE
     try:
         text = note.read_text().strip()
     except OSError:
@@ -324,7 +431,7 @@ def training_ids(run_dir: str | Path) -> set | None:
     pretrained models)."""
     import pandas as pd
 
-    path = resolve(run_dir) / TRAINING_ROWS
+    path = Path(run_dir) / TRAINING_ROWS
     if not path.is_file():
         return None
     try:

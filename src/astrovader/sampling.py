@@ -36,7 +36,7 @@ from astrovader.data.outputs import remove_stale_temporaries, temporary_name
 from astrovader.errors import InputError
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import fits_cards, provenance
+from astrovader.runs import Run, fits_cards, network_of
 from astrovader.runtime import check_precision
 
 RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
@@ -203,13 +203,14 @@ def model_fingerprint(net: AstroVaDErNet) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
-                        weights: str = "mixture", temperature: float = 1.0, seed: int = 0,
-                        batch_size: int = DEFAULT_BATCH, *, progress: bool = True,
+def generate_to_dataset(model: AstroVaDErNet | Run, out: str | Path, n: int,
+                        components: int | Sequence[int] | None = None, weights: str = "mixture",
+                        temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH, *,
+                        progress: bool = True,
                         stop_after_batches: int | None = None, commit_every: int | None = None,
-                        run_dir: str | Path | None = None, precision: str = "float32",
-                        noise: SkyNoise | None = None) -> Path:
-    """Stream ``n`` synthetic galaxies into a packed dataset at ``out``; returns ``out``.
+                        precision: str = "float32", noise: SkyNoise | None = None) -> Path:
+    """Stream ``n`` synthetic galaxies from ``model`` (a network, or a :class:`~astrovader.runs.Run`, whose name
+    is recorded) into a packed dataset at ``out``; returns ``out``.
 
     The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the
     latent vector decoded). Images are committed every ``commit_every`` images (default: about 64 MB of
@@ -220,13 +221,14 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, components:
     dataset marked incomplete (for tests of resumption)."""
     if n < 0:
         raise InputError(f"n must be >= 0, got {n}")
+    net = network_of(model)
     m = net.cfg.model
     device = next(net.parameters()).device
     spec = _spec(components, weights, temperature, seed, precision, noise)
     spec.validate(m.n_components)
     out = Path(out)
     gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
-                "device": device.type, "run_dir": str(run_dir) if run_dir else None}
+                "device": device.type, "run_dir": model.name if isinstance(model, Run) else None}
     done = 0
     if is_dataset(out):
         existing = Dataset(out)
@@ -277,7 +279,7 @@ def generate_to_dataset(net: AstroVaDErNet, out: str | Path, n: int, components:
     return out
 
 
-def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
+def generate_to_png(model: AstroVaDErNet | Run, out: str | Path, n: int, components: int | Sequence[int] | None = None,
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                     *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96,
                     precision: str = "float32", noise: SkyNoise | None = None) -> Path:
@@ -288,24 +290,25 @@ def generate_to_png(net: AstroVaDErNet, out: str | Path, n: int, components: int
     if not 1 <= n <= max_images:
         raise InputError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
     spec = _spec(components, weights, temperature, seed, precision, noise)
-    imgs, comps = sample(net, n, spec, batch_size)[:2]
+    imgs, comps = sample(network_of(model), n, spec, batch_size)[:2]
     scale = max(1, -(-tile_px // imgs.shape[-1]))
     return save_png_grid(imgs, out, ncols=ncols, scale=scale, labels=[f"comp. {int(k)}" for k in comps])
 
 
-def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, components: int | Sequence[int] | None = None,
+def generate_to_fits(model: AstroVaDErNet | Run, out: str | Path, n: int, components: int | Sequence[int] | None = None,
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
-                     *, progress: bool = True, run_dir: str | Path | None = None,
-                     command: str | None = None, precision: str = "float32",
+                     *, progress: bool = True, command: str | None = None, precision: str = "float32",
                      noise: SkyNoise | None = None) -> Path:
     """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
-    then a BINTABLE ``CATALOG`` of id, component and z. Pixels are the dataset's uint8 values / 255, so
+    then a BINTABLE ``CATALOG`` of id, component and z; a :class:`~astrovader.runs.Run` as ``model`` adds its
+    provenance to the header. Pixels are the dataset's uint8 values / 255, so
     every format holds the same images; rows are stored bottom first, as FITS viewers expect.
     Written to a temporary name and renamed, so never half-written."""
     from astropy.io import fits
 
     if n < 1:
         raise InputError(f"a FITS cube needs at least one image, got n={n}")
+    net = network_of(model)
     m = net.cfg.model
     spec = _spec(components, weights, temperature, seed, precision, noise)
     out = Path(out)
@@ -322,7 +325,7 @@ def generate_to_fits(net: AstroVaDErNet, out: str | Path, n: int, components: in
     header["EXTEND"] = True
     header["ORIGIN"] = "astrovader generate"
     header["BUNIT"] = ("", "dimensionless: dataset pixel values / 255 (asinh-stretched)")
-    prov = provenance(run_dir, net.cfg, command) if run_dir else {}
+    prov = model.provenance(command) if isinstance(model, Run) else {}
     for key, val, comment in fits_cards(prov):
         header[key] = (val, comment)
     if "PIXSCALE" in prov:  # the stamps' angular scale, offsets from the stamp centre (no sky position)

@@ -41,6 +41,7 @@ from astrovader.data.dataset import Dataset
 from astrovader.data.stretch import PixelStretch
 from astrovader.errors import InputError
 from astrovader.inference import Predictions
+from astrovader.runs import Run
 
 LABEL_COLUMNS = ("true_class", "gz1_label", "label")
 FLAG_COMPANIONS = "companions"
@@ -317,12 +318,10 @@ def override_flags(table: pd.DataFrame, non_morphological: Sequence[int]) -> pd.
     return out
 
 
-def training_overlap(run_dir: str | Path, ids: np.ndarray) -> str:
+def training_overlap(run: Run, ids: np.ndarray) -> str:
     """A warning when some of the analysed galaxies ``ids`` are rows the run trained on (for example after the
     dataset's split was rewritten), else "". Runs that do not record their training rows give ""."""
-    from astrovader.runs import trained_on_rows
-
-    n = trained_on_rows(run_dir, ids.tolist())
+    n = run.trained_on_rows(ids.tolist())
     if not n:
         return ""
     return (f"{n:,} of the {len(ids):,} galaxies analysed were in the run's training rows, so these numbers are "
@@ -344,7 +343,7 @@ def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None 
     return out
 
 
-def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | Path, *, split: str | None = None,
+def describe_run(run: Run | str | Path, dataset: str | Path | Dataset, out: str | Path, *, split: str | None = None,
                  max_images: int | None = None, label_column: str | None = None,
                  settings: DescribeSettings = DescribeSettings(), device: str | None = None,
                  allow_unfinished: bool = False, overwrite: bool = False, command: str | None = None,
@@ -356,8 +355,6 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
     from astrovader.data.selection import select_rows
     from astrovader.inference import infer
     from astrovader.predict import read_names
-    from astrovader.runs import load_network, provenance
-
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"{out}: the description is written as .csv or .parquet; name the output accordingly")
@@ -365,19 +362,20 @@ def describe_run(run_dir: str | Path, dataset: str | Path | Dataset, out: str | 
     for path in (out, galaxies):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it, or choose another name")
-    cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
+    run = Run.open(run, device, allow_unfinished=allow_unfinished)
+    cfg, net = run.config, run.network
     ds = open_dataset(dataset)
     rows = select_rows(ds, split, max_images, settings.seed)
     if len(rows) == 0:
         raise InputError("no images selected: the dataset (or the chosen split) is empty")
-    leak = training_overlap(run_dir, ds.ids[rows])
+    leak = training_overlap(run, ds.ids[rows])
     if leak:
         print(f"astrovader describe: WARNING: {leak}", file=sys.stderr)
     pred = infer(net, ds, rows=rows, reconstruct=False, progress=progress)
     desc = describe_components(pred, ds, weights=net.gmm.weights.detach().cpu().numpy(),
                                label_column=label_column, pixel_scale=pixel_scale_of(ds), settings=settings,
                                progress=progress)
-    meta = provenance(run_dir, cfg, command)
+    meta = run.provenance(command)
     meta.update(DATASET=str(ds.path), SPLIT=split or "all", NROWS=str(len(rows)))
     if leak:
         meta["TRAINOVL"] = leak

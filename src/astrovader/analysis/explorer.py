@@ -48,7 +48,7 @@ from astrovader.analysis.page import script_json
 from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
 from astrovader.inference import Predictions, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import provenance
+from astrovader.runs import Run
 from astrovader.sampling import gallery, png_grid
 
 SPRITE_COLS = 100
@@ -347,13 +347,16 @@ def explorer_description(net: AstroVaDErNet, ds: Dataset, pred: Predictions, *, 
                                settings=settings or DescribeSettings(max_members=200, n_detailed=20, seed=seed))
 
 
-def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
+def write_explorer(run: Run | str | Path, dataset: str | Path | Dataset, out: str | Path, *,
                    pred: Predictions | None = None, max_points: int = 20000, label_column: str | None = None,
                    describe: DescribeSettings | None = None, seed: int = 0, command: str | None = None,
                    progress: bool = False, description: Description | None = None) -> Path:
     """Write ``explorer.html`` for a run on ``dataset`` (all rows, or a seeded sample of ``max_points``).
     ``pred``: predictions already made for those rows (e.g. by the exploration figures), reused; so is
     ``description`` (:func:`explorer_description` of them). Each step is announced on stderr with ``progress``."""
+    run = Run.open(run, "cpu") if not isinstance(run, Run) else run
+    net = run.network
+
     def log(message: str) -> None:
         if progress:
             print(f"[explore] {message}", file=sys.stderr, flush=True)
@@ -367,7 +370,7 @@ def write_explorer(run_dir: str | Path, net: AstroVaDErNet, dataset: str | Path 
         log(f"describing the components ({len(rows):,} galaxies)")
         description = explorer_description(net, ds, pred, seed=seed, label_column=label_column, settings=describe,
                                            progress=progress)
-    page = build_explorer(net, ds, pred, description, provenance(run_dir, net.cfg, command),
+    page = build_explorer(net, ds, pred, description, run.provenance(command),
                           label_column=label_column, n_total=len(ds), seed=seed, log=log)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from astrovader.errors import InputError
 from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import prediction_table
-from astrovader.runs import CONFIG, load_network, provenance
+from astrovader.runs import CONFIG, Run
 
 
 def _fmt_metric(v: Any) -> str:
@@ -60,7 +60,7 @@ def _fmt_metric(v: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------------------
-def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str | Path, split: str | None = None,
+def make_report(run: Run | str | Path, dataset: str | Path | Dataset, out_dir: str | Path, split: str | None = None,
                 cuts: Sequence[float] = (0.1, 0.5, 0.9), non_morphological: Sequence[int] | None = None,
                 label_column: str | None = None, max_images: int | None = None, progress: bool = True,
                 gz_cuts: dict[str, float] | None = None, seed: int = 0, device: str | None = None,
@@ -79,6 +79,7 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
 
     The report is built in a temporary folder beside ``out_dir`` and swapped in when complete, so a killed report
     never mixes new files with an old one; a non-empty ``out_dir`` is replaced only with ``overwrite``."""
+    run = Run.open(run, device, allow_unfinished=allow_unfinished)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: is a file; a report is a folder (report.html, figures/, tables/)")
@@ -90,8 +91,8 @@ def make_report(run_dir: str | Path, dataset: str | Path | Dataset, out_dir: str
         tmp = temporary_name(out_dir, "")
         try:
             with F.figure_output(dpi, vector):
-                _make_report(Path(run_dir), dataset, tmp, split, cuts, non_morphological, label_column,
-                             max_images, progress, gz_cuts, seed, device, allow_unfinished, command,
+                _make_report(run, dataset, tmp, split, cuts, non_morphological, label_column,
+                             max_images, progress, gz_cuts, seed, command,
                              describe or DescribeSettings(seed=seed), shown_dir=out_dir, n_realism=n_realism)
             swap_in(tmp, out_dir)
         finally:
@@ -115,23 +116,23 @@ def _rows_used(ds: Dataset, split: str | None) -> tuple[str | None, str]:
     return split, (f"the '{split}' split" + (", held out from training" if split == "test" else ""))
 
 
-def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, split: str | None,
+def _make_report(run: Run, dataset: str | Path | Dataset, out_dir: Path, split: str | None,
                  cuts: Sequence[float], non_morphological: Sequence[int] | None, label_column: str | None,
                  max_images: int | None, progress: bool, gz_cuts: dict[str, float] | None, seed: int,
-                 device: str | None, allow_unfinished: bool, command: str | None,
+                 command: str | None,
                  describe: DescribeSettings, shown_dir: Path, n_realism: int = 300) -> Path:
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise InputError(f"probability cuts must lie in [0, 1), got {cuts}")
-    cfg, net = load_network(run_dir, device, allow_unfinished=allow_unfinished)
+    cfg, net = run.config, run.network
     ds = open_dataset(dataset)
     K = cfg.model.n_components
     if non_morphological is not None and any(int(c) < 0 or int(c) >= K for c in non_morphological):
         raise InputError(f"--non-morphological components must be in 0..{K - 1}, got {list(non_morphological)}")
     for sub in ("figures", "tables"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    prov = provenance(run_dir, cfg, command)
-    ctx, rows_text, split = _analyse(run_dir, net, ds, out_dir, split, max_images, seed, progress, describe,
+    prov = run.provenance(command)
+    ctx, rows_text, split = _analyse(run, net, ds, out_dir, split, max_images, seed, progress, describe,
                                      label_column, non_morphological, prov)
     sections.components(ctx)
     sections.reconstructions(ctx)
@@ -148,7 +149,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
                                           + "\n")
     _config_and_next_steps(ctx, split, shown_dir)
     sections.summary(ctx, rows_text)
-    where = run_dir.resolve()
+    where = run.path.resolve()
     name = where.name if where.name not in ("run", "model") else f"{where.parent.name}/{where.name}"
     out = out_dir / "report.html"
     out.write_text(ctx.page.render(f"AstroVaDEr report: {name}", _header(ctx, prov, rows_text, command)),
@@ -156,7 +157,7 @@ def _make_report(run_dir: Path, dataset: str | Path | Dataset, out_dir: Path, sp
     return out
 
 
-def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, split: str | None,
+def _analyse(run: Run, net: AstroVaDErNet, ds: Dataset, out_dir: Path, split: str | None,
              max_images: int | None, seed: int, progress: bool, describe: DescribeSettings,
              label_column: str | None, non_morphological: Sequence[int] | None,
              prov: dict[str, str]) -> tuple[sections.ReportContext, str, str | None]:
@@ -167,7 +168,7 @@ def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, spli
 
     split, rows_note = _rows_used(ds, split)
     rows = select_rows(ds, split, max_images, seed)
-    leak = training_overlap(run_dir, ds.ids[rows])
+    leak = training_overlap(run, ds.ids[rows])
     if leak:  # the banner must not call training galaxies held out
         rows_note = f"{rows_note.replace(', held out from training', '')}. WARNING: {leak}"
         print(f"astrovader report: WARNING: {leak}", file=sys.stderr)
@@ -181,7 +182,7 @@ def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, spli
                    out_dir / "predictions.parquet")
     rng = np.random.default_rng(seed)
     rows_text = f"{rows_note}; {len(rows):,} galaxies" + (f" (a random {max_images:,})" if max_images else "")
-    metrics: dict[str, Any] = {"run_dir": str(run_dir), "dataset": str(ds.path), "split": split or "all",
+    metrics: dict[str, Any] = {"run_dir": run.name, "dataset": str(ds.path), "split": split or "all",
                                "rows": rows_text, "n_objects": int(len(rows)),
                                "n_components": net.cfg.model.n_components, "latent_dim": net.cfg.model.latent_dim,
                                "mean_recon_mse": float(pred.recon_mse.mean()),
@@ -194,7 +195,7 @@ def _analyse(run_dir: Path, net: AstroVaDErNet, ds: Dataset, out_dir: Path, spli
     stretch_text = (f"the dataset's stretch ({html.escape(str(stretch))})" if stretch else
                     "the stretch of the images as ingested, for SDSS JPEGs the survey's asinh colour stretch")
     given = tuple(sorted({int(c) for c in non_morphological})) if non_morphological is not None else None
-    ctx = sections.ReportContext(run_dir=run_dir, ds=ds, net=net, pred=pred, catalog=catalog, page=Page(out_dir),
+    ctx = sections.ReportContext(run=run, ds=ds, net=net, pred=pred, catalog=catalog, page=Page(out_dir),
                                  out_dir=out_dir, rng=rng, seed=seed, progress=progress, metrics=metrics,
                                  stretch_text=stretch_text, label_col=detect_label_column(ds.catalog, label_column),
                                  describe=describe, non_morphological=given)
@@ -211,11 +212,11 @@ def _config_and_next_steps(ctx: sections.ReportContext, split: str | None, shown
     page, ds = ctx.page, ctx.ds
     page.section("config", "Run configuration",
                  "The run's config.toml as used for training: every setting that made this model.")
-    cfg_path = ctx.run_dir / CONFIG
+    cfg_path = ctx.run.path / CONFIG
     page.raw(f"<pre>{html.escape(cfg_path.read_text() if cfg_path.is_file() else '(no config.toml)')}</pre>")
     page.section("next", "Next steps",
                  "Commands that take this analysis further, with this report's run and dataset filled in.")
-    rd, dd = html.escape(str(ctx.run_dir)), html.escape(str(ds.path))
+    rd, dd = html.escape(ctx.run.name), html.escape(str(ds.path))
     steps = [(f"astrovader describe {rd} {dd} components.csv" + (f" --split {html.escape(split)}" if split else ""),
               "the description table and per-galaxy measurements as CSV, for your own selections"),
              (f"astrovader predict {rd} {dd} predictions.fits", "component probabilities of every galaxy, for "
@@ -238,7 +239,7 @@ def _header(ctx: sections.ReportContext, prov: dict[str, str], rows_text: str, c
         return (f"<tr><th>{html.escape(name)}</th><td>{_fmt_metric(v)}</td><td class='note'>{html.escape(what)}"
                 "</td></tr>")
 
-    rd, dd = html.escape(str(ctx.run_dir)), html.escape(str(ctx.ds.path))
+    rd, dd = html.escape(ctx.run.name), html.escape(str(ctx.ds.path))
     shown = {k: v for k, v in ctx.metrics.items() if k not in ("run_dir", "dataset", "split")}
     return (f'<p class="banner">Galaxies analysed: {html.escape(rows_text)}.</p>'
             f'<p class="note">astrovader {html.escape(prov["ASTROVER"])}, made {html.escape(prov["DATE"])} UTC '

@@ -39,7 +39,7 @@ from astrovader.data.outputs import write_csv
 from astrovader.data.stretch import PixelStretch
 from astrovader.inference import Predictions, reconstruct
 from astrovader.model import AstroVaDErNet
-from astrovader.runs import HISTORY, read_history
+from astrovader.runs import HISTORY, Run, read_history
 
 N_RANDOM_RECON = 10
 N_BEST_WORST = 5
@@ -56,7 +56,7 @@ def log(progress: bool, msg: str) -> None:
 class ReportContext:
     """What every section reads: the run, the analysed rows and their predictions, and where to write."""
 
-    run_dir: Path
+    run: Run
     ds: Dataset
     net: AstroVaDErNet
     pred: Predictions
@@ -339,10 +339,10 @@ def _class_labels(ctx: ReportContext, label_col: str) -> None:
 
 def history(ctx: ReportContext) -> None:
     """7. The loss terms per epoch (the paper's Figure 2), where the run kept its history."""
-    if not (ctx.run_dir / HISTORY).is_file():
+    if not (ctx.run.path / HISTORY).is_file():
         return
     log(ctx.progress, "training history")
-    rows = read_history(ctx.run_dir)
+    rows = read_history(ctx.run.path)
     ctx.page.section("history", "Training history (Figure 2)",
                      "The loss terms per epoch (per image, lower is better); solid: training, dashed: validation; "
                      "shading: the s3VDC phases. The GMM term is added during annealing with a growing weight, "

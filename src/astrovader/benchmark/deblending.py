@@ -35,9 +35,9 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     from astrovader.analysis.morphology import aperture_flux, companion_mask, strictly_companion_free
     from astrovader.data.dataset import open_dataset
     from astrovader.explore import deblend
-    from astrovader.runs import load_network
+    from astrovader.runs import Run
 
-    _, net = load_network(run_dir)
+    net = Run.open(run_dir).network
     ds = open_dataset(dataset)
     cat = ds.catalog
     needed = {"has_companion", "companion_x", "companion_y", "offset_x", "offset_y", "half_light_radius"}

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from astrovader.cli import CLIError, positive_int
+
+if TYPE_CHECKING:
+    from astrovader.runs import Run
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -41,24 +45,26 @@ def _gz_cuts(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _dataset_arg(run_dir: str, dataset: str | None) -> str:
+def _dataset_arg(run: Run, dataset: str | None) -> str:
     """DATASET may be omitted: the run directory records the dataset it was trained on."""
     if dataset:
         return dataset
-    from astrovader.runs import DATASET_NOTE, training_dataset
+    from astrovader.runs import DATASET_NOTE
 
-    recorded = training_dataset(run_dir)
+    recorded = run.training_dataset
     if recorded is not None:
         return str(recorded)
-    raise CLIError(f"no DATASET given and {Path(run_dir) / DATASET_NOTE} does not record one")
+    raise CLIError(f"no DATASET given and {run.path / DATASET_NOTE} does not record one")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from astrovader.analysis.report import make_report
+    from astrovader.runs import Run
 
     if args.max_images is not None and args.max_images < 1:
         raise CLIError("--max-images must be >= 1")
-    out = make_report(args.run_dir, args.dataset, args.out_dir, split=args.split,
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    out = make_report(run, args.dataset, args.out_dir, split=args.split,
                       cuts=args.cuts, non_morphological=args.non_morphological, label_column=args.label_column,
                       max_images=args.max_images, progress=not args.quiet, gz_cuts=_gz_cuts(args.gz_cut),
                       seed=args.seed, device=args.device, allow_unfinished=args.allow_unfinished, dpi=args.dpi,
@@ -70,9 +76,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from astrovader.analysis.describe import DescribeSettings, describe_run
+    from astrovader.runs import Run
 
     settings = DescribeSettings(n_core=args.core, max_members=args.members, n_detailed=args.detailed, seed=args.seed)
-    desc = describe_run(args.run_dir, args.dataset, args.out, split=args.split, max_images=args.max_images,
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    desc = describe_run(run, args.dataset, args.out, split=args.split, max_images=args.max_images,
                         label_column=args.label_column, settings=settings, device=args.device,
                         allow_unfinished=args.allow_unfinished, overwrite=args.overwrite,
                         command=args.command_line, names=args.names, progress=not args.quiet)
@@ -93,18 +101,18 @@ def cmd_choose_k(args: argparse.Namespace) -> int:
     from astrovader.data.dataset import open_dataset
     from astrovader.data.selection import select_rows
     from astrovader.inference import infer
-    from astrovader.pretrained import resolve
-    from astrovader.runs import load_network
+    from astrovader.runs import Run
 
     if args.repeats < 1 or args.batch < 2 or args.max_components < 1:
         raise CLIError("--repeats must be >= 1, --batch >= 2 and --max-components >= 1")
     if not 0 < args.threshold < 1:
         raise CLIError("--threshold must lie in (0, 1)")
-    out = Path(args.out) if args.out else resolve(args.run_dir) / "choose_k.png"
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    out = Path(args.out) if args.out else run.path / "choose_k.png"
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out}: already exists; pass --overwrite to replace it, or name another file with --out")
-    cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
-    ds = open_dataset(_dataset_arg(args.run_dir, args.dataset))
+    cfg, net = run.config, run.network
+    ds = open_dataset(_dataset_arg(run, args.dataset))
     rows = select_rows(ds, args.split, args.max_images, args.seed)
     if len(rows) == 0:
         raise CLIError("no images selected: the dataset (or the chosen split) is empty")

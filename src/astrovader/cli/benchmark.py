@@ -14,7 +14,7 @@ def cmd_realism(args: argparse.Namespace) -> int:
     """``benchmark realism RUN DATASET``: synthetic galaxies against held-out real ones."""
     from astrovader.analysis.realism import format_realism, realism, write_realism
     from astrovader.data.dataset import open_dataset
-    from astrovader.runs import load_network, provenance
+    from astrovader.runs import Run
 
     if len(args.inputs) != 2:
         raise CLIError("benchmark realism needs RUN DATASET, e.g. astrovader benchmark realism run/ data/")
@@ -28,7 +28,8 @@ def cmd_realism(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(max(args.threads, 1))
-    cfg, net = load_network(run, "cpu")
+    run = Run.open(run, "cpu")
+    net = run.network
     ds = open_dataset(dataset)
     noise = None
     if args.noise:
@@ -40,7 +41,7 @@ def cmd_realism(args: argparse.Namespace) -> int:
     res = realism(net, ds, n=args.n or 1000, split=args.split, seed=0, noise=noise, sampler=args.sampler,
                   temperature=args.temperature,
                   log=(lambda _m: None) if args.quiet else (lambda m: print(f"[realism] {m}", file=sys.stderr)))
-    paths = write_realism(res, out, {**provenance(run, cfg, args.command_line), "DATASET": str(ds.path)})
+    paths = write_realism(res, out, {**run.provenance(args.command_line), "DATASET": str(ds.path)})
     print(format_realism(res))
     print("\n".join(f"{p}" for p in paths))
     return 0

@@ -123,15 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from astrovader import pretrained
     from astrovader.predict import predict_dataset, read_names
-    from astrovader.runs import load_run, provenance
+    from astrovader.runs import Run
 
-    cfg, net, state = load_run(args.run_dir, args.device)
-    pretrained.check_stamps(args.run_dir, args.dataset)
-    args.names = args.names or pretrained.names_file(args.run_dir)
-    if not args.allow_unfinished:
-        state.require_finished(args.run_dir)
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    run.check_stamps(args.dataset)
+    args.names = args.names or run.names_file
     if args.dask:
         from astrovader.predict import predict_dask
 
@@ -139,20 +136,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CLIError("--names is not supported with --dask yet; add the names afterwards from the JSON file")
         if Path(args.out).suffix.lower() in (".fits", ".fit"):
             raise CLIError("--dask writes a partitioned Parquet directory; give a directory name as OUT")
-        out = predict_dask(args.run_dir, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
+        out = predict_dask(run, args.dataset, args.out, scheduler=args.dask, chunk_rows=args.chunk_rows,
                            batch_size=args.batch_size, device=args.device or "auto", progress=not args.quiet,
                            overwrite=args.overwrite, precision=args.precision)
         print(f"wrote partitioned predictions to {out}/ (read with pandas.read_parquet('{out}'))")
         return 0
 
-    metadata = {**provenance(args.run_dir, cfg, args.command_line), "DATASET": str(Path(args.dataset).resolve())}
-    if not state.finished:
-        metadata["RUNSTATE"] = state.describe()
-    names = read_names(args.names, cfg.model.n_components, metadata["WEIGHTS"]) if args.names else None
-    out = predict_dataset(net, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
+    metadata = {**run.provenance(args.command_line), "DATASET": str(Path(args.dataset).resolve())}
+    if not run.state.finished:
+        metadata["RUNSTATE"] = run.state.describe()
+    names = read_names(args.names, run.config.model.n_components, run.weights_sha256) if args.names else None
+    out = predict_dataset(run.network, args.dataset, args.out, batch_size=args.batch_size, progress=not args.quiet,
                           overwrite=args.overwrite, metadata=metadata, names=names, precision=args.precision)
-    if not state.finished:
-        print(f"warning: {args.run_dir}: {state.describe()} (recorded in {out}'s metadata)")
+    if not run.state.finished:
+        print(f"warning: {run.name}: {run.state.describe()} (recorded in {out}'s metadata)")
     import pyarrow.parquet as pq
 
     if out.suffix.lower() == ".parquet":

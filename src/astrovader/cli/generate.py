@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from astrovader.cli import CLIError, add_precision, positive_int
+
+if TYPE_CHECKING:
+    from astrovader.runs import Run
 
 FORMATS = ("dataset", "png", "fits")
 
@@ -47,17 +51,17 @@ def _clear_output(out: Path, fmt: str, overwrite: bool) -> None:
         shutil.rmtree(out)
 
 
-def _sky_noise(args: argparse.Namespace):
+def _sky_noise(args: argparse.Namespace, run: Run):
     """The sky noise of --noise-from DATASET, or of the dataset the run records it was trained on."""
     from astrovader.data.dataset import open_dataset
     from astrovader.data.noise import dataset_sky_noise
-    from astrovader.runs import DATASET_NOTE, training_dataset
+    from astrovader.runs import DATASET_NOTE
 
     source = args.noise_from
     if source is None:
-        source = training_dataset(args.run_dir)
+        source = run.training_dataset
         if source is None:
-            raise CLIError(f"--noise: {args.run_dir} does not record its training dataset ({DATASET_NOTE}); give "
+            raise CLIError(f"--noise: {run.name} does not record its training dataset ({DATASET_NOTE}); give "
                            "--noise-from DATASET (stamps like the training ones) instead")
     noise = dataset_sky_noise(open_dataset(source))
     unit = noise.stretch.unit if noise.stretch else "stored value / 255"
@@ -68,7 +72,7 @@ def _sky_noise(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from astrovader import sampling
-    from astrovader.runs import load_network
+    from astrovader.runs import Run
 
     if args.n < 0:
         raise CLIError("--n must be >= 0")
@@ -76,25 +80,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size must be >= 1")
     if args.temperature <= 0:
         raise CLIError("--temperature must be > 0")
-    cfg, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    cfg, net = run.config, run.network
     K = cfg.model.n_components
     if args.component and any(not 0 <= c < K for c in args.component):
         raise CLIError(f"--component must be in 0..{K - 1} (the model has {K} components), got {args.component}")
     fmt = _format(args)
-    noise = _sky_noise(args) if args.noise or args.noise_from else None
+    noise = _sky_noise(args, run) if args.noise or args.noise_from else None
     _clear_output(Path(args.out), fmt, args.overwrite)
     kw = dict(components=args.component or None, weights=args.weights, temperature=args.temperature, seed=args.seed,
               batch_size=args.batch_size, precision=args.precision, noise=noise)
     if fmt == "png":
-        out = sampling.generate_to_png(net, args.out, args.n, **kw)
+        out = sampling.generate_to_png(run, args.out, args.n, **kw)
         print(f"wrote a grid of {args.n} synthetic galaxies to {out}")
         return 0
     if fmt == "fits":
-        out = sampling.generate_to_fits(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir,
+        out = sampling.generate_to_fits(run, args.out, args.n, **kw, progress=not args.quiet,
                                         command=args.command_line)
         print(f"wrote {args.n} synthetic galaxies (float32 cube + CATALOG table) to {out}")
         return 0
-    out = sampling.generate_to_dataset(net, args.out, args.n, **kw, progress=not args.quiet, run_dir=args.run_dir)
+    out = sampling.generate_to_dataset(run, args.out, args.n, **kw, progress=not args.quiet)
     from astrovader.data.dataset import Dataset
 
     n = len(Dataset(out))
@@ -120,7 +125,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from astrovader.analysis.explorer import explorer_description, explorer_rows, write_explorer
     from astrovader.data.dataset import open_dataset
     from astrovader.explore import latent_summary
-    from astrovader.runs import load_network
+    from astrovader.runs import Run
 
     if args.steps < 2 or args.traverse_steps < 2:
         raise CLIError("--steps and --traverse-steps must be >= 2")
@@ -129,7 +134,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if there and not args.overwrite:
         raise CLIError(f"{out_dir}: already holds {', '.join(there)}; pass --overwrite to replace them, or choose "
                        "another folder")
-    _, net = load_network(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    run = Run.open(args.run_dir, args.device, allow_unfinished=args.allow_unfinished)
+    net = run.network
 
     def log(message: str) -> None:
         if not args.quiet:
@@ -153,7 +159,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     for title, path in figs:
         print(f"{path}  {title}")
     if not args.no_explorer:
-        page = write_explorer(args.run_dir, net, ds, Path(args.out_dir) / "explorer.html", pred=summary,
+        page = write_explorer(run, ds, Path(args.out_dir) / "explorer.html", pred=summary,
                               max_points=args.max_points, seed=args.seed, command=args.command_line,
                               progress=not args.quiet, description=description)
         print(f"{page}  the cluster explorer: open it in a browser (offline), name the components, export the names")

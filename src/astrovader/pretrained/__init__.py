@@ -50,7 +50,11 @@ def card(name: str) -> dict[str, Any]:
 
 def card_of(run_dir: str | Path) -> dict[str, Any] | None:
     """The card of a run directory that is a pretrained model's folder (resolved or by name), else None."""
-    path = resolve(run_dir)
+    return card_in(resolve(run_dir))
+
+
+def card_in(path: Path) -> dict[str, Any] | None:
+    """The card of the directory ``path`` when it is a pretrained model's folder, else None."""
     try:
         if path.resolve().parent != _root().resolve():
             return None
@@ -59,17 +63,10 @@ def card_of(run_dir: str | Path) -> dict[str, Any] | None:
     return card(path.name) if (path / CARD).is_file() else None
 
 
-def names_file(run: str | Path) -> Path | None:
-    """The component names shipped with pretrained model ``run`` (None for a run directory or a model without)."""
-    path = resolve(run) / NAMES
-    return path if is_pretrained(run) and path.is_file() else None
-
-
-def check_stamps(run_dir: str | Path, dataset: str | Path) -> None:
-    """Refuse a dataset whose stamps were not made with the pretrained model's recipe: a model trained on
-    derotated, flux-normalised 3xR90 stamps gives confident, meaningless components for anything else.
-    Nothing is read for a run directory that is not a shipped model."""
-    info = card_of(run_dir)
+def check_stamps(info: dict[str, Any] | None, dataset: str | Path) -> None:
+    """Refuse a dataset whose stamps were not made with the recipe of the pretrained model whose card is ``info``:
+    a model trained on derotated, flux-normalised 3xR90 stamps gives confident, meaningless components for
+    anything else. Nothing is read when ``info`` is None (a run directory that is not a shipped model)."""
     if info is None:
         return
     from astrovader.data.dataset import Dataset
