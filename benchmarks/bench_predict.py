@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from astrovader.compute import resolve_device
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, open_dataset, write_dataset
 from astrovader.inference import infer_batch
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
-from astrovader.runtime import resolve_device
 
 try:
     from common import append_results, markdown_table

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from astrovader.compute import resolve_device, training_bf16, training_channels_last
 from astrovader.config import Config
 from astrovader.data.dataset import write_dataset
 from astrovader.feeding import BatchFeeder, random_flips, to_float
 from astrovader.model import AstroVaDErNet, vade_losses
-from astrovader.runtime import resolve_device, training_bf16, training_channels_last
 from astrovader.schedule import EpochPlan
 from astrovader.train import _make_step
 

@@ -34,9 +34,9 @@ import bench_predict  # noqa: E402  (benchmark siblings, importable from any wor
 import bench_train  # noqa: E402
 from common import append_results, device_name, markdown_table  # noqa: E402
 
+from astrovader.compute import fast_bf16, resolve_device, training_bf16  # noqa: E402
 from astrovader.config import Config  # noqa: E402
 from astrovader.model import AstroVaDErNet, vade_losses  # noqa: E402
-from astrovader.runtime import fast_bf16, resolve_device, training_bf16  # noqa: E402
 
 
 def count_flops(cfg: Config, batch: int = 2) -> dict[str, float]:

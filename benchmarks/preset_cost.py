@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from astrovader.compute import resolve_device
 from astrovader.config import Config
 from astrovader.data.dataset import write_dataset
-from astrovader.runtime import resolve_device
 from astrovader.train import train
 
 try:

@@ -130,7 +130,7 @@ def test_describe_command_writes_table_with_provenance(tmp_path_factory, tmp_pat
 
 def test_deblending_moves_towards_a_companion_free_twin(companion_dataset):
     from astrovader import Config
-    from astrovader.explore import deblend
+    from astrovader.latent_paths import deblend
     from astrovader.model import AstroVaDErNet
 
     ds, pred = companion_dataset

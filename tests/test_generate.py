@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from astrovader import AstroVaDEr, Config, explore, sampling
+from astrovader import AstroVaDEr, Config, latent_paths, sampling
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.cli import main
 from astrovader.data.dataset import Dataset, DatasetError, write_dataset
@@ -202,7 +202,7 @@ def _brute_force(dist: np.ndarray, closed: bool) -> float:
     K = len(dist)
     perms = ([(0, *p) for p in itertools.permutations(range(1, K))] if closed
              else itertools.permutations(range(K)))
-    return min(explore.route_length(dist, p, closed) for p in perms)
+    return min(latent_paths.route_length(dist, p, closed) for p in perms)
 
 
 @pytest.mark.parametrize("closed", [True, False])
@@ -211,22 +211,22 @@ def test_held_karp_is_optimal_against_brute_force(closed):
     for K in range(1, 8):
         for _ in range(3):
             pts = rng.normal(size=(K, 5))
-            route = explore.shortest_route(pts, closed=closed)
+            route = latent_paths.shortest_route(pts, closed=closed)
             assert sorted(route) == list(range(K))
-            dist = explore._distances(pts)
-            assert explore.route_length(dist, route, closed) == pytest.approx(_brute_force(dist, closed))
+            dist = latent_paths._distances(pts)
+            assert latent_paths.route_length(dist, route, closed) == pytest.approx(_brute_force(dist, closed))
 
 
 def test_heuristic_route_above_twelve_points():
     rng = np.random.default_rng(1)
     pts = rng.uniform(size=(20, 2))
-    dist = explore._distances(pts)
-    route = explore.shortest_route(pts, closed=True)
+    dist = latent_paths._distances(pts)
+    route = latent_paths.shortest_route(pts, closed=True)
     assert sorted(route) == list(range(20))
     # 2-opt leaves no improving reversal, and beats the plain visiting order by a wide margin
-    assert explore.route_length(dist, explore._two_opt(dist, route, True), True) == pytest.approx(
-        explore.route_length(dist, route, True))
-    assert explore.route_length(dist, route, True) < 0.6 * explore.route_length(dist, list(range(20)), True)
+    assert latent_paths.route_length(dist, latent_paths._two_opt(dist, route, True), True) == pytest.approx(
+        latent_paths.route_length(dist, route, True))
+    assert latent_paths.route_length(dist, route, True) < 0.6 * latent_paths.route_length(dist, list(range(20)), True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,12 +251,12 @@ def test_interpolate_and_traverse(trained):
 
 def test_deblend_picks_the_most_similar_galaxy_outside_the_companion(trained):
     _, ds, model = trained
-    summary = explore.latent_summary(model.net, ds)
+    summary = latent_paths.latent_summary(model.net, ds)
     imgs = ds.load().astype(np.float32) / 255
     H = imgs.shape[-1]
     mask = np.zeros((H, H), bool)
     mask[:, H // 2:] = True  # pretend the right half holds a companion: only the left half is compared
-    res = explore.deblend(model.net, summary, ds, [0], steps=4, n_examples=2, companion_mask=lambda im: mask)
+    res = latent_paths.deblend(model.net, summary, ds, [0], steps=4, n_examples=2, companion_mask=lambda im: mask)
     members = np.flatnonzero(summary.labels == 0)
     expected = members[np.argsort(-summary.probs[members, 0], kind="stable")][:2]
     assert [r["galaxy"] for r in res] == list(expected)
@@ -268,11 +268,11 @@ def test_deblend_picks_the_most_similar_galaxy_outside_the_companion(trained):
         assert r["strip"].shape == (5, 1, 16, 16)
     # a companion-free test rejects candidates: the nearest accepted one is taken
     first = res[0]["partner"]
-    again = explore.deblend(model.net, summary, ds, [0], galaxies=[res[0]["galaxy"]], companion_mask=lambda im: mask,
-                            companion_free=lambda x: np.arange(len(x)) > 0)[0]
+    again = latent_paths.deblend(model.net, summary, ds, [0], galaxies=[res[0]["galaxy"]],
+                                 companion_mask=lambda im: mask, companion_free=lambda x: np.arange(len(x)) > 0)[0]
     assert again["partner"] != first
     with pytest.raises(ValueError, match="companion components"):
-        explore.deblend(model.net, summary, ds, [7])
+        latent_paths.deblend(model.net, summary, ds, [7])
 
 
 def test_explore_cli_writes_all_figures(trained, tmp_path, capsys):

@@ -1,22 +1,24 @@
 """astrovader: unsupervised galaxy morphology and synthetic galaxies with a convolutional VaDE (AstroVaDEr).
 
 The main entry points are :class:`AstroVaDEr` (the estimator), :class:`Config` (validated settings and
-presets) and :class:`Dataset` (the packed on-disk image format)."""
+presets), :class:`Dataset` (the packed on-disk image format) and :class:`Run` (a trained run, opened once)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["AstroVaDEr", "Config", "ConfigError", "Dataset", "__version__"]
+__all__ = ["AstroVaDEr", "AstrovaderError", "Config", "ConfigError", "Dataset", "Run", "__version__"]
 
 if TYPE_CHECKING:
-    from astrovader.config import Config, ConfigError
+    from astrovader.config import Config
     from astrovader.data.dataset import Dataset
+    from astrovader.errors import AstrovaderError, ConfigError
     from astrovader.estimator import AstroVaDEr
+    from astrovader.runs import Run
 
-_LAZY = {"AstroVaDEr": "astrovader.estimator", "Config": "astrovader.config", "ConfigError": "astrovader.config",
-         "Dataset": "astrovader.data.dataset"}
+_LAZY = {"AstroVaDEr": "astrovader.estimator", "AstrovaderError": "astrovader.errors", "Config": "astrovader.config",
+         "ConfigError": "astrovader.errors", "Dataset": "astrovader.data.dataset", "Run": "astrovader.runs"}
 
 
 def __getattr__(name: str) -> Any:

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from astrovader.analysis.metrics import clustering_scores
+from astrovader.compute import resolve_device, training_bf16, training_channels_last
 from astrovader.config import Config
 from astrovader.errors import InputError
 from astrovader.feeding import augment
 from astrovader.inference import infer
 from astrovader.model import AstroVaDErNet, kl_unit, reconstruction_loss
-from astrovader.runtime import resolve_device, training_bf16, training_channels_last
 from astrovader.schedule import learning_rate
 
 BASELINES = ("kmeans", "pca_gmm", "brightness_gmm", "ae_gmm", "vae_gmm")

@@ -114,6 +114,22 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """All settings of a model and its training, validated, in three sections.
+
+    Build one from a preset (:meth:`preset`), a TOML file (:meth:`from_toml`) or both with ``section.key=value``
+    overrides (:meth:`resolve`, the command line's order). ``config.toml`` in every run directory is
+    :meth:`to_toml`'s output.
+
+    Parameters
+    ----------
+    model : ModelConfig
+        The network and the mixture prior: stamp size, channels, filters and kernels, J (``latent_dim``), K
+        (``n_components``) and the covariance type.
+    loss : LossConfig
+        The loss terms and their weights.
+    train : TrainConfig
+        The s3VDC schedule, optimiser, batching, augmentation and device.
+    """
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -121,7 +137,18 @@ class Config:
     # construction -------------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> Config:
-        """The named preset's configuration (``astrovader presets`` lists them)."""
+        """The named preset's configuration.
+
+        Parameters
+        ----------
+        name : str
+            A preset's name (``astrovader presets`` lists them).
+
+        Returns
+        -------
+        Config
+            A new configuration.
+        """
         return get_preset(name).config()
 
     @classmethod
@@ -160,14 +187,40 @@ class Config:
     @classmethod
     def resolve(cls, preset: str | None = None, config_file: str | Path | None = None,
                 overrides: list[str] | None = None) -> Config:
-        """Preset, then config file on top, then ``key=value`` overrides: the CLI's order."""
+        """A preset, then a config file on top of it, then ``section.key=value`` overrides: the command line's order.
+
+        Parameters
+        ----------
+        preset : str, optional
+            A preset's name; the defaults when None.
+        config_file : path-like, optional
+            A TOML file with ``[model]``, ``[loss]`` and ``[train]`` tables.
+        overrides : list of str, optional
+            ``section.key=value`` settings, values parsed as TOML.
+
+        Returns
+        -------
+        Config
+            The validated configuration.
+        """
         cfg = cls.preset(preset) if preset else cls()
         if config_file:
             cfg = cls.from_toml(config_file, base=cfg)
         return cfg.with_overrides(overrides)
 
     def with_overrides(self, overrides: list[str] | None) -> Config:
-        """A validated copy with ``section.key=value`` settings (values parsed as TOML) applied."""
+        """A validated copy with ``section.key=value`` settings applied.
+
+        Parameters
+        ----------
+        overrides : list of str or None
+            Settings such as ``train.seed=3`` or ``model.encoder_filters=[8,8]``; values are parsed as TOML.
+
+        Returns
+        -------
+        Config
+            A new configuration; this one is unchanged.
+        """
         cfg = copy.deepcopy(self)
         for item in overrides or []:
             if "=" not in item:

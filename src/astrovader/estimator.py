@@ -26,17 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrovader.compute import resolve_device
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, write_dataset
 from astrovader.data.decode import fits_stretch
 from astrovader.errors import InputError
-from astrovader.explore import interpolate, traverse
 from astrovader.inference import as_float_images, decode, infer, reconstruct
+from astrovader.latent_paths import interpolate, traverse
 from astrovader.model import AstroVaDErNet
 from astrovader.predict import predict_dataset
-from astrovader.pretrained import resolve as resolve_run
 from astrovader.runs import CONFIG, HISTORY, WEIGHTS, Run, read_history, save_weights
-from astrovader.runtime import resolve_device
 from astrovader.sampling import DEFAULT_BATCH, GenerationSpec, sample
 from astrovader.train import train
 
@@ -49,7 +48,32 @@ def _as_config(config: Config | str | None) -> Config:
 
 
 class AstroVaDEr:
-    """A convolutional VaDE with a Gaussian-mixture prior, trained with the s3VDC schedule."""
+    """A convolutional VaDE with a Gaussian-mixture prior, trained with the s3VDC schedule.
+
+    Follows scikit-learn's estimator conventions: ``fit``, ``predict``, ``predict_proba``, ``fit_predict``,
+    ``get_params`` / ``set_params``, and fitted attributes ending in an underscore.
+
+    Parameters
+    ----------
+    config : Config, str or None, default None
+        The settings: a :class:`Config`, a preset's name (``astrovader presets`` lists them), or None for the
+        defaults (the paper's model). A copy is kept; the caller's Config is never changed.
+    device : str, optional
+        "auto" (a GPU when there is one), "cpu", "cuda", "cuda:N" or "mps"; overrides ``train.device``.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (K,)
+        Mixture weights.
+    means_ : ndarray of shape (K, J)
+        Component means in the latent space.
+    covariances_ : ndarray of shape (K, J) or (K, J, J)
+        Component variances (``model.covariance = "diag"``) or covariance matrices (``"full"``).
+    history_ : list of dict
+        One row of losses per training epoch.
+    run_dir_ : pathlib.Path
+        The run directory the model was trained into or loaded from.
+    """
 
     def __init__(self, config: Config | str | None = None, *, device: str | None = None):
         self._build(config, device)
@@ -68,12 +92,35 @@ class AstroVaDEr:
 
     # scikit-learn's estimator protocol ----------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's parameters: ``config`` (a Config or preset name) and ``device``."""
+        """The constructor's parameters.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Unused (there are no sub-estimators); kept for scikit-learn's protocol.
+
+        Returns
+        -------
+        dict
+            ``config`` (a Config or preset name) and ``device``.
+        """
         return {"config": self._config_arg, "device": self._device_arg}
 
     def set_params(self, **params: Any) -> AstroVaDEr:
-        """Set ``config`` / ``device``, or single settings as ``section__key=value`` (``model__n_components=5``).
-        The network is rebuilt untrained, as scikit-learn expects of a re-parameterised estimator."""
+        """Set constructor parameters, or single settings as ``section__key=value``.
+
+        The network is rebuilt untrained, as scikit-learn expects of a re-parameterised estimator.
+
+        Parameters
+        ----------
+        **params
+            ``config``, ``device``, or settings such as ``model__n_components=5`` and ``train__epochs=50``.
+
+        Returns
+        -------
+        AstroVaDEr
+            This estimator.
+        """
         config, device = params.pop("config", self._config_arg), params.pop("device", self._device_arg)
         if params:
             base = _as_config(config)
@@ -131,14 +178,46 @@ class AstroVaDEr:
         return self.net.gmm.variances.detach().double().cpu().numpy()
 
     def fit_predict(self, dataset: ImagesLike, run_dir: str | Path | None = None, **fit_kwargs: Any) -> np.ndarray:
-        """``fit`` then ``predict`` on the same images: the most probable component of each, shape (N,)."""
+        """Fit, then predict the most probable component of the same images.
+
+        Parameters
+        ----------
+        dataset : ndarray, Tensor, Dataset or path
+            As for :meth:`fit`.
+        run_dir : path-like, optional
+            As for :meth:`fit`.
+        **fit_kwargs
+            Passed to :meth:`fit` (``resume``, ``progress``).
+
+        Returns
+        -------
+        ndarray of shape (N,)
+            The most probable component of each image.
+        """
         return self.fit(dataset, run_dir, **fit_kwargs).predict(dataset)
 
     # fitting --------------------------------------------------------------------------------------
     def fit(self, dataset: ImagesLike, run_dir: str | Path | None = None, *, resume: bool = False,
             progress: bool = True) -> AstroVaDEr:
-        """Train on a dataset directory (or uint8 array); checkpoints go to ``run_dir`` (a temporary
-        directory when omitted)."""
+        """Train on images with the s3VDC schedule.
+
+        Parameters
+        ----------
+        dataset : ndarray, Tensor, Dataset or path
+            A dataset directory (or :class:`Dataset`), or images: uint8, or floats in [0, 1], of shape (N, C, H, W) or
+            (N, H, W), row 0 the top of each image. A dataset's ``split`` column is honoured (train rows only).
+        run_dir : path-like, optional
+            Where the config, checkpoints, history and weights go (a temporary directory when omitted).
+        resume : bool, default False
+            Continue a killed run in ``run_dir`` from its last complete epoch.
+        progress : bool, default True
+            Show progress bars.
+
+        Returns
+        -------
+        AstroVaDEr
+            This estimator, fitted.
+        """
         if not isinstance(dataset, Dataset | str | Path):
             tmp = Path(tempfile.mkdtemp(prefix="astrovader-data-"))
             arr = np.asarray(dataset)
@@ -172,34 +251,125 @@ class AstroVaDEr:
         return out
 
     def transform(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
-        """Latent means, shape (N, J). ``x``: uint8 or [0, 1] images, a dataset directory, or with ``flux=True``
-        calibrated fluxes that get the ingest's stretch first."""
+        """Latent means of images.
+
+        Parameters
+        ----------
+        x : ndarray, Tensor, Dataset or path
+            uint8 or [0, 1] images of shape (N, C, H, W) or (N, H, W), or a dataset directory.
+        batch_size : int, default 1024
+            Images per forward pass.
+        flux : bool, default False
+            ``x`` holds calibrated fluxes, which get the ingest's FITS stretch first (0.5-99.5 percentile clip, asinh).
+
+        Returns
+        -------
+        ndarray of shape (N, J)
+            The latent means.
+        """
         return infer(self.net, self._images(x, flux), batch_size=batch_size, reconstruct=False).mu
 
     def predict_proba(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
-        """Exact posterior component probabilities q(c|x), shape (N, K) (``x`` as for ``transform``)."""
+        """Exact posterior component probabilities q(c|x).
+
+        Parameters
+        ----------
+        x : ndarray, Tensor, Dataset or path
+            As for :meth:`transform`.
+        batch_size : int, default 1024
+            Images per forward pass.
+        flux : bool, default False
+            As for :meth:`transform`.
+
+        Returns
+        -------
+        ndarray of shape (N, K)
+            Probabilities; each row sums to 1.
+        """
         return infer(self.net, self._images(x, flux), batch_size=batch_size, reconstruct=False).probs
 
     def predict(self, x: ImagesLike, batch_size: int = 1024, *, flux: bool = False) -> np.ndarray:
-        """Most probable component of each image, shape (N,) (``x`` as for ``transform``)."""
+        """Most probable component of each image.
+
+        Parameters
+        ----------
+        x : ndarray, Tensor, Dataset or path
+            As for :meth:`transform`.
+        batch_size : int, default 1024
+            Images per forward pass.
+        flux : bool, default False
+            As for :meth:`transform`.
+
+        Returns
+        -------
+        ndarray of shape (N,)
+            Component indices in 0..K-1.
+        """
         return self.predict_proba(x, batch_size, flux=flux).argmax(1)
 
     def reconstruct(self, x: ImagesLike, batch_size: int = 512) -> np.ndarray:
-        """Decoded latent means as float images in [0, 1], shape (N, C, H, W)."""
+        """Decoded latent means of images.
+
+        Parameters
+        ----------
+        x : ndarray, Tensor, Dataset or path
+            As for :meth:`transform` (without ``flux``).
+        batch_size : int, default 512
+            Images per forward pass.
+
+        Returns
+        -------
+        ndarray of shape (N, C, H, W)
+            Float images in [0, 1].
+        """
         return reconstruct(self.net, x, batch_size=batch_size)
 
     def decode(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Images in [0, 1] for latent vectors z, shape (N, J) -> (N, C, H, W)."""
+        """Images for latent vectors.
+
+        Parameters
+        ----------
+        z : ndarray or Tensor of shape (N, J)
+            Latent vectors.
+
+        Returns
+        -------
+        ndarray of shape (N, C, H, W)
+            Float images in [0, 1].
+        """
         return decode(self.net, z)
 
     def sample(self, n: int, component: int | Sequence[int] | None = None, *, temperature: float = 1.0,
                seed: int | None = None, weights: str = "mixture",
                cluster: int | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Synthetic galaxies: c drawn from the mixture weights (``weights="uniform"``: uniformly), or fixed /
-        cycled through ``component`` (``cluster`` is its old name); z ~ N(mu_c, temperature * var_c), decoded.
-        Returns (images in [0, 1] of shape (n, C, H, W), components (n,)).
-        For a given ``seed`` these are exactly the images ``astrovader generate RUN OUT --n n --seed seed``
-        writes (as uint8 / 255); ``seed=None`` draws one."""
+        """Synthetic galaxies drawn from the mixture prior.
+
+        The component c is drawn from the mixture weights (or uniformly), or fixed / cycled through ``component``;
+        z ~ N(mu_c, temperature * var_c) is decoded. For a given ``seed`` these are exactly the images
+        ``astrovader generate RUN OUT --n n --seed seed`` writes (as uint8 / 255).
+
+        Parameters
+        ----------
+        n : int
+            Number of galaxies.
+        component : int or sequence of int, optional
+            Draw from these components only, cycled in order.
+        temperature : float, default 1.0
+            Scale of the latent variances (the authors' script used 0.5).
+        seed : int, optional
+            Random seed; None draws one.
+        weights : {"mixture", "uniform"}, default "mixture"
+            How the component of each galaxy is drawn when ``component`` is not given.
+        cluster : int or sequence of int, optional
+            The old name of ``component``.
+
+        Returns
+        -------
+        images : ndarray of shape (n, C, H, W)
+            Float images in [0, 1].
+        components : ndarray of shape (n,)
+            The component each image was drawn from.
+        """
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         chosen = component if component is not None else cluster
@@ -209,13 +379,37 @@ class AstroVaDEr:
         return imgs.astype(np.float32) / np.float32(255), comps.astype(np.int64)
 
     def interpolate(self, a: np.ndarray | ImagesLike, b: np.ndarray | ImagesLike, steps: int = 8) -> np.ndarray:
-        """Decoded straight line in latent space from ``a`` to ``b`` (latent vectors of shape (J,), or single
-        images, which are encoded to their latent means first): (steps, C, H, W) images in [0, 1]."""
+        """Decoded straight line in the latent space from ``a`` to ``b``.
+
+        Parameters
+        ----------
+        a, b : ndarray, Tensor, Dataset or path
+            Latent vectors of shape (J,), or single images, which are encoded to their latent means first.
+        steps : int, default 8
+            Number of images along the line, ends included.
+
+        Returns
+        -------
+        ndarray of shape (steps, C, H, W)
+            Float images in [0, 1].
+        """
         return interpolate(self.net, self._as_latent(a), self._as_latent(b), steps)
 
     def traverse(self, latents: np.ndarray | ImagesLike, steps: int = 9) -> np.ndarray:
-        """Each latent variable from its minimum to its maximum over ``latents`` (an (N, J) array, or images /
-        a dataset that are encoded first), the others at their mean: (J, steps, C, H, W) images."""
+        """Each latent variable from its minimum to its maximum, the others at their mean.
+
+        Parameters
+        ----------
+        latents : ndarray of shape (N, J), or images or a dataset
+            The latents whose range is traversed; images are encoded first.
+        steps : int, default 9
+            Images per variable.
+
+        Returns
+        -------
+        ndarray of shape (J, steps, C, H, W)
+            Float images in [0, 1].
+        """
         lat = latents if isinstance(latents, np.ndarray) and latents.ndim == 2 else self.transform(latents)
         return traverse(self.net, lat, steps)
 
@@ -230,12 +424,42 @@ class AstroVaDEr:
 
     def predict_catalog(self, dataset: str | Path | Dataset, out: str | Path, batch_size: int = 1024,
                         progress: bool = True, overwrite: bool = False) -> Path:
-        """Write the prediction catalogue of ``dataset`` to ``out`` (.parquet or .fits; an existing file only with
-        ``overwrite``); see ``astrovader predict``."""
+        """Write the prediction catalogue of a dataset (see ``astrovader predict``).
+
+        Parameters
+        ----------
+        dataset : path-like or Dataset
+            The images to classify.
+        out : path-like
+            ``.parquet`` or ``.fits``.
+        batch_size : int, default 1024
+            Images per forward pass.
+        progress : bool, default True
+            Show a progress bar.
+        overwrite : bool, default False
+            Replace an existing ``out``.
+
+        Returns
+        -------
+        pathlib.Path
+            ``out``.
+        """
         return predict_dataset(self.net, dataset, out, batch_size=batch_size, progress=progress, overwrite=overwrite)
 
     # persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
+        """Save the config and weights as a run directory that :meth:`load` and every command read.
+
+        Parameters
+        ----------
+        directory : path-like
+            Created if missing.
+
+        Returns
+        -------
+        pathlib.Path
+            ``directory``.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG)
@@ -245,10 +469,22 @@ class AstroVaDEr:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> AstroVaDEr:
-        """A trained model from its run directory, or a pretrained model by name (``astrovader presets``)."""
-        directory = resolve_run(directory)
+        """A trained model from its run directory, or a pretrained model by name.
+
+        Parameters
+        ----------
+        directory : path-like or str
+            A run directory, or a pretrained model's name (``astrovader presets``).
+        device : str, optional
+            As for the constructor (default "auto").
+
+        Returns
+        -------
+        AstroVaDEr
+            The fitted model.
+        """
         run = Run.open(directory, device)
-        cfg, net = run.config, run.network
+        cfg, net, directory = run.config, run.network, run.path
         cfg.train.device = device or "auto"
         model = cls.__new__(cls)
         model.config, model.net, model.device = cfg, net, next(net.parameters()).device

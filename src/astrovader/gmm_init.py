@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from astrovader.compute import DistInfo, broadcast_parameters, epoch_seed, training_channels_last
 from astrovader.config import Config, TrainConfig
 from astrovader.errors import InputError
 from astrovader.feeding import BatchFeeder, to_float
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import INIT_CLUSTERS, atomic_save_safetensors
-from astrovader.runtime import DistInfo, broadcast_parameters, epoch_seed, training_channels_last
 
 
 @torch.no_grad()

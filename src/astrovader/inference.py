@@ -3,7 +3,7 @@ images, streamed over a dataset (or an in-memory array) in bounded memory.
 
 uint8 pixels travel to the device as bytes (a quarter of the transfer) and are scaled there. The network runs
 as a channels-last inference copy (:class:`InferenceNet`), on CPUs in cache-sized chunks, in float32 unless
-``precision="bf16"`` is asked for (:mod:`astrovader.runtime`). Every consumer (``predict``, the report,
+``precision="bf16"`` is asked for (:mod:`astrovader.compute`). Every consumer (``predict``, the report,
 exploration, the estimator, the benchmark, the consistency check, ``generate``) goes through this module, so
 they all see the same numbers for the same image.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from astrovader.compute import check_precision, inference_autocast, inference_channels_last
 from astrovader.data.dataset import Dataset, open_dataset
 from astrovader.errors import InputError
 from astrovader.model import AstroVaDErNet
-from astrovader.runtime import check_precision, inference_autocast, inference_channels_last
 
 ImageSource = Dataset | str | Path | np.ndarray | torch.Tensor
 READ_ROWS = 8192  # dataset rows read per block: large reads, bounded memory

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from astrovader.compute import check_precision
 from astrovader.data.dataset import Dataset, atomic_write_json, open_dataset
 from astrovader.data.locks import exclusive
 from astrovader.data.outputs import fits_text, remove_stale_temporaries, temporary_name
@@ -22,7 +23,6 @@ from astrovader.errors import InputError
 from astrovader.inference import iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import Run, fits_cards
-from astrovader.runtime import check_precision
 
 
 def prediction_table(ids: np.ndarray, res: dict[str, np.ndarray], names: dict[int, str] | None = None) -> pa.Table:
@@ -68,13 +68,39 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
                     stop: int | None = None, progress: bool = True, overwrite: bool = False,
                     metadata: dict[str, str] | None = None, names: dict[int, str] | None = None,
                     precision: str = "float32") -> Path:
-    """Write the prediction catalogue of rows ``start:stop`` of ``dataset`` to ``out`` (.parquet or .fits).
-    ``names`` ({component: name}, from ``read_names``) adds a ``component_name`` column and a ``CNAMES`` key.
+    """Write the prediction catalogue of a dataset's rows ``start:stop``.
 
-    Memory is bounded by one read block, whatever the dataset size. The file appears atomically; an existing
-    ``out`` is replaced only with ``overwrite``. ``metadata`` (str -> str) is stored in the Parquet schema (FITS:
-    header keys), with ``PRECISN``: the arithmetic, float32 or the opt-in ``precision="bf16"``. A non-finite value
-    never reaches the catalogue: it stops the run with the rows named."""
+    Memory is bounded by one read block, whatever the dataset's size. The file appears atomically. A non-finite value
+    never reaches the catalogue: it stops the run with the rows named.
+
+    Parameters
+    ----------
+    net : AstroVaDErNet
+        The trained network (:attr:`Run.network`).
+    dataset : path-like or Dataset
+        The images to classify.
+    out : path-like
+        ``.parquet``, or ``.fits`` for a FITS table with the provenance in its header.
+    batch_size : int, default 1024
+        Images per forward pass.
+    start, stop : int, optional
+        The rows to predict (default: all).
+    progress : bool, default True
+        Show a progress bar.
+    overwrite : bool, default False
+        Replace an existing ``out``.
+    metadata : dict of str to str, optional
+        Stored in the Parquet schema (FITS: header keys), for example :meth:`Run.provenance`.
+    names : dict of int to str, optional
+        Component names (from ``read_names``): a ``component_name`` column and a ``CNAMES`` key.
+    precision : {"float32", "bf16"}, default "float32"
+        The decoder's arithmetic (recorded as ``PRECISN``); latents and probabilities stay float32.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
     out = Path(out)
     check_output(out, overwrite)
     ds = open_dataset(dataset)
@@ -214,12 +240,40 @@ def predict_dask(run: Run | str | Path, dataset: str | Path, out_dir: str | Path
                  progress: bool = True, overwrite: bool = False, precision: str = "float32") -> Path:
     """Predict a dataset in chunks on Dask workers, writing a partitioned Parquet catalogue.
 
-    ``scheduler`` is ``local`` or ``local:N`` (a LocalCluster of N single-threaded worker processes on this
-    machine) or the address of a running scheduler (e.g. one started by dask-jobqueue on a SLURM/PBS
-    cluster). Each chunk becomes ``part-NNNNN.parquet`` written atomically; parts already present are skipped,
-    so a killed run is finished by running it again. ``_job.json`` records what the parts belong to (the model's
-    weights, the dataset and the chunking): a folder holding parts of another job is refused, or emptied with
-    ``overwrite``. Worker memory is bounded by the chunk size. ``precision`` as in :func:`predict_dataset`."""
+    Each chunk becomes ``part-NNNNN.parquet``, written atomically; parts already present are skipped, so a killed job
+    is finished by running it again. ``_job.json`` records what the parts belong to (the weights, the dataset and the
+    chunking): a folder holding parts of another job is refused, or emptied with ``overwrite``. Worker memory is
+    bounded by the chunk size.
+
+    Parameters
+    ----------
+    run : Run, str or path-like
+        The trained run (each worker opens it once, on its own device).
+    dataset : path-like
+        The images to classify.
+    out_dir : path-like
+        The folder of Parquet parts.
+    scheduler : str, default "local"
+        ``local``, ``local:N`` (a LocalCluster of N single-threaded worker processes here) or the address of a
+        running scheduler (for example one started by dask-jobqueue on a SLURM or PBS cluster).
+    chunk_rows : int, default 8192
+        Rows per part.
+    batch_size : int, default 1024
+        Images per forward pass on a worker.
+    device : str, default "auto"
+        The workers' device.
+    progress : bool, default True
+        Show a progress bar of parts.
+    overwrite : bool, default False
+        Empty a folder that holds another job's parts.
+    precision : {"float32", "bf16"}, default "float32"
+        As for :func:`predict_dataset`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
     check_precision(precision)
 
     run = Run.open(run, "cpu")  # the workers open it again, each on its own device

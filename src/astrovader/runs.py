@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from astrovader.compute import resolve_device
 from astrovader.config import Config
 from astrovader.data.dataset import atomic_write_bytes
 from astrovader.data.fingerprint import TRAINING_ROWS
@@ -30,7 +31,6 @@ from astrovader.data.outputs import temporary_name
 from astrovader.errors import InputError, RunError
 from astrovader.model import AstroVaDErNet
 from astrovader.pretrained import NAMES, PREFIX, card_in, check_stamps, is_pretrained, resolve
-from astrovader.runtime import resolve_device
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -190,13 +190,12 @@ def load_config(run_dir: str | Path) -> Config:
 
 
 class Run:
-    """A trained run, opened once: its directory, config, training state and network, and what outputs record
-    of it.
+    """A trained run, opened once: its directory, config, training state and network, and what outputs record of it.
 
     Every command that uses a trained model opens a ``Run`` from the name the user gave (a run directory or a
-    pretrained model's name) and passes it down; nothing below turns the name into a path again.
+    pretrained model's name) with :meth:`open` and passes it down; nothing below turns the name into a path again.
 
-    Attributes
+    Parameters
     ----------
     name : str
         The run as the user named it (a path, or a pretrained model's name).
@@ -276,7 +275,19 @@ class Run:
         self.state.require_finished(self.name)
 
     def provenance(self, command: str | None = None) -> dict[str, str]:
-        """What made an output, as FITS-style keys (see :func:`provenance`)."""
+        """What made an output, as FITS-style keys (<= 8 characters).
+
+        Parameters
+        ----------
+        command : str, optional
+            The command line, recorded as ``COMMAND``.
+
+        Returns
+        -------
+        dict of str to str
+            ``ASTROVER``, ``DATE``, ``RUNDIR``, ``WEIGHTS``, ``NCOMP``, ``NLATENT``, ``IMGSIZE``, ``SEED`` and, where
+            known, ``PIXSCALE`` and ``COMMAND``.
+        """
         return provenance(self, self.config, command)
 
     @property
@@ -296,12 +307,35 @@ class Run:
         return path if self.pretrained and path.is_file() else None
 
     def check_stamps(self, dataset: str | Path) -> None:
-        """Refuse a dataset whose stamps were made differently from a shipped model's recipe (see
-        :func:`astrovader.pretrained.check_stamps`); nothing is checked for a run directory."""
+        """Refuse a dataset whose stamps were made differently from a shipped model's recipe.
+
+        Nothing is checked for a run directory that is not a shipped model.
+
+        Parameters
+        ----------
+        dataset : path-like
+            The dataset about to be classified.
+
+        Raises
+        ------
+        InputError
+            The stamps' crop, colour or size differ from the recipe, with the ``ingest`` command that makes them right.
+        """
         check_stamps(self.card, dataset)
 
     def trained_on_rows(self, ids: Any) -> int | None:
-        """How many of ``ids`` the run trained on (None when it does not record its training rows)."""
+        """How many of ``ids`` the run trained on.
+
+        Parameters
+        ----------
+        ids : sequence
+            Catalogue ids.
+
+        Returns
+        -------
+        int or None
+            The count, or None when the run does not record its training rows (pretrained models, older runs).
+        """
         return trained_on_rows(self.path, ids)
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from astrovader.compute import check_precision
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
 from astrovader.data.noise import SkyNoise
 from astrovader.data.outputs import remove_stale_temporaries, temporary_name
@@ -37,7 +38,6 @@ from astrovader.errors import InputError
 from astrovader.inference import FastDecoder, iter_inference
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import Run, fits_cards, network_of
-from astrovader.runtime import check_precision
 
 RNG_BLOCK = 256  # images per independent random stream; fixed so output never depends on batch size
 COMPONENT_DRAWS = ("mixture", "uniform")  # how a component is chosen when none is given
@@ -209,16 +209,48 @@ def generate_to_dataset(model: AstroVaDErNet | Run, out: str | Path, n: int,
                         progress: bool = True,
                         stop_after_batches: int | None = None, commit_every: int | None = None,
                         precision: str = "float32", noise: SkyNoise | None = None) -> Path:
-    """Stream ``n`` synthetic galaxies from ``model`` (a network, or a :class:`~astrovader.runs.Run`, whose name
-    is recorded) into a packed dataset at ``out``; returns ``out``.
+    """Stream synthetic galaxies into a packed dataset.
 
-    The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the
-    latent vector decoded). Images are committed every ``commit_every`` images (default: about 64 MB of
-    pixels, at least one batch), so memory stays bounded for any ``n``. If ``out`` already holds a dataset
-    made by this function with the same model and settings, generation continues from its committed count
-    (a larger ``n`` extends it) with the run's original batch size, so the bytes equal an uninterrupted run's;
-    different settings are refused rather than mixed. ``stop_after_batches`` stops early, leaving the
-    dataset marked incomplete (for tests of resumption)."""
+    The catalogue holds ``id`` (0..n-1), ``component`` (the component drawn) and ``z_0..z_{J-1}`` (the latent vector
+    decoded). Images are committed in blocks, so memory stays bounded for any ``n``. If ``out`` already holds a
+    dataset made with the same model and settings, generation continues from its committed count (a larger ``n``
+    extends it) with the original batch size, so the bytes equal an uninterrupted run's; different settings are
+    refused rather than mixed.
+
+    Parameters
+    ----------
+    model : AstroVaDErNet or Run
+        The network, or a run (whose name is recorded).
+    out : path-like
+        The dataset directory.
+    n : int
+        Number of galaxies.
+    components : int or sequence of int, optional
+        Draw from these components only, cycled in order.
+    weights : {"mixture", "uniform"}, default "mixture"
+        How each galaxy's component is drawn when ``components`` is not given.
+    temperature : float, default 1.0
+        Scale of the latent variances.
+    seed : int, default 0
+        Random seed.
+    batch_size : int
+        Galaxies decoded at once.
+    progress : bool, default True
+        Show a progress bar.
+    stop_after_batches : int, optional
+        Stop early, leaving the dataset incomplete (for tests of resumption).
+    commit_every : int, optional
+        Images per commit (default: about 64 MB of pixels, at least one batch).
+    precision : {"float32", "bf16"}, default "float32"
+        The decoder's arithmetic.
+    noise : SkyNoise, optional
+        Survey sky noise to add (:func:`astrovader.data.noise.dataset_sky_noise`); None keeps the noiseless mean.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
     if n < 0:
         raise InputError(f"n must be >= 0, got {n}")
     net = network_of(model)
@@ -283,10 +315,32 @@ def generate_to_png(model: AstroVaDErNet | Run, out: str | Path, n: int, compone
                     weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                     *, ncols: int | None = None, max_images: int = 4096, tile_px: int = 96,
                     precision: str = "float32", noise: SkyNoise | None = None) -> Path:
-    """A PNG grid of ``n`` synthetic galaxies at their true pixel values (no stretch), for a quick look: each
-    tile enlarged to at least ``tile_px`` pixels by repeating pixels, and captioned with the component it was
-    drawn from. Larger runs belong in a dataset; ``n`` above ``max_images`` is refused rather than making a huge
-    PNG."""
+    """A PNG grid of synthetic galaxies at their stored pixel values, for a quick look.
+
+    Each tile is enlarged to at least ``tile_px`` pixels by repeating pixels and captioned with its component.
+
+    Parameters
+    ----------
+    model : AstroVaDErNet or Run
+        The network, or a run.
+    out : path-like
+        The PNG file.
+    n : int
+        Number of galaxies, 1..``max_images``.
+    components, weights, temperature, seed, batch_size, precision, noise
+        As for :func:`generate_to_dataset`.
+    ncols : int, optional
+        Tiles per row (default: about square).
+    max_images : int, default 4096
+        The largest grid made; larger runs belong in a dataset.
+    tile_px : int, default 96
+        Smallest tile side in the PNG.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
     if not 1 <= n <= max_images:
         raise InputError(f"a PNG grid needs 1..{max_images} images, got {n}; use --format dataset for more")
     spec = _spec(components, weights, temperature, seed, precision, noise)
@@ -299,11 +353,32 @@ def generate_to_fits(model: AstroVaDErNet | Run, out: str | Path, n: int, compon
                      weights: str = "mixture", temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH,
                      *, progress: bool = True, command: str | None = None, precision: str = "float32",
                      noise: SkyNoise | None = None) -> Path:
-    """A FITS file: primary HDU a float32 cube (N, H, W) (or (N, C, H, W)) in [0, 1], streamed batch by batch,
-    then a BINTABLE ``CATALOG`` of id, component and z; a :class:`~astrovader.runs.Run` as ``model`` adds its
-    provenance to the header. Pixels are the dataset's uint8 values / 255, so
-    every format holds the same images; rows are stored bottom first, as FITS viewers expect.
-    Written to a temporary name and renamed, so never half-written."""
+    """A FITS file of synthetic galaxies: a float32 cube and a ``CATALOG`` table.
+
+    The primary HDU is a cube (N, H, W) (or (N, C, H, W)) of the dataset's uint8 values / 255, streamed batch by
+    batch and stored bottom row first, as FITS viewers expect; the ``CATALOG`` BINTABLE holds id, component and z.
+    Written to a temporary name and renamed, so never half-written.
+
+    Parameters
+    ----------
+    model : AstroVaDErNet or Run
+        The network, or a run, whose provenance then goes into the header.
+    out : path-like
+        The FITS file.
+    n : int
+        Number of galaxies, at least 1.
+    components, weights, temperature, seed, batch_size, precision, noise
+        As for :func:`generate_to_dataset`.
+    progress : bool, default True
+        Show a progress bar.
+    command : str, optional
+        The command line, recorded as ``COMMAND``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
     from astropy.io import fits
 
     if n < 1:

@@ -36,6 +36,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from astrovader.compute import (
+    SINGLE_PROCESS,
+    DistInfo,
+    all_reduce_,
+    barrier,
+    broadcast_parameters,
+    distributed_setup,
+    epoch_seed,
+    resolve_device,
+    training_bf16,
+    training_channels_last,
+)
 from astrovader.config import Config
 from astrovader.data.dataset import Dataset, atomic_write_bytes, is_dataset, open_dataset
 from astrovader.data.locks import exclusive
@@ -65,18 +77,6 @@ from astrovader.runs import (
     load_config,
     record_training_rows,
     save_checkpoint,
-)
-from astrovader.runtime import (
-    SINGLE_PROCESS,
-    DistInfo,
-    all_reduce_,
-    barrier,
-    broadcast_parameters,
-    distributed_setup,
-    epoch_seed,
-    resolve_device,
-    training_bf16,
-    training_channels_last,
 )
 from astrovader.schedule import EpochPlan, schedule
 

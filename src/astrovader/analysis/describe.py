@@ -348,9 +348,45 @@ def describe_run(run: Run | str | Path, dataset: str | Path | Dataset, out: str 
                  settings: DescribeSettings = DescribeSettings(), device: str | None = None,
                  allow_unfinished: bool = False, overwrite: bool = False, command: str | None = None,
                  names: str | Path | None = None, progress: bool = True) -> Description:
-    """``astrovader describe``: the description table of a run's components on ``dataset`` written to ``out``
-    (.csv or .parquet), and the per-galaxy measurements beside it (``OUT_galaxies.csv`` / ``.parquet``).
-    ``names``: a component_names.json from the explorer, whose names become a ``component_name`` column."""
+    """Describe every component of a run on a dataset, and write the table and the per-galaxy measurements.
+
+    The members of each component are measured on linear flux (photutils, GalSim adaptive moments, statmorph) and
+    compared with the other components; components grouped by companions or orientation are flagged.
+
+    Parameters
+    ----------
+    run : Run, str or path-like
+        The trained run, or a run directory or pretrained model's name.
+    dataset : path-like or Dataset
+        The galaxies to describe.
+    out : path-like
+        ``.csv`` or ``.parquet``; the per-galaxy measurements go to ``OUT_galaxies`` beside it.
+    split : str, optional
+        Only the catalogue rows with this ``split`` value (for example "test").
+    max_images : int, optional
+        A seeded random subset of at most this many rows.
+    label_column : str, optional
+        A catalogue column of known classes to cross-tabulate (detected when omitted).
+    settings : DescribeSettings
+        How many members, core members and detailed (statmorph) measurements, and the seed.
+    device : str, optional
+        Where the network runs when ``run`` is a name.
+    allow_unfinished : bool, default False
+        Accept a run whose training has not finished.
+    overwrite : bool, default False
+        Replace existing outputs.
+    command : str, optional
+        The command line, recorded in the outputs' provenance.
+    names : path-like, optional
+        A ``component_names.json`` from the explorer: a ``component_name`` column.
+    progress : bool, default True
+        Show progress bars.
+
+    Returns
+    -------
+    Description
+        The table, the measurements, the sentences and the flagged components.
+    """
     from astrovader.data.dataset import open_dataset
     from astrovader.data.selection import select_rows
     from astrovader.inference import infer

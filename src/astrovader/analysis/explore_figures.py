@@ -19,8 +19,8 @@ from astrovader.analysis.describe import DescribeSettings, describe_components
 from astrovader.analysis.figures import display_range, save_figure, show_image, subplots
 from astrovader.analysis.morphology import companion_mask, strictly_companion_free
 from astrovader.data.dataset import Dataset, open_dataset
-from astrovader.explore import deblend, latent_summary, route_interpolation, traverse
 from astrovader.inference import Predictions
+from astrovader.latent_paths import deblend, latent_summary, route_interpolation, traverse
 from astrovader.model import AstroVaDErNet
 from astrovader.sampling import gallery
 

@@ -351,9 +351,38 @@ def write_explorer(run: Run | str | Path, dataset: str | Path | Dataset, out: st
                    pred: Predictions | None = None, max_points: int = 20000, label_column: str | None = None,
                    describe: DescribeSettings | None = None, seed: int = 0, command: str | None = None,
                    progress: bool = False, description: Description | None = None) -> Path:
-    """Write ``explorer.html`` for a run on ``dataset`` (all rows, or a seeded sample of ``max_points``).
-    ``pred``: predictions already made for those rows (e.g. by the exploration figures), reused; so is
-    ``description`` (:func:`explorer_description` of them). Each step is announced on stderr with ``progress``."""
+    """Write the self-contained cluster explorer page for a run on a dataset.
+
+    Parameters
+    ----------
+    run : Run, str or path-like
+        The trained run, or a run directory or pretrained model's name.
+    dataset : path-like or Dataset
+        The galaxies to show.
+    out : path-like
+        The HTML file.
+    pred : Predictions, optional
+        Predictions already made for the shown rows (reused).
+    max_points : int, default 20000
+        At most this many galaxies, a seeded random sample beyond that.
+    label_column : str, optional
+        A catalogue column of known classes (detected when omitted).
+    describe : DescribeSettings, optional
+        Settings of the component descriptions.
+    seed : int, default 0
+        Seed of the sample and the descriptions.
+    command : str, optional
+        The command line, recorded in the page's provenance.
+    progress : bool, default False
+        Announce each step on stderr.
+    description : Description, optional
+        The components' description of the shown rows (reused).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
     run = Run.open(run, "cpu") if not isinstance(run, Run) else run
     net = run.network
 

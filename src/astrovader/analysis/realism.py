@@ -211,11 +211,43 @@ def _measure(images: np.ndarray, n_detailed: int, stretch: PixelStretch | None, 
 def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "test", train_split: str = "train",
             n_detailed: int = 100, n_train: int = 5000, temperature: float = 1.0, seed: int = 0,
             noise: SkyNoise | None = None, sampler: str = "prior", log=None) -> RealismResult:
-    """Compare ``n`` synthetic galaxies of ``net`` with up to ``n`` real galaxies of ``ds``'s ``split`` (see the
-    module docstring). Training images (for memorisation and the feature space) are up to ``n_train`` rows of
-    ``train_split``; statmorph's parameters are measured on ``n_detailed`` galaxies of each set. ``noise`` (see
-    :mod:`astrovader.data.noise`) draws synthetic stamps with survey sky noise, as ``generate --noise``.
-    ``sampler``: "prior" (each component's Gaussian, as ``generate``) or "posterior" (:func:`posterior_sample`)."""
+    """Measure synthetic galaxies against real galaxies the model was not fitted on.
+
+    See the module docstring for the measurements: morphology distributions beside their real-vs-real floor, a
+    Frechet distance in PCA features of real stamps, a two-sample CNN and memorisation.
+
+    Parameters
+    ----------
+    net : AstroVaDErNet
+        The trained network.
+    ds : Dataset
+        The real galaxies, with a ``split`` column.
+    n : int, default 1000
+        Synthetic galaxies, and at most as many real ones.
+    split : str, default "test"
+        The real galaxies' split.
+    train_split : str, default "train"
+        The training rows (memorisation and the feature space).
+    n_detailed : int, default 100
+        Galaxies of each set measured with statmorph.
+    n_train : int, default 5000
+        At most this many training rows.
+    temperature : float, default 1.0
+        Scale of the latent draws' spread.
+    seed : int, default 0
+        Random seed.
+    noise : SkyNoise, optional
+        Survey sky noise added to the synthetic stamps, as ``generate --noise``.
+    sampler : {"prior", "posterior"}, default "prior"
+        Each component's prior Gaussian (as ``generate``) or a density fitted to its encoded training members.
+    log : callable, optional
+        Receives progress messages.
+
+    Returns
+    -------
+    RealismResult
+        Every measurement, overall and per component.
+    """
     if sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     from sklearn.decomposition import PCA

@@ -67,18 +67,58 @@ def make_report(run: Run | str | Path, dataset: str | Path | Dataset, out_dir: s
                 allow_unfinished: bool = False, dpi: int = 110, vector: Sequence[str] = (),
                 command: str | None = None, describe: DescribeSettings | None = None,
                 overwrite: bool = False, n_realism: int = 300) -> Path:
-    """Write the section-5 analyses of a trained run on ``dataset`` to ``out_dir``; returns report.html.
-
-    ``split`` restricts to catalogue rows with that ``split`` value; by default the report uses the ``test``
-    rows when the catalogue has them (the paper reports on its test set) and says prominently when it falls
-    back to all rows; ``split="all"`` asks for every row. ``max_images`` randomly thins the rows (seeded).
-    ``non_morphological`` lists components that group galaxies by something other than their shape; by
-    default the components ``describe`` flags. ``gz_cuts`` overrides the Galaxy Zoo clean-sample cuts. Figures
-    are PNGs at ``dpi`` with a copy in each ``vector`` format ("pdf", "svg"). ``n_realism`` synthetic galaxies
-    are measured against as many held-out real ones (0 skips that section).
+    """Write the paper's section-5 analyses of a trained run on a dataset as one HTML page with its figures and tables.
 
     The report is built in a temporary folder beside ``out_dir`` and swapped in when complete, so a killed report
-    never mixes new files with an old one; a non-empty ``out_dir`` is replaced only with ``overwrite``."""
+    never mixes new files with an old one.
+
+    Parameters
+    ----------
+    run : Run, str or path-like
+        The trained run, or a run directory or pretrained model's name.
+    dataset : path-like or Dataset
+        The galaxies to analyse.
+    out_dir : path-like
+        The report folder (``report.html``, ``figures/``, ``tables/``).
+    split : str, optional
+        Only catalogue rows with this ``split`` value; by default the ``test`` rows when the catalogue has them (the
+        page says prominently when it falls back to all rows); "all" asks for every row.
+    cuts : sequence of float, default (0.1, 0.5, 0.9)
+        Probability cuts of Table 2.
+    non_morphological : sequence of int, optional
+        Components that group galaxies by something other than their shape (default: those ``describe`` flags).
+    label_column : str, optional
+        A catalogue column of known classes (detected when omitted).
+    max_images : int, optional
+        A seeded random subset of at most this many rows.
+    progress : bool, default True
+        Print progress.
+    gz_cuts : dict of str to float, optional
+        Galaxy Zoo clean-sample cuts to override.
+    seed : int, default 0
+        Seed of every random choice in the report.
+    device : str, optional
+        Where the network runs when ``run`` is a name.
+    allow_unfinished : bool, default False
+        Accept a run whose training has not finished.
+    dpi : int, default 110
+        Resolution of the PNG figures.
+    vector : sequence of str, default ()
+        Also write each figure in these formats ("pdf", "svg").
+    command : str, optional
+        The command line, recorded in the report's provenance.
+    describe : DescribeSettings, optional
+        Settings of the component descriptions.
+    overwrite : bool, default False
+        Replace a non-empty ``out_dir``.
+    n_realism : int, default 300
+        Synthetic galaxies measured against as many held-out real ones (0 skips that section).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir / "report.html"``.
+    """
     run = Run.open(run, device, allow_unfinished=allow_unfinished)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

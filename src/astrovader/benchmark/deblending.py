@@ -34,7 +34,7 @@ def deblending_on_simulation(run_dir: str | Path, dataset: str | Path | Dataset,
     from astrovader.analysis.describe import DescribeSettings, describe_components, pixel_scale_of
     from astrovader.analysis.morphology import aperture_flux, companion_mask, strictly_companion_free
     from astrovader.data.dataset import open_dataset
-    from astrovader.explore import deblend
+    from astrovader.latent_paths import deblend
     from astrovader.runs import Run
 
     net = Run.open(run_dir).network

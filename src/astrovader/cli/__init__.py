@@ -37,35 +37,6 @@ BUG_LINE = ("astrovader {command}: this is a bug in astrovader, not a problem wi
             "with the traceback above")
 
 
-def bounded(name: str, kind: type, minimum: float, what: str):
-    """An argparse type: ``kind`` (int or float) not below ``minimum``, with an error naming the option."""
-    def conv(value: str):
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}") from None
-        if not v >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value!r}")
-        return v
-    return conv
-
-
-def positive_int(name: str):
-    return bounded(name, int, 1, "a positive integer")
-
-
-def non_negative_float(name: str):
-    return bounded(name, float, 0.0, "a number >= 0")
-
-
-def add_precision(p: argparse.ArgumentParser, what: str) -> None:
-    """The shared ``--precision`` option of the commands that run the network over many images."""
-    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                   help=f"float32 (default: the {what} do not depend on the machine) or bf16: the decoder "
-                   "(reconstructions, generated images) in bf16, about 1.5x faster on CPUs with AVX512-BF16/AMX "
-                   "and on GPUs; latents and probabilities stay float32. Recorded in the output (PRECISN)")
-
-
 # One example per command, shown at the end of its --help; tests/test_cli_examples.py runs every one.
 EXAMPLES: dict[str, str] = {
     "demo": "astrovader demo astrovader-demo/",

@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from astrovader.cli import CLIError, positive_int
+from astrovader.cli import CLIError
+from astrovader.cli.options import (
+    add_allow_unfinished,
+    add_dataset,
+    add_device,
+    add_overwrite,
+    add_quiet,
+    add_run,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from astrovader.runs import Run
@@ -151,7 +160,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
                        "(Figures 13-14), training history (Figure 2) and synthetic galaxies, opened by a "
                        "description of every component; written to OUT_DIR/report.html, a self-contained page "
                        "that opens offline.")
-    p.add_argument("run_dir", metavar="RUN", help="trained run directory")
+    add_run(p)
     p.add_argument("dataset", metavar="DATASET",
                    help="dataset directory (the one trained on, or another with the same image size)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output directory for report.html, figures/, tables/")
@@ -179,11 +188,10 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="analyse a random subset of at most N images (default: all selected rows)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random selections (default 0)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="use a run whose training has not finished (default: refuse it)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds files")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_device(p)
+    add_allow_unfinished(p)
+    add_overwrite(p, help="replace OUT_DIR if it already holds files")
+    add_quiet(p, "no progress messages")
     p.set_defaults(func=cmd_report)
 
 
@@ -194,8 +202,8 @@ def _register_describe(sub: argparse._SubParsersAction) -> None:
                        "Gini, M20, Sersic index), summarise their labels where the dataset has them, print one "
                        "sentence per component and flag components grouped by companions or orientation. "
                        "Writes OUT (.csv or .parquet, one row per component) and OUT_galaxies beside it.")
-    p.add_argument("run_dir", metavar="RUN", help="trained run directory")
-    p.add_argument("dataset", metavar="DATASET", help="dataset directory")
+    add_run(p)
+    add_dataset(p)
     p.add_argument("out", metavar="OUT", help="description table, .csv or .parquet")
     p.add_argument("--split", metavar="NAME", default=None,
                    help="use only catalogue rows with this split value, e.g. test (default: all rows)")
@@ -209,13 +217,12 @@ def _register_describe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detailed", type=positive_int("--detailed"), default=60, metavar="N",
                    help="of those, members also measured with statmorph, about 0.2 s each (default 60)")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="seed for the random members (default 0)")
-    p.add_argument("--device", metavar="DEVICE", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="use a run whose training has not finished (default: refuse it)")
+    add_device(p)
+    add_allow_unfinished(p)
     p.add_argument("--names", metavar="JSON", default=None,
                    help="component_names.json exported from the explorer page: adds a component_name column")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite(p, help="replace OUT if it exists")
+    add_quiet(p)
     p.set_defaults(func=cmd_describe)
 
 
@@ -224,7 +231,7 @@ def _register_choose_k(sub: argparse._SubParsersAction) -> None:
                        description="Fit Dirichlet-process Bayesian Gaussian mixtures (small concentration prior, "
                        "many components) to random mini-batches of latent means and count the components whose "
                        "weight exceeds a threshold; prints the distribution and its mode, and writes a figure.")
-    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
+    add_run(p)
     p.add_argument("dataset", nargs="?", default=None,
                    help="dataset directory (default: the one recorded in RUN_DIR/dataset.txt)")
     p.add_argument("--max-components", type=int, default=20, help="components per fit (default 20)")
@@ -241,10 +248,9 @@ def _register_choose_k(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="use only catalogue rows with this split value")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N images")
     p.add_argument("--out", default=None, help="figure path (default: RUN_DIR/choose_k.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace the figure if it exists")
+    add_overwrite(p, help="replace the figure if it exists")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="use a run whose training has not finished (default: refuse it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device(p)
+    add_allow_unfinished(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_choose_k)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from astrovader.cli import CLIError
+from astrovader.cli.options import add_overwrite, add_quiet, add_threads
 
 
 def cmd_realism(args: argparse.Namespace) -> int:
@@ -84,7 +85,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.name in DATA_FOLDERS:
         if args.data is None:
             raise CLIError(f"{args.name} needs --data DIR: the {DATA_FOLDERS[args.name]} "
-                           "folder of the data release (see the README)")
+                           "folder: the astrovader documentation's Benchmarks page says where to get it")
         source = resolve_data(args.name, args.data)
         if source is None or not source.is_dir():
             raise CLIError(f"{args.name}: data directory {args.data} does not exist")
@@ -144,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which benchmark")
     p.add_argument("inputs", nargs="*", metavar="RUN DATASET", help="realism only: the run and a dataset with a split")
     p.add_argument("--split", default="test", help="realism: the real galaxies' split (default test)")
-    p.add_argument("--overwrite", action="store_true", help="realism: replace the results in --out")
+    add_overwrite(p, help="realism: replace the results in --out")
     p.add_argument("--noise", action="store_true",
                    help="realism: synthetic stamps with the sky noise of DATASET's stamps (as generate --noise)")
     p.add_argument("--sampler", choices=("prior", "posterior"), default="prior",
@@ -187,8 +188,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-rows", action="store_true",
                    help="gz1, gz2-kaggle: fit and score every method on all galaxies (the old mode); by default "
                    "every method is fitted on 70%% and scored on a seeded, class-stratified 30%% none was fitted on")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads(p)
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any run had NaNs or an empty component")
-    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    add_quiet(p, "print only the final table")
     p.set_defaults(func=cmd_benchmark)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from astrovader.cli import CLIError, add_precision, positive_int
+from astrovader.cli import CLIError
+from astrovader.cli.options import (
+    add_allow_unfinished,
+    add_dataset,
+    add_device,
+    add_overwrite,
+    add_precision,
+    add_quiet,
+    add_run,
+    positive_int,
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -175,39 +185,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", nargs="?", default="astrovader-demo", help="output directory (default: astrovader-demo)")
     p.add_argument("--n", type=int, default=8000, help="number of simulated galaxies (default 8000)")
     p.add_argument("--seed", type=int, default=0, help="random seed for simulation and training")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model with the s3VDC schedule",
                        description="Train AstroVaDEr on a dataset (from `astrovader ingest` or `simulate`). "
                        "A checkpoint is written atomically after every epoch; --resume continues a killed run.")
-    p.add_argument("dataset", help="dataset directory")
-    p.add_argument("run_dir", help="run directory (config.toml, model.safetensors, history.csv, checkpoint)")
+    add_dataset(p)
+    add_run(p, help="run directory (config.toml, model.safetensors, history.csv, checkpoint)")
     _add_config_args(p, None)
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
+    add_overwrite(p, help="replace a run already in RUN_DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch (0-based); resume later with --resume")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default: the config's "
+    add_device(p, help="auto, cpu, cuda, cuda:N, mps (default: the config's "
                    "train.device, auto: a GPU when there is one)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log every epoch's losses to RUN_DIR/tensorboard (needs pip install "
                    "'astrovader[tensorboard]'; view with tensorboard --logdir RUN_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="write a catalogue of latent means and component probabilities",
                        description="Columns: id, z_0..z_{J-1}, logvar_0.., p_0..p_{K-1}, component, max_prob, "
                        "recon_mse. Parquet, or FITS when OUT ends in .fits. Streamed with bounded memory.")
-    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
-    p.add_argument("dataset", help="dataset directory")
+    add_run(p)
+    add_dataset(p)
     p.add_argument("out", help="output catalogue (.parquet or .fits)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1024,
                    help="images per batch (default 1024)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="predict with a run whose training has not finished (recorded in the output's metadata)")
+    add_device(p)
+    add_overwrite(p)
+    add_allow_unfinished(p, help="predict with a run whose training has not finished (recorded in the output's "
+                         "metadata)")
     p.add_argument("--dask", metavar="SCHEDULER", default=None,
                    help="predict in chunks on Dask workers: local, local:N (N worker processes here) or a "
                    "scheduler address such as tcp://host:8786; OUT becomes a directory of Parquet parts and a "
@@ -218,7 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-rows", type=positive_int("--chunk-rows"), default=8192,
                    help="images per Dask part (default 8192)")
     add_precision(p, "predictions")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("check", help="check that a dataset or run directory is whole and usable",
@@ -228,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Prints a short summary; exit 0 when healthy, 1 when something is wrong (each problem named "
                        "with its fix). Example: astrovader check data/ run/")
     p.add_argument("paths", nargs="+", metavar="PATH", help="dataset or run directories")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "no progress bar")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("presets", help="list the named configurations and pretrained models, one a line",

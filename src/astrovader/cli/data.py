@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from astrovader.cli import CLIError, non_negative_float, positive_int
+from astrovader.cli import CLIError
+from astrovader.cli.options import add_dataset, add_overwrite, add_quiet, non_negative_float, positive_int
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,14 +133,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decoding processes (default: number of CPUs)")
     p.add_argument("--append", action="store_true", help="add to an existing complete dataset; inputs whose id is "
                    "already present are skipped as duplicates")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "no progress bar")
     p.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("split", help="assign train/validation/test to a dataset's catalogue (split column)",
                        description="Write a 'split' column (train/validation/test) into DATASET/catalog.parquet "
                                    "atomically. Rows failing the vote cut, or absent from --id-lists, get "
                                    "'excluded' / 'unassigned'.")
-    s.add_argument("dataset", metavar="DATASET", help="dataset directory")
+    add_dataset(s)
     s.add_argument("--fractions", metavar="T,V,E", help="train,validation,test fractions, e.g. 0.8,0.05,0.15 "
                    "(train rounded down to a multiple of --batch-size)")
     s.add_argument("--paper-counts", action="store_true", help="the paper's split: 159,600 train, 5,000 "
@@ -147,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--id-lists", metavar="DIR", help="folder of *Train*/*Valid*/*Test* .npy id lists (e.g. "
                    "astrovader-splits)")
     s.add_argument("--seed", type=int, default=0, help="random seed for --fractions/--paper-counts (default 0)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing, different split column (the old "
+    add_overwrite(s, help="replace an existing, different split column (the old "
                    "one is kept as split_previous; runs trained on it then fail `astrovader check`)")
     s.add_argument("--batch-size", type=positive_int("--batch-size"), default=100,
                    help="train count is rounded down to a multiple of this (default 100)")
@@ -182,5 +183,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--scale-factor", type=non_negative_float("--scale-factor"), default=0.02,
                    help="pixel scale = factor x petroR90_r arcsec (default 0.02)")
     d.add_argument("--limit", type=positive_int("--limit"), help="only the first N catalogue rows")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(d, "no progress bar")
     d.set_defaults(func=cmd_download)

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from astrovader.cli import CLIError, add_precision, positive_int
+from astrovader.cli import CLIError
+from astrovader.cli.options import (
+    add_allow_unfinished,
+    add_device,
+    add_overwrite,
+    add_precision,
+    add_quiet,
+    add_run,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from astrovader.runs import Run
@@ -124,7 +133,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from astrovader.analysis.explore_figures import generation_figures
     from astrovader.analysis.explorer import explorer_description, explorer_rows, write_explorer
     from astrovader.data.dataset import open_dataset
-    from astrovader.explore import latent_summary
+    from astrovader.latent_paths import latent_summary
     from astrovader.runs import Run
 
     if args.steps < 2 or args.traverse_steps < 2:
@@ -178,7 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "a dataset output is resumable (re-run the same command) and reproducible for a seed, "
                        "and is followed by a cluster-consistency check: the share of generated images the "
                        "model assigns back to the component they came from.")
-    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
+    add_run(p)
     p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--component", type=int, nargs="+", metavar="C",
@@ -194,10 +203,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset (packed, predict-able), png (grid) or fits (cube + catalogue); "
                    "default from OUT's suffix, else dataset")
     p.add_argument("--batch-size", type=int, default=1024, help="images per batch (default 1024)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="use a run whose training has not finished (default: refuse it)")
-    p.add_argument("--overwrite", action="store_true",
+    add_device(p)
+    add_allow_unfinished(p)
+    add_overwrite(p,
                    help="replace OUT (a dataset only if generate wrote it); without it a dataset is resumed")
     p.add_argument("--no-consistency", action="store_true", help="skip the cluster-consistency check")
     p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
@@ -208,7 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "stamps stand in for survey ones; recorded in the output (default: the noiseless mean)")
     p.add_argument("--noise-from", metavar="DATASET", default=None,
                    help="as --noise, measured on DATASET's stamps instead (e.g. for a shipped model)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     add_precision(p, "images")
     p.set_defaults(func=cmd_generate)
 
@@ -219,7 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "component_names.json), gallery.png (samples per component), interpolation.png/.gif and "
                        "interpolation_strip.png (shortest route through each component's most probable "
                        "object), traversal.png (each latent variable min..max) and deblending.png.")
-    p.add_argument("run_dir", help="trained run directory, or a pretrained model's name (`astrovader presets`)")
+    add_run(p)
     p.add_argument("dataset", help="dataset directory (usually the training data)")
     p.add_argument("out_dir", help="directory for the figures")
     p.add_argument("--predictions", default=None, metavar="CATALOG",
@@ -238,9 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="galaxies on the explorer's map; a seeded random sample beyond N (default 20000)")
     p.add_argument("--temperature", type=float, default=1.0, help="gallery variance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="gallery seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace figures and explorer.html already in OUT_DIR")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--allow-unfinished", action="store_true",
-                   help="use a run whose training has not finished (default: refuse it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite(p, help="replace figures and explorer.html already in OUT_DIR")
+    add_device(p)
+    add_allow_unfinished(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_explore)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from astrovader.cli import CLIError
+from astrovader.cli.options import add_quiet
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="relative frequencies of elliptical, face-on disc, edge-on disc (default: equal)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: number of CPUs, at most 8; results do not depend on it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "no progress bar")
     p.set_defaults(func=cmd_simulate)
 
 

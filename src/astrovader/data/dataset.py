@@ -166,7 +166,22 @@ def is_dataset(path: str | os.PathLike) -> bool:
 
 
 class Dataset:
-    """Read access to a packed dataset. Images are read lazily from the chunked zarr store."""
+    """Read access to a packed dataset; images are read lazily from the chunked zarr store.
+
+    A dataset directory holds ``images.zarr`` (uint8, (N, C, H, W), row 0 the top of each image),
+    ``catalog.parquet`` (one row per image, keyed by a unique ``id``) and ``dataset.json``. Opening one checks that
+    the catalogue and the images still belong together (by their recorded ids) and refuses a damaged one.
+
+    Parameters
+    ----------
+    path : path-like
+        The dataset directory.
+
+    Raises
+    ------
+    DatasetError
+        The directory is not a dataset, or its metadata, catalogue or ids are damaged or inconsistent.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -277,7 +292,18 @@ class Dataset:
         return self.path / IMAGES / self._chunk_key(index)
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Rows at arbitrary indices, returned in the order given."""
+        """Images at arbitrary rows, in the order given.
+
+        Parameters
+        ----------
+        indices : sequence of int or ndarray
+            Row numbers in 0..N-1.
+
+        Returns
+        -------
+        ndarray of shape (len(indices), C, H, W)
+            uint8 images.
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:
             return np.zeros((0, self.channels, self.image_size, self.image_size), np.uint8)
@@ -471,7 +497,24 @@ class DatasetWriter:
 
 def write_dataset(path: str | os.PathLike, images: np.ndarray, catalog: pd.DataFrame | None = None,
                   meta: dict[str, Any] | None = None) -> Dataset:
-    """Write a whole in-memory uint8 array (N, C, H, W) or (N, H, W) and its catalogue as a dataset."""
+    """Write a whole in-memory array of images and their catalogue as a dataset.
+
+    Parameters
+    ----------
+    path : path-like
+        The new dataset directory.
+    images : ndarray of shape (N, C, H, W) or (N, H, W)
+        uint8 images, row 0 the top of each image.
+    catalog : pandas.DataFrame, optional
+        One row per image with a unique ``id`` column (default: ids 0..N-1).
+    meta : dict, optional
+        Extra ``dataset.json`` fields (for example ``pixel_scale_arcsec`` or ``pixel_stretch``).
+
+    Returns
+    -------
+    Dataset
+        The dataset written.
+    """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[:, None]
@@ -484,4 +527,16 @@ def write_dataset(path: str | os.PathLike, images: np.ndarray, catalog: pd.DataF
 
 
 def open_dataset(path: str | os.PathLike | Dataset) -> Dataset:
+    """A :class:`Dataset` for a path (a Dataset is returned as it is).
+
+    Parameters
+    ----------
+    path : path-like or Dataset
+        The dataset directory.
+
+    Returns
+    -------
+    Dataset
+        The opened dataset.
+    """
     return path if isinstance(path, Dataset) else Dataset(path)

@@ -323,7 +323,38 @@ def simulate_galaxies(n: int, size: int = 64, seed: int = 0, companion_fraction:
 def simulate(out: str | Path, n: int, size: int = 64, seed: int = 0, companion_fraction: float = 0.2,
              class_fractions: Sequence[float] | None = None, workers: int | None = None,
              progress: bool = True, variant: Variant = DEFAULT_VARIANT) -> Dataset:
-    """Simulate ``n`` galaxies straight into a packed dataset at ``out`` (bounded memory for any ``n``)."""
+    """Simulate galaxies with GalSim straight into a packed dataset, with their truth catalogue.
+
+    Ellipticals, face-on discs with a bulge and clumpy knots, and thin edge-on discs, PSF-convolved with sky noise;
+    memory stays bounded for any ``n``. The catalogue holds each galaxy's class, flux, sizes, axis ratio, position
+    angle and companion (see the module docstring for the conventions).
+
+    Parameters
+    ----------
+    out : path-like
+        A new (or empty) directory.
+    n : int
+        Number of galaxies.
+    size : int, default 64
+        Stamp side in pixels, a multiple of 8.
+    seed : int, default 0
+        Random seed; the same seed gives the same pixels.
+    companion_fraction : float, default 0.2
+        Share of galaxies with a companion galaxy or star.
+    class_fractions : sequence of float, optional
+        Shares of ellipticals, face-on and edge-on discs (default equal).
+    workers : int, optional
+        Processes drawing galaxies (default: the CPU count).
+    progress : bool, default True
+        Show a progress bar.
+    variant : Variant
+        Survey properties (pixel scale, PSF, noise, stretch); the default is the demo's.
+
+    Returns
+    -------
+    Dataset
+        The dataset written.
+    """
     out = Path(out)
     if size < 8 or size % 8:
         raise InputError(f"stamp size must be a multiple of 8 pixels (the networks halve an image three times), "
