@@ -78,3 +78,19 @@ def test_importing_every_module_leaves_the_matplotlib_backend_alone():
 @pytest.mark.parametrize("name", _modules())
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_is_too_long():
+    """A function reads top to bottom in one sitting; its docstring counts."""
+    import ast
+
+    long = {}
+    for p in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    long[f"{p.relative_to(PACKAGE).as_posix()}:{node.name}"] = n
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"

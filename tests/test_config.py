@@ -44,7 +44,7 @@ def test_unknown_key_in_file(tmp_path):
 
 def test_presets_are_one_registry_listed_by_the_cli(capsys):
     from astrovader.cli import main
-    from astrovader.config import PRESETS
+    from astrovader.presets import PRESETS
 
     assert {"paper", "demo", "simulated", "sdss64-k12", "sdss64-k3", "mnist"} <= set(PRESETS)
     assert main(["presets"]) == 0

@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from astrovader.analysis import explore_figures, figures
 from astrovader.data.dataset import Dataset
+from astrovader.data.grids import save_png_grid
 from astrovader.data.ingest import ingest_folder
-from astrovader.sampling import save_png_grid
 
 SIZE = 64
 

@@ -63,6 +63,24 @@ def _with_metadata(table: pa.Table, metadata: dict[str, str] | None) -> pa.Table
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}) if metadata else table
 
 
+def _parquet_to_fits(parquet_path: Path, out: Path, suffix: str, metadata: dict[str, str]) -> None:
+    """The finished Parquet catalogue as a FITS table ``PREDICTIONS`` at ``out``, provenance as header cards."""
+    from astropy.table import Table
+
+    tmp_fits = temporary_name(out, suffix)  # astropy compresses a name ending in .gz
+    with warnings.catch_warnings():  # string columns (component_name): astropy measures their width itself
+        warnings.filterwarnings("ignore", message="No table::len::")
+        table = Table.read(str(parquet_path), format="parquet")
+    table.meta["EXTNAME"] = "PREDICTIONS"
+    for key, value, comment in fits_cards(metadata):
+        table.meta[key] = (value, comment) if comment else value
+    for name in table.colnames:
+        if table[name].dtype.kind in "OU":
+            table[name] = [fits_text(v) for v in table[name]]
+    table.write(str(tmp_fits), format="fits", overwrite=True)
+    os.replace(tmp_fits, out)
+
+
 def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str | Path, *,
                     batch_size: int = 1024, start: int = 0,
                     stop: int | None = None, progress: bool = True, overwrite: bool = False,
@@ -141,20 +159,7 @@ def predict_dataset(net: AstroVaDErNet, dataset: str | Path | Dataset, out: str 
             writer.close()
             writer = None
         if fits_suffix:
-            from astropy.table import Table
-
-            tmp_fits = temporary_name(out, fits_suffix)  # astropy compresses a name ending in .gz
-            with warnings.catch_warnings():  # string columns (component_name): astropy measures their width itself
-                warnings.filterwarnings("ignore", message="No table::len::")
-                table = Table.read(str(parquet_path), format="parquet")
-            table.meta["EXTNAME"] = "PREDICTIONS"
-            for key, value, comment in fits_cards(metadata or {}):
-                table.meta[key] = (value, comment) if comment else value
-            for name in table.colnames:
-                if table[name].dtype.kind in "OU":
-                    table[name] = [fits_text(v) for v in table[name]]
-            table.write(str(tmp_fits), format="fits", overwrite=True)
-            os.replace(tmp_fits, out)
+            _parquet_to_fits(parquet_path, out, fits_suffix, metadata)
             parquet_path.unlink()
         else:
             os.replace(parquet_path, out)

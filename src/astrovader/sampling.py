@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from astrovader.compute import check_precision
 from astrovader.data.dataset import Dataset, DatasetError, DatasetWriter, is_dataset, open_dataset
+from astrovader.data.grids import save_png_grid
 from astrovader.data.noise import SkyNoise
 from astrovader.data.outputs import remove_stale_temporaries, temporary_name
 from astrovader.errors import InputError
@@ -203,6 +204,40 @@ def model_fingerprint(net: AstroVaDErNet) -> str:
     return h.hexdigest()[:16]
 
 
+def _resume_from(out: Path, gen_meta: dict[str, Any], n: int, device: str) -> tuple[int, bool]:
+    """How many images an earlier generation run into ``out`` committed (0 for a new output) and whether it was left
+    incomplete. Refuses a dataset of other settings or of more than ``n`` images; a resumed run takes over the
+    original batch size (written into ``gen_meta``) so its bytes equal an uninterrupted run's."""
+    if not is_dataset(out):
+        return 0, False
+    existing = Dataset(out)
+    prev = existing.meta.get("generated")
+    if prev is None:
+        raise DatasetError(f"{out}: a dataset not written by `astrovader generate`; choose a new output")
+    prev = {"precision": "float32", "noise": None, **prev}  # written before these were settings
+    diffs = [k for k in ("clusters", "weights", "temperature", "seed", "precision", "noise", "model")
+             if prev.get(k) != gen_meta[k]]
+    if diffs:
+        detail = ", ".join(f"{k}: {prev.get(k)!r} there, {gen_meta[k]!r} now" for k in diffs)
+        raise DatasetError(f"{out}: holds a generation run with different settings ({detail}); "
+                           "re-run with the same settings to resume, or choose a new output")
+    done = len(existing)
+    if done > n:
+        raise DatasetError(f"{out}: already holds {done} generated images, more than the {n} asked for; choose "
+                           "a new output, ask for at least as many to extend it, or pass --overwrite")
+    if done < n:
+        if prev.get("device") != device:
+            warnings.warn(f"{out}: begun on {prev.get('device')}, continued on {device}; pixels may differ by a "
+                          "grey level from an uninterrupted run (different arithmetic)", stacklevel=3)
+        first = int(prev.get("batch_size", gen_meta["batch_size"]))
+        if first != gen_meta["batch_size"]:
+            warnings.warn(f"{out}: resuming with the run's original batch size {first}, not "
+                          f"{gen_meta['batch_size']}, so the images are byte-identical to an uninterrupted run",
+                          stacklevel=3)
+            gen_meta["batch_size"] = first
+    return done, not existing.complete
+
+
 def generate_to_dataset(model: AstroVaDErNet | Run, out: str | Path, n: int,
                         components: int | Sequence[int] | None = None, weights: str = "mixture",
                         temperature: float = 1.0, seed: int = 0, batch_size: int = DEFAULT_BATCH, *,
@@ -261,35 +296,12 @@ def generate_to_dataset(model: AstroVaDErNet | Run, out: str | Path, n: int,
     out = Path(out)
     gen_meta = {**spec.as_dict(), "model": model_fingerprint(net), "batch_size": int(batch_size),
                 "device": device.type, "run_dir": model.name if isinstance(model, Run) else None}
-    done = 0
-    if is_dataset(out):
-        existing = Dataset(out)
-        prev = existing.meta.get("generated")
-        if prev is None:
-            raise DatasetError(f"{out}: a dataset not written by `astrovader generate`; choose a new output")
-        prev = {"precision": "float32", "noise": None, **prev}  # written before these were settings
-        diffs = [k for k in ("clusters", "weights", "temperature", "seed", "precision", "noise", "model")
-                 if prev.get(k) != gen_meta[k]]
-        if diffs:
-            detail = ", ".join(f"{k}: {prev.get(k)!r} there, {gen_meta[k]!r} now" for k in diffs)
-            raise DatasetError(f"{out}: holds a generation run with different settings ({detail}); "
-                               "re-run with the same settings to resume, or choose a new output")
-        done = len(existing)
-        if done > n:
-            raise DatasetError(f"{out}: already holds {done} generated images, more than the {n} asked for; choose "
-                               "a new output, ask for at least as many to extend it, or pass --overwrite")
-        if done == n:
-            if not existing.complete:  # killed between the last commit and closing
-                DatasetWriter(out, m.image_size, m.channels, append=True).close()
-            return out
-        if prev.get("device") != device.type:
-            warnings.warn(f"{out}: begun on {prev.get('device')}, continued on {device.type}; pixels may "
-                          "differ by a grey level from an uninterrupted run (different arithmetic)", stacklevel=2)
-        first = int(prev.get("batch_size", batch_size))
-        if first != batch_size:
-            warnings.warn(f"{out}: resuming with the run's original batch size {first}, not {batch_size}, so "
-                          "the images are byte-identical to an uninterrupted run", stacklevel=2)
-            batch_size = gen_meta["batch_size"] = first
+    done, unfinished = _resume_from(out, gen_meta, n, device.type)
+    if done == n and is_dataset(out):
+        if unfinished:  # killed between the last commit and closing
+            DatasetWriter(out, m.image_size, m.channels, append=True).close()
+        return out
+    batch_size = gen_meta["batch_size"]
     per_image = m.channels * m.image_size ** 2
     commit_every = commit_every or max(batch_size, (64 << 20) // per_image)
     writer = DatasetWriter(out, m.image_size, m.channels, append=is_dataset(out),
@@ -486,50 +498,3 @@ def format_consistency(table: pd.DataFrame) -> str:
         overall = float((table["consistency"] * table["n"]).sum() / table["n"].sum())
         lines.append(f"mean over components: {table['consistency'].mean():.3f}   (over images: {overall:.3f})")
     return "\n".join(lines)
-
-
-def png_grid(images: np.ndarray, ncols: int | None = None, gap: int = 2, scale: int = 1,
-             labels: Sequence[str] | None = None):
-    """uint8 (N, C, H, W) images tiled into one Pillow image with ``gap`` white pixels between tiles, each tile
-    enlarged ``scale`` times by repeating pixels (no interpolation: the pixels are the data) and, with ``labels``,
-    a caption strip under each tile."""
-    from PIL import Image, ImageDraw
-
-    n, c, h, w = images.shape
-    ncols = ncols or max(1, int(np.ceil(np.sqrt(n))))
-    nrows = max(1, -(-n // ncols))
-    th, tw, strip = h * scale, w * scale, (18 if labels is not None else 0)
-    cell_h = th + strip
-    canvas = np.full((nrows * (cell_h + gap) - gap, ncols * (tw + gap) - gap, 3 if c == 3 else 1), 255, np.uint8)
-    for i in range(n):
-        r, q = divmod(i, ncols)
-        tile = images[i].transpose(1, 2, 0) if c in (1, 3) else images[i].mean(0, keepdims=True).transpose(1, 2, 0)
-        tile = np.repeat(np.repeat(tile, scale, 0), scale, 1)
-        canvas[r * (cell_h + gap):r * (cell_h + gap) + th, q * (tw + gap):q * (tw + gap) + tw] = tile
-    im = Image.fromarray(canvas if c == 3 else canvas[..., 0])
-    if labels is not None:
-        from PIL import ImageFont
-
-        draw = ImageDraw.Draw(im)
-        # a scalable font at a size that stays readable when a page shows the grid smaller than its pixels
-        font = ImageFont.load_default(size=max(11, min(14, tw // 5)))
-        for i, text in enumerate(labels[:n]):
-            r, q = divmod(i, ncols)
-            draw.text((q * (tw + gap) + 2, r * (cell_h + gap) + th + 1), str(text), fill=0, font=font)
-    return im
-
-
-def save_png_grid(images: np.ndarray, out: str | Path, ncols: int | None = None, gap: int = 2, scale: int = 1,
-                  labels: Sequence[str] | None = None) -> Path:
-    """:func:`png_grid` written to ``out``."""
-    im = png_grid(images, ncols, gap, scale, labels)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    tmp = temporary_name(out)  # a kill leaves no 0-byte or half-written PNG under the final name
-    try:
-        im.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out

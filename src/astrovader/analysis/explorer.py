@@ -46,10 +46,11 @@ from astrovader.analysis.figures import cluster_colors
 from astrovader.analysis.latent_map import latent_map
 from astrovader.analysis.page import script_json
 from astrovader.data.dataset import Dataset, atomic_write_bytes, open_dataset
+from astrovader.data.grids import png_grid
 from astrovader.inference import Predictions, decode, infer, reconstruct
 from astrovader.model import AstroVaDErNet
 from astrovader.runs import Run
-from astrovader.sampling import gallery, png_grid
+from astrovader.sampling import gallery
 
 SPRITE_COLS = 100
 TILE_DISPLAY = 112  # px on screen for the hovered and pinned galaxy

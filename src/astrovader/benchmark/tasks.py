@@ -21,10 +21,11 @@ from astrovader.baselines import (
     Task,
     held_out_split,
 )
-from astrovader.config import SDSS64_STAMPS, Config
+from astrovader.config import Config
 from astrovader.data.dataset import Dataset, is_dataset, write_dataset
 from astrovader.data.simulate import DEFAULT_VARIANT, Variant, simulate
 from astrovader.errors import InputError
+from astrovader.presets import SDSS64_STAMPS
 
 if TYPE_CHECKING:
     from astrovader.data.stamps import Crop

@@ -46,7 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from astrovader import pretrained
-    from astrovader.config import PRESETS
+    from astrovader.presets import PRESETS
 
     models = {name: pretrained.card(name) for name in pretrained.names()}
     width = max(len(name) for name in [*PRESETS, *models]) + 2

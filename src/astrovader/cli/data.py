@@ -29,7 +29,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     crop, crop_px, size, colour = args.crop, args.crop_px, args.size, args.colour
     derotate, flux_norm = args.derotate, args.flux_norm
     if args.preset:  # the preset's stamp recipe, under any option given explicitly
-        from astrovader.config import ConfigError, get_preset
+        from astrovader.errors import ConfigError
+        from astrovader.presets import get_preset
 
         try:
             stamps = get_preset(args.preset).stamps
