@@ -1,5 +1,5 @@
 """Generation and latent exploration: datasets of synthetic galaxies (reproducible, resumable, bounded
-memory), cluster consistency, the shortest route, interpolation, traversal, deblending and the CLI."""
+memory), component consistency, the shortest route, interpolation, traversal, deblending and the CLI."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_generate_cli_dataset_is_predictable_and_consistency_is_right(trained, t
     pred = pd.read_parquet(tmp_path / "p.parquet")
     drawn, assigned = cat["component"].to_numpy(), pred["component"].to_numpy()
     expected = {k: float((assigned[drawn == k] == k).mean()) for k in np.unique(drawn)}
-    table = sampling.cluster_consistency(model.net, out)
+    table = sampling.component_consistency(model.net, out)
     assert dict(zip(table["component"], table["consistency"], strict=True)) == pytest.approx(expected)
     assert f"mean over components: {np.mean(list(expected.values())):.3f}" in printed
     rows = {int(m[1]): float(m[3]) for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+([\d.]+)$", printed, re.M)}

@@ -198,7 +198,7 @@ def shard_slice(positions: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor
     return positions[rank * per:(rank + 1) * per]
 
 
-def split_indices(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def train_validation_rows(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation rows: the dataset's ``split`` column if present, else a seeded fraction."""
     if "split" in ds.catalog.columns:
         train = ds.split_indices("train")

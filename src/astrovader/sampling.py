@@ -1,4 +1,4 @@
-"""Synthetic galaxies: the one sampler and its writers (dataset, PNG grid, FITS cube) and the cluster-consistency
+"""Synthetic galaxies: the one sampler and its writers (dataset, PNG grid, FITS cube) and the component-consistency
 check of what it made (paper section 5.3).
 
 Images are made as in the paper: choose a component c (fixed, cycled through a list, or drawn from the mixture
@@ -471,7 +471,7 @@ def consistency_from_assignments(drawn: np.ndarray, assigned: np.ndarray, n_comp
 
 
 @torch.no_grad()
-def cluster_consistency(net: AstroVaDErNet, dataset: str | Path | Dataset, *, max_images: int | None = 100_000,
+def component_consistency(net: AstroVaDErNet, dataset: str | Path | Dataset, *, max_images: int | None = 100_000,
                         batch_size: int = DEFAULT_BATCH, progress: bool = False) -> pd.DataFrame:
     """Predict the generated images of ``dataset`` with ``net`` (exactly as ``astrovader predict`` would)
     and compare with the ``component`` column. Uses the first ``max_images`` (draws are independent, so a

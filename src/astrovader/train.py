@@ -58,8 +58,8 @@ from astrovader.feeding import (
     contrastive_view,
     positions,
     shard_slice,
-    split_indices,
     to_float,
+    train_validation_rows,
 )
 from astrovader.gmm_init import alignment_set, init_batches, initialise_mixture, neighbour_set, reseed_mixture
 from astrovader.model import AstroVaDErNet, nt_xent, scan_loss, vade_losses
@@ -158,7 +158,7 @@ def _train(cfg: Config, dataset: str | Path | Dataset, run_dir: str | Path, *, r
         if start == 0:
             (run_dir / DATASET_NOTE).write_text(str(Path(ds.path).resolve()) + "\n")
 
-    train_idx, val_idx = split_indices(ds, t)
+    train_idx, val_idx = train_validation_rows(ds, t)
     if len(train_idx) < t.batch_size:
         raise InputError(f"{len(train_idx)} training images is fewer than train.batch_size={t.batch_size}")
     if dist_info.is_main and (start == 0 or not (run_dir / TRAINING_ROWS).exists()):

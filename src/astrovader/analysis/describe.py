@@ -328,7 +328,7 @@ def training_overlap(run: Run, ids: np.ndarray) -> str:
             "not held out (was the split rewritten after training? `astrovader check RUN` says)")
 
 
-def write_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
+def write_description_table(frame: pd.DataFrame, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """``frame`` as CSV or Parquet (by suffix), written atomically; Parquet carries ``metadata`` in its schema, a CSV
     in a sidecar ``<out>.provenance.json``."""
     from astrovader.data.dataset import atomic_write_json, atomic_write_parquet
@@ -420,6 +420,6 @@ def describe_run(run: Run | str | Path, dataset: str | Path | Dataset, out: str 
         desc.table.insert(1, "component_name", [named.get(int(c), "") for c in desc.table["component"]])
         desc.measurements["component_name"] = [named.get(int(c), "") for c in desc.measurements["component"]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(desc.table, out, meta)
-    write_table(desc.measurements, galaxies, meta)
+    write_description_table(desc.table, out, meta)
+    write_description_table(desc.measurements, galaxies, meta)
     return desc

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from astrovader.analysis import figures as F
+from astrovader.analysis import figures as figs
 from astrovader.data.outputs import write_csv
 
 _CSS = """
@@ -106,7 +106,8 @@ def script_json(obj: object) -> str:
     return text
 
 
-def write_table(df: pd.DataFrame, tables: Path, name: str, title: str, png: bool = True) -> tuple[Path, Path | None]:
+def write_report_table(df: pd.DataFrame, tables: Path, name: str, title: str,
+                       png: bool = True) -> tuple[Path, Path | None]:
     """CSV + standalone HTML (+ PNG rendering) of one table."""
     csv = write_csv(df, tables / f"{name}.csv")
     (tables / f"{name}.html").write_text(
@@ -114,4 +115,4 @@ def write_table(df: pd.DataFrame, tables: Path, name: str, title: str, png: bool
         f"<style>{_CSS}</style></head><body><h2>{html.escape(title)}</h2>"
         + df.to_html(index=False, classes="data", border=0, float_format=lambda v: f"{v:.3f}", na_rep="-")
         + "</body></html>\n")
-    return csv, (F.plot_table(df, tables.parent / "figures" / f"{name}_table.png", title) if png else None)
+    return csv, (figs.plot_table(df, tables.parent / "figures" / f"{name}_table.png", title) if png else None)

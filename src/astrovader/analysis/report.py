@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from astrovader.analysis import figures as F
+from astrovader.analysis import figures as figs
 from astrovader.analysis import report_sections as sections
 from astrovader.analysis.describe import (
     DescribeSettings,
@@ -130,7 +130,7 @@ def make_report(run: Run | str | Path, dataset: str | Path | Dataset, out_dir: s
         remove_stale_temporaries(out_dir)  # the half-built folder of a killed report
         tmp = temporary_name(out_dir, "")
         try:
-            with F.figure_output(dpi, vector):
+            with figs.figure_output(dpi, vector):
                 _make_report(run, dataset, tmp, split, cuts, non_morphological, label_column,
                              max_images, progress, gz_cuts, seed, command,
                              describe or DescribeSettings(seed=seed), shown_dir=out_dir, n_realism=n_realism)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astrovader.analysis import figures as F
+from astrovader.analysis import figures as figs
 from astrovader.analysis.describe import MEASURES, DescribeSettings, Description, pixel_scale_of
 from astrovader.analysis.explore_figures import generation_figures
 from astrovader.analysis.latent_map import latent_map
@@ -31,7 +31,7 @@ from astrovader.analysis.metrics import (
     simplified_silhouette_samples,
 )
 from astrovader.analysis.morphology import companions_in
-from astrovader.analysis.page import Page, write_table
+from astrovader.analysis.page import Page, write_report_table
 from astrovader.analysis.realism import format_realism, realism, write_realism
 from astrovader.data.dataset import Dataset
 from astrovader.data.noise import dataset_sky_noise
@@ -115,7 +115,7 @@ def components(ctx: ReportContext) -> None:
         f"<li><b>Component {int(r.component)}</b>: {html.escape(r.sentence)}"
         + (" <span class='flag'>[not morphological]</span>" if int(r.component) in ctx.nm else "") + "</li>"
         for r in desc.table.itertuples()) + "</ul>")
-    csv, _ = write_table(desc.table, ctx.tables, "components", "Component descriptions", png=False)
+    csv, _ = write_report_table(desc.table, ctx.tables, "components", "Component descriptions", png=False)
     write_csv(desc.measurements, ctx.tables / "component_galaxies.csv")
     # two tables that each fit the page: who the members are, then how they look
     shape_cols = [c for c in ("r50", "r50_arcsec", "r90", "r90_arcsec", "concentration", "asymmetry", "gini", "m20",
@@ -150,7 +150,7 @@ def reconstructions(ctx: ReportContext) -> None:
              np.argsort(pred.recon_mse)[::-1][:N_BEST_WORST])):
         x, r = ctx.images(local)
         caps = [f"MSE {pred.recon_mse[i]:.2e}\ncomp. {pred.labels[i]}" for i in local]
-        ctx.page.figure(F.plot_reconstructions(x, r, ctx.figs / f"{name}.png", title, caps,
+        ctx.page.figure(figs.plot_reconstructions(x, r, ctx.figs / f"{name}.png", title, caps,
                                                pixel_scale_of(ctx.ds)), title)
     ctx.page.raw(f"<p>Mean reconstruction MSE {m['mean_recon_mse']:.4g}, median {m['median_recon_mse']:.4g} "
                  f"(pixels scaled to [0, 1]), {m['recon_mse_over_noise']:.2f} times the sky-noise variance of the "
@@ -172,7 +172,7 @@ def statistics(ctx: ReportContext, cuts: tuple[float, ...]) -> None:
                      "probability for the component exceeds the cut (an object may count in several components); "
                      "in the 'all' row, objects with any probability above the cut. silhouette: mean simplified "
                      "silhouette of the members, in latent-mean space.")
-    csv, _ = write_table(occ, ctx.tables, "cluster_stats", "Component statistics")  # its PNG is for papers
+    csv, _ = write_report_table(occ, ctx.tables, "cluster_stats", "Component statistics")  # its PNG is for papers
     ctx.page.table(occ, "Component statistics", csv,
                    f"Whole sample: simplified silhouette {m['simplified_silhouette']:.3f}, "
                    f"Calinski-Harabasz index {m['calinski_harabasz']:.4g}. The same table as an image: "
@@ -191,7 +191,7 @@ def overlap(ctx: ReportContext) -> None:
                      "Whether the components are distinct or blend into each other. Row c is the mean probability "
                      "vector of the galaxies whose most probable component is c: a diagonal near 1 means confident "
                      "members; large off-diagonal values mean members shared with another component.")
-    ctx.page.figure(F.plot_overlap(ov, ctx.figs / "overlap.png", counts=np.bincount(pred.labels, minlength=K)),
+    ctx.page.figure(figs.plot_overlap(ov, ctx.figs / "overlap.png", counts=np.bincount(pred.labels, minlength=K)),
                     "Overlap matrix", "CSV: tables/overlap.csv.")
 
 
@@ -213,9 +213,9 @@ def members(ctx: ReportContext) -> None:
             x, r = ctx.images(local)
             store.append((label, x, r, pred.probs[local, c]))
     scale = pixel_scale_of(ctx.ds)
-    ctx.page.figure(F.plot_members(top_rows, ctx.figs / "members_top.png", "Most probable members of each component",
+    ctx.page.figure(figs.plot_members(top_rows, ctx.figs / "members_top.png", "Most probable members of each component",
                                    N_MEMBERS, scale), "Most probable members", "Figure 6 of the paper.")
-    ctx.page.figure(F.plot_members(rand_rows, ctx.figs / "members_random.png", "Random members of each component",
+    ctx.page.figure(figs.plot_members(rand_rows, ctx.figs / "members_random.png", "Random members of each component",
                                    N_MEMBERS, scale), "Random members", "Figure 7 of the paper.")
 
 
@@ -241,7 +241,7 @@ def secondary(ctx: ReportContext) -> None:
     cross = pd.crosstab(sec_df["primary"], sec_df["secondary"]).reset_index() if len(sec_df) else \
         pd.DataFrame({"primary": list(nm)})
     cross.columns = [str(c) if i == 0 else f"secondary_{c}" for i, c in enumerate(cross.columns)]
-    csv, _ = write_table(cross, ctx.tables, "secondary_counts", "Secondary morphological labels", png=False)
+    csv, _ = write_report_table(cross, ctx.tables, "secondary_counts", "Secondary morphological labels", png=False)
     ctx.page.table(cross, "Secondary morphological labels", csv,
                    f"Galaxies in non-morphological components {list(nm)} counted by their most probable "
                    "remaining component (probabilities renormalised over the others)." + kept_note
@@ -253,7 +253,7 @@ def secondary(ctx: ReportContext) -> None:
             pick = sel[sec["secondary"].to_numpy()[sel] == s]
             pick = pick[np.argsort(-sec["secondary_prob"].to_numpy()[pick])][:N_MEMBERS]
             groups.append((f"{c} -> {s}\nn={cnt:,}", ctx.images(pick)[0]))
-    ctx.page.figure(F.plot_secondary(groups, ctx.figs / "secondary.png",
+    ctx.page.figure(figs.plot_secondary(groups, ctx.figs / "secondary.png",
                                      "Non-morphological components by secondary morphological label", N_MEMBERS),
                     "Secondary morphological labels", "Rows: primary -> secondary component (Figure 8).")
 
@@ -272,10 +272,10 @@ def latent_space(ctx: ReportContext) -> None:
     sub = np.sort(ctx.rng.choice(n, min(MAP_MAX, n), replace=False))
     if len(sub) >= 5:
         emb = latent_map(pred.mu[sub], ctx.seed)
-        ctx.page.figure(F.plot_latent_map(emb, pred.labels[sub], K, ctx.figs / "latent_map.png",
+        ctx.page.figure(figs.plot_latent_map(emb, pred.labels[sub], K, ctx.figs / "latent_map.png",
                                           f"UMAP of latent means ({len(sub):,} galaxies)"),
                         "Map of the latent space", "Coloured by most probable component.")
-    ctx.page.figure(F.plot_latent_histograms(pred.mu, pred.labels, K, ctx.figs / "latent_histograms.png",
+    ctx.page.figure(figs.plot_latent_histograms(pred.mu, pred.labels, K, ctx.figs / "latent_histograms.png",
                                              ctx.net.gmm.means.detach().cpu().numpy()),
                     "Latent histograms", "Grey: all galaxies; lines: members of each component.")
 
@@ -301,12 +301,12 @@ def labels(ctx: ReportContext, gz_cuts: dict[str, float] | None) -> None:
             cnt = pd.DataFrame({c: gz[c].groupby(comp).sum() for c in cols}).reindex(range(ctx.K), fill_value=0)
             cnt = cnt.astype(int)
             out_cnt = cnt.reset_index().rename(columns={"index": "component"})
-            csv, _ = write_table(out_cnt, ctx.tables, name, f"Galaxy Zoo: {fig_title}", png=False)
+            csv, _ = write_report_table(out_cnt, ctx.tables, name, f"Galaxy Zoo: {fig_title}", png=False)
             ctx.page.table(out_cnt, f"Galaxy Zoo: {fig_title}", csv,
                            "Clean samples from debiased vote fractions (cuts: "
                            + ", ".join(f"{k} {v:g}" for k, v in {**GZ_DEFAULT_CUTS, **(gz_cuts or {})}.items())
                            + ").")
-            ctx.page.figure(F.plot_label_counts(cnt, ctx.figs / f"{name}.png", f"Galaxy Zoo: {fig_title}"),
+            ctx.page.figure(figs.plot_label_counts(cnt, ctx.figs / f"{name}.png", f"Galaxy Zoo: {fig_title}"),
                             f"Galaxy Zoo: {fig_title}", "Counts per component.")
 
 
@@ -323,16 +323,16 @@ def _class_labels(ctx: ReportContext, label_col: str) -> None:
     counts = counts.reindex(range(ctx.K), fill_value=0)
     out_counts = counts.reset_index()
     out_counts.columns = [str(c) for c in out_counts.columns]
-    csv, _ = write_table(out_counts, ctx.tables, "label_counts", f"Components vs {label_col}", png=False)
+    csv, _ = write_report_table(out_counts, ctx.tables, "label_counts", f"Components vs {label_col}", png=False)
     scores = clustering_scores(true.astype(str), pred.labels[ok]) if ok.any() else {}
     ctx.metrics["label_column"] = label_col
     ctx.metrics.update({f"label_{k}": v for k, v in scores.items()})
     ctx.page.table(out_counts, f"Components vs {label_col}", csv,
                    "Accuracy after Hungarian matching {accuracy:.3f}, NMI {nmi:.3f}, ARI {ari:.3f}, purity "
                    "{purity:.3f}.".format(**scores) if scores else "")
-    ctx.page.figure(F.plot_label_counts(counts, ctx.figs / "label_counts.png", f"{label_col} per component"),
+    ctx.page.figure(figs.plot_label_counts(counts, ctx.figs / "label_counts.png", f"{label_col} per component"),
                     f"{label_col} per component", "Counts.")
-    ctx.page.figure(F.plot_label_counts(counts, ctx.figs / "label_fractions.png",
+    ctx.page.figure(figs.plot_label_counts(counts, ctx.figs / "label_fractions.png",
                                         f"{label_col} share of each component", normalise=True),
                     f"{label_col} fractions", "Each component's class mix.")
 
@@ -350,7 +350,7 @@ def history(ctx: ReportContext) -> None:
                      "after it. Validation losses are computed without the random sampling and flips of "
                      "training, so they can sit below the training losses.")
     if rows:
-        ctx.page.figure(F.plot_history(rows, ctx.figs / "history.png"), "Loss terms per epoch")
+        ctx.page.figure(figs.plot_history(rows, ctx.figs / "history.png"), "Loss terms per epoch")
 
 
 def synthetic(ctx: ReportContext) -> None:

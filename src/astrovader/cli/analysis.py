@@ -154,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="HTML report of a trained run: the paper's section 5 analyses",
-                       description="Reconstructions (random, best, worst), cluster statistics (Table 2), "
+                       description="Reconstructions (random, best, worst), component statistics (Table 2), "
                        "component overlap (Figure 5), members and secondary labels (Figures 6-8), the latent "
                        "map (UMAP) and latent histograms, comparison with labels or Galaxy Zoo vote fractions "
                        "(Figures 13-14), training history (Figure 2) and synthetic galaxies, opened by a "

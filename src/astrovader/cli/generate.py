@@ -115,10 +115,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     J = cfg.model.latent_dim
     print(f"dataset {out} holds {n} synthetic galaxies (catalogue: id, component, z_0..z_{J - 1})")
     if not args.no_consistency and n:
-        table = sampling.cluster_consistency(net, out, max_images=args.consistency_max, batch_size=args.batch_size,
+        table = sampling.component_consistency(net, out, max_images=args.consistency_max, batch_size=args.batch_size,
                                         progress=not args.quiet)
         used = int(table["n"].sum())
-        print(f"cluster consistency (share of images assigned back to the component they were drawn from, "
+        print(f"component consistency (share of images assigned back to the component they were drawn from, "
               f"{used} images):")
         print(sampling.format_consistency(table))
     return 0
@@ -185,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Choose a component (--component, else drawn from the mixture weights or "
                        "uniformly), draw z ~ N(mu_c, T var_c) and decode. Streams in batches with bounded memory; "
                        "a dataset output is resumable (re-run the same command) and reproducible for a seed, "
-                       "and is followed by a cluster-consistency check: the share of generated images the "
+                       "and is followed by a component-consistency check: the share of generated images the "
                        "model assigns back to the component they came from.")
     add_run(p)
     p.add_argument("out", help="output: dataset directory, .png grid or .fits cube (see --format)")
@@ -207,7 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_allow_unfinished(p)
     add_overwrite(p,
                    help="replace OUT (a dataset only if generate wrote it); without it a dataset is resumed")
-    p.add_argument("--no-consistency", action="store_true", help="skip the cluster-consistency check")
+    p.add_argument("--no-consistency", action="store_true", help="skip the component-consistency check")
     p.add_argument("--consistency-max", type=int, default=100_000, metavar="N",
                    help="check consistency on at most the first N images (default 100000)")
     p.add_argument("--noise", action="store_true",
