@@ -58,6 +58,10 @@ def test_cli_realism_writes_tables_and_figures(tmp_path_factory, tmp_path, capsy
     assert "memorisation:" in text and "two-sample CNN accuracy" in text
     body = json.loads((out / "realism.json").read_text())
     assert {r["parameter"] for r in body["parameters"]} >= {"r50", "concentration", "sersic_n"}
+    # the decoder's own floor sits beside every parameter (NaN here: this tiny run's reconstructions are too faint
+    # for photutils to find a source, which the table must say rather than invent a number)
+    assert all("w1_ratio_reconstructed" in r for r in body["parameters"])
+    assert "reconstructions' ratio" in text
     assert body["n_real"] == 40 and body["provenance"]["WEIGHTS"]
     for name in ("parameters.png", "nearest.png", "parameters.csv", "components.csv"):
         assert (out / name).stat().st_size > 100
