@@ -51,3 +51,12 @@ def test_every_user_error_is_an_astrovader_error_and_keeps_its_builtin_base():
     for cls in (ConfigError, CatalogError, DatasetError, ImageReadError, InputLimitError, ImageStoreError, RunError):
         assert issubclass(cls, errors.AstrovaderError) and issubclass(cls, ValueError)
     assert issubclass(LockedError, errors.AstrovaderError) and issubclass(LockedError, OSError)
+
+
+def test_a_renamed_config_key_is_read_with_a_one_line_warning(tmp_path, capsys):
+    old = tmp_path / "old.toml"
+    old.write_text("[model]\nn_clusters = 4\n")  # as config.toml files written before the rename hold it
+    assert main(["summary", "--config", str(old)]) == 0
+    out, err = capsys.readouterr()
+    assert "K + 2*K*J = 4 + " in out
+    assert err == "astrovader: warning: config key model.n_clusters is renamed model.n_components; read as that\n"

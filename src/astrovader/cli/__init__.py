@@ -12,6 +12,7 @@ import importlib
 import shlex
 import sys
 import traceback
+import warnings
 
 from astrovader.errors import AstrovaderError, InputError
 
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as the command line prints them: one line, no source excerpt (``--debug`` keeps Python's form)."""
+    print(f"astrovader: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -103,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    with warnings.catch_warnings():  # restores Python's warning display when the command returns
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with user errors as one line (exit 2) and anything else as a bug with its traceback (exit 1)."""
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
