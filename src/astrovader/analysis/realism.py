@@ -223,6 +223,25 @@ def _measure(images: np.ndarray, n_detailed: int, stretch: PixelStretch | None, 
     return m
 
 
+def _per_component(m_real: pd.DataFrame, m_syn: pd.DataFrame, real_labels: np.ndarray, comps: np.ndarray,
+                   n_components: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Synthetic galaxies drawn from component k against the real galaxies the model assigns to k: each cheap
+    parameter's W1 ratio, the floor from two halves of those members."""
+    rows = []
+    for k in range(n_components):
+        members, drawn = real_labels == k, comps == k
+        row: dict[str, Any] = {"component": k, "n_members": int(members.sum()), "n_synthetic": int(drawn.sum())}
+        for p in CHEAP:
+            real_k, syn_k = m_real[p].to_numpy(float)[members], m_syn[p].to_numpy(float)[drawn]
+            if len(real_k) >= 10 and len(syn_k) >= 5:
+                h = rng.permutation(len(real_k))
+                row[f"{p}_w1_ratio"] = compare(real_k[h[: len(h) // 2]], syn_k, real_k[h[len(h) // 2:]])["w1_ratio"]
+            else:
+                row[f"{p}_w1_ratio"] = np.nan
+        rows.append(row)
+    return rows
+
+
 def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "test", train_split: str = "train",
             n_detailed: int = 100, n_train: int = 5000, temperature: float = 1.0, seed: int = 0,
             noise: SkyNoise | None = None, sampler: str = "prior", log=None) -> RealismResult:
@@ -297,18 +316,7 @@ def realism(net: AstroVaDErNet, ds: Dataset, *, n: int = 1000, split: str = "tes
         row = compare(m_real[p].to_numpy(float)[a], m_syn[p].to_numpy(float)[syn_a], m_real[p].to_numpy(float)[b])
         params.append({"parameter": p, **row, "n_real": int(m_real[p].notna().sum()),
                        "n_synthetic": int(m_syn[p].notna().sum())})
-    comp_rows = []
-    for k in range(net.cfg.model.n_components):
-        members, drawn = real_labels == k, comps == k
-        row: dict[str, Any] = {"component": k, "n_members": int(members.sum()), "n_synthetic": int(drawn.sum())}
-        for p in CHEAP:
-            real_k, syn_k = m_real[p].to_numpy(float)[members], m_syn[p].to_numpy(float)[drawn]
-            if len(real_k) >= 10 and len(syn_k) >= 5:
-                h = rng.permutation(len(real_k))
-                row[f"{p}_w1_ratio"] = compare(real_k[h[: len(h) // 2]], syn_k, real_k[h[len(h) // 2:]])["w1_ratio"]
-            else:
-                row[f"{p}_w1_ratio"] = np.nan
-        comp_rows.append(row)
+    comp_rows = _per_component(m_real, m_syn, real_labels, comps, net.cfg.model.n_components, rng)
     log(f"reconstructing {len(a):,} of the real galaxies: the decoder's own floor")
     rec_rng = np.random.default_rng([seed, 7])  # its own stream: the numbers above do not move
     m_rec = _measure(_reconstructed(net, real[a], noise, rec_rng), n_detailed // 2, stretch, psf, rec_rng)
