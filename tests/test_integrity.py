@@ -128,7 +128,8 @@ def test_a_rewritten_split_is_refused_then_flagged_everywhere(split_run, capsys)
     assert (cat["split_previous"].to_numpy() == old).all()
     code, _ = _run(["check", str(run)], capsys)
     assert code == 1 and "rewritten after training" in _run.out  # type: ignore[attr-defined]
-    code, err = _run(["report", str(run), str(ds), str(split_run / "rep"), "--split", "test", "--quiet"], capsys)
+    code, err = _run(["report", str(run), str(ds), str(split_run / "rep"), "--split", "test", "--realism", "0",
+                      "--quiet"], capsys)
     assert code == 0 and "WARNING" in err and "training rows" in err
     html = (split_run / "rep" / "report.html").read_text()
     banner = html.split('class="banner">')[1].split("</p>")[0]
