@@ -12,7 +12,7 @@ from astrovader import pretrained
 from astrovader.cli import main
 from astrovader.data.dataset import write_dataset
 from astrovader.estimator import AstroVaDEr
-from astrovader.runs import WEIGHTS, Run, provenance, weights_sha256
+from astrovader.runs import WEIGHTS, Run, weights_sha256
 
 NAMES = ("sdss64-k12-gz1", "sdss64-k3-gz1")
 
@@ -93,8 +93,7 @@ def test_presets_lists_the_pretrained_models(capsys):
 
 
 def test_provenance_names_the_shipped_model():
-    cfg = Run.open("sdss64-k12-gz1").config
-    meta = provenance("sdss64-k12-gz1", cfg)
+    meta = Run.open("sdss64-k12-gz1").provenance()
     assert meta["RUNDIR"] == "pretrained:sdss64-k12-gz1" and meta["NCOMP"] == "12"
 
 

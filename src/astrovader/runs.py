@@ -288,7 +288,7 @@ class Run:
             ``ASTROVER``, ``DATE``, ``RUNDIR``, ``WEIGHTS``, ``NCOMP``, ``NLATENT``, ``IMGSIZE``, ``SEED`` and, where
             known, ``PIXSCALE`` and ``COMMAND``.
         """
-        return provenance(self, self.config, command)
+        return provenance(self, command)
 
     @property
     def training_dataset(self) -> Path | None:
@@ -353,27 +353,21 @@ def _sha256_16(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def provenance(run_dir: Run | str | Path, cfg: Config, command: str | None = None) -> dict[str, str]:
+def provenance(run: Run, command: str | None = None) -> dict[str, str]:
     """What made an output, as FITS-style keys (<= 8 characters), used both as FITS header cards and as Parquet
     schema metadata: package version, UTC date, run directory and weights hash, K, J and the command line."""
     from importlib.metadata import PackageNotFoundError, version
-
-    if isinstance(run_dir, Run):
-        run = run_dir
-        label, sha, path = run.label, run.weights_sha256, run.path
-    else:
-        label = f"{PREFIX}{run_dir}" if is_pretrained(run_dir) else str(Path(run_dir).resolve())
-        sha, path = weights_sha256(run_dir), resolve(run_dir)
 
     try:
         package = version("astrovader")
     except PackageNotFoundError:  # running from a source tree that was never installed
         package = "unknown"
+    cfg = run.config
     out = {"ASTROVER": package, "DATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-           "RUNDIR": label, "WEIGHTS": sha,
+           "RUNDIR": run.label, "WEIGHTS": run.weights_sha256,
            "NCOMP": str(cfg.model.n_components), "NLATENT": str(cfg.model.latent_dim),
-           "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(path, cfg))}
-    scale = _training_pixel_scale(path)
+           "IMGSIZE": str(cfg.model.image_size), "SEED": str(trained_seed(run.path, cfg))}
+    scale = _training_pixel_scale(run.path)
     if scale:
         out["PIXSCALE"] = f"{scale:g}"  # arcsec / pixel of the images the model was trained on
     if command:

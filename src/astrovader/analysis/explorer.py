@@ -384,7 +384,7 @@ def write_explorer(run: Run | str | Path, dataset: str | Path | Dataset, out: st
     pathlib.Path
         ``out``.
     """
-    run = Run.open(run, "cpu") if not isinstance(run, Run) else run
+    run = Run.open(run, "cpu")
     net = run.network
 
     def log(message: str) -> None:

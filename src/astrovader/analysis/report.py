@@ -44,7 +44,6 @@ from astrovader.data.outputs import remove_stale_temporaries, swap_in, temporary
 from astrovader.data.selection import select_rows
 from astrovader.errors import InputError
 from astrovader.inference import infer
-from astrovader.model import AstroVaDErNet
 from astrovader.predict import prediction_table
 from astrovader.runs import CONFIG, Run
 
@@ -164,7 +163,7 @@ def _make_report(run: Run, dataset: str | Path | Dataset, out_dir: Path, split: 
     cuts = tuple(float(c) for c in cuts)
     if any(not 0 <= c < 1 for c in cuts):
         raise InputError(f"probability cuts must lie in [0, 1), got {cuts}")
-    cfg, net = run.config, run.network
+    cfg = run.config
     ds = open_dataset(dataset)
     K = cfg.model.n_components
     if non_morphological is not None and any(int(c) < 0 or int(c) >= K for c in non_morphological):
@@ -172,7 +171,7 @@ def _make_report(run: Run, dataset: str | Path | Dataset, out_dir: Path, split: 
     for sub in ("figures", "tables"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     prov = run.provenance(command)
-    ctx, rows_text, split = _analyse(run, net, ds, out_dir, split, max_images, seed, progress, describe,
+    ctx, rows_text, split = _analyse(run, ds, out_dir, split, max_images, seed, progress, describe,
                                      label_column, non_morphological, prov)
     sections.components(ctx)
     sections.reconstructions(ctx)
@@ -197,7 +196,7 @@ def _make_report(run: Run, dataset: str | Path | Dataset, out_dir: Path, split: 
     return out
 
 
-def _analyse(run: Run, net: AstroVaDErNet, ds: Dataset, out_dir: Path, split: str | None,
+def _analyse(run: Run, ds: Dataset, out_dir: Path, split: str | None,
              max_images: int | None, seed: int, progress: bool, describe: DescribeSettings,
              label_column: str | None, non_morphological: Sequence[int] | None,
              prov: dict[str, str]) -> tuple[sections.ReportContext, str, str | None]:
@@ -215,6 +214,7 @@ def _analyse(run: Run, net: AstroVaDErNet, ds: Dataset, out_dir: Path, split: st
     sections.log(progress, f"inference on {len(rows):,} images ({rows_note})")
     if len(rows) == 0:
         raise InputError("no images selected: the dataset (or the chosen split) is empty")
+    net = run.network
     pred = infer(net, ds, rows=rows, progress=progress)
     catalog = ds.catalog.iloc[rows].reset_index(drop=True)
     table = prediction_table(catalog["id"].to_numpy(), pred.as_dict())
@@ -235,7 +235,7 @@ def _analyse(run: Run, net: AstroVaDErNet, ds: Dataset, out_dir: Path, split: st
     stretch_text = (f"the dataset's stretch ({html.escape(str(stretch))})" if stretch else
                     "the stretch of the images as ingested, for SDSS JPEGs the survey's asinh colour stretch")
     given = tuple(sorted({int(c) for c in non_morphological})) if non_morphological is not None else None
-    ctx = sections.ReportContext(run=run, ds=ds, net=net, pred=pred, catalog=catalog, page=Page(out_dir),
+    ctx = sections.ReportContext(run=run, ds=ds, pred=pred, catalog=catalog, page=Page(out_dir),
                                  out_dir=out_dir, rng=rng, seed=seed, progress=progress, metrics=metrics,
                                  stretch_text=stretch_text, label_col=detect_label_column(ds.catalog, label_column),
                                  describe=describe, non_morphological=given)

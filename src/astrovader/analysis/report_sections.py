@@ -58,7 +58,6 @@ class ReportContext:
 
     run: Run
     ds: Dataset
-    net: AstroVaDErNet
     pred: Predictions
     catalog: pd.DataFrame  # catalogue rows of ``pred.rows``, in that order
     page: Page
@@ -73,6 +72,10 @@ class ReportContext:
     non_morphological: tuple[int, ...] | None  # as given by the user; None: the automatic flags
     desc: Description | None = None
     nm: tuple[int, ...] = field(default_factory=tuple)  # the components treated as non-morphological
+
+    @property
+    def net(self) -> AstroVaDErNet:
+        return self.run.network
 
     @property
     def K(self) -> int:

@@ -48,11 +48,6 @@ def card(name: str) -> dict[str, Any]:
     return json.loads((_root() / name / CARD).read_text(encoding="utf-8"))
 
 
-def card_of(run_dir: str | Path) -> dict[str, Any] | None:
-    """The card of a run directory that is a pretrained model's folder (resolved or by name), else None."""
-    return card_in(resolve(run_dir))
-
-
 def card_in(path: Path) -> dict[str, Any] | None:
     """The card of the directory ``path`` when it is a pretrained model's folder, else None."""
     try:
